@@ -1,0 +1,13 @@
+"""fuq: fused, decoding-time uncertainty for PyTorch.
+
+Read the logits of a decoding step once; get the whole picture (log-sum-exp,
+entropy, varentropy, max and top-k log-probs, top-k mass, the chosen token's
+log-prob).
+"""
+
+from . import reference
+from .ops import LogitStats, logit_stats
+
+__version__ = "0.1.0"
+
+__all__ = ["LogitStats", "logit_stats", "reference", "__version__"]

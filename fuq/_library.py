@@ -1,0 +1,105 @@
+"""Schemas of the ``fuq`` torch ops, their fake (meta) kernels, and kernel loading.
+
+One schema per op, defined here once. Device kernels register against it:
+
+* CPU  -> the C++ kernel in ``fuq._C`` (``TORCH_LIBRARY_IMPL(fuq, CPU, m)``);
+          if the extension cannot be loaded, the reference, with one warning.
+* CUDA -> the Triton kernel (``fuq.triton_kernels``); the CUDA C++ kernel is a
+          separate op ``fuq::logit_stats_cuda`` registered by ``fuq._C_cuda``
+          when that extension was built against a CUDA torch.
+
+``token_logprob`` is ``[B]``, or ``[0]`` when ``tokens`` is None.
+Ops take ``[B, V]`` logits whose last dim is contiguous; the public functions in
+``fuq.ops`` validate and reshape before calling them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+
+from . import reference
+
+LIB = torch.library.Library("fuq", "DEF")
+
+LOGIT_STATS_SCHEMA = (
+    "logit_stats(Tensor logits, int k, Tensor? tokens, float temperature) -> "
+    "(Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
+    "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
+)
+LIB.define(LOGIT_STATS_SCHEMA)
+# The CUDA C++ kernel, chosen with backend="cuda"; implemented by fuq._C_cuda.
+LIB.define(LOGIT_STATS_SCHEMA.replace("logit_stats(", "logit_stats_cuda(", 1))
+
+
+@torch.library.register_fake("fuq::logit_stats_cuda")
+@torch.library.register_fake("fuq::logit_stats")
+def _logit_stats_fake(logits, k, tokens, temperature):
+    B = logits.shape[0]
+    f = logits.new_empty((B,), dtype=torch.float32)
+    i = logits.new_empty((B,), dtype=torch.int64)
+    return (
+        f,
+        f.clone(),
+        f.clone(),
+        f.clone(),
+        i,
+        logits.new_empty((B, k), dtype=torch.float32),
+        logits.new_empty((B, k), dtype=torch.int64),
+        f.clone(),
+        f.clone() if tokens is not None else logits.new_empty((0,), dtype=torch.float32),
+    )
+
+
+def _load(module: str) -> tuple[object | None, str | None]:
+    try:
+        return importlib.import_module(module, __package__), None
+    except (ImportError, OSError) as exc:  # not built, or built against another torch
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+_C, C_ERROR = _load("._C")
+_C_CUDA, C_CUDA_ERROR = _load("._C_cuda") if torch.cuda.is_available() else (None, "torch has no CUDA")
+
+HAS_CPP = _C is not None
+HAS_CUDA_CPP = _C_CUDA is not None
+
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _logit_stats_cpu_fallback(logits, k, tokens, temperature):
+    warn_once(
+        "cpp",
+        f"fuq: the C++ extension fuq._C could not be loaded ({C_ERROR}); "
+        "fuq.logit_stats falls back to the slow PyTorch reference on the CPU. "
+        "Rebuild with `pip install --no-build-isolation -e .`.",
+    )
+    return reference.logit_stats(logits, k, tokens, temperature)
+
+
+if not HAS_CPP:
+    LIB.impl("logit_stats", _logit_stats_cpu_fallback, "CPU")
+
+
+def _logit_stats_cuda(logits, k, tokens, temperature):
+    try:
+        from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
+    except ImportError as exc:
+        warn_once(
+            "triton",
+            f"fuq: Triton is not available ({exc}); fuq.logit_stats falls back to "
+            "the PyTorch reference on CUDA.",
+        )
+        return reference.logit_stats(logits, k, tokens, temperature)
+    return triton_logit_stats(logits, k, tokens, temperature)
+
+
+LIB.impl("logit_stats", _logit_stats_cuda, "CUDA")

@@ -1,0 +1,58 @@
+"""Builds fuq's C++ extension (fuq._C) and, against a CUDA torch, fuq._C_cuda.
+
+Install with ``pip install --no-build-isolation -e .`` so the extension builds
+against the torch already installed (never a second one).
+Environment: ``FUQ_NO_EXT=1`` skips the extensions (pure-Python install, the ops
+then fall back to the reference); ``FUQ_NO_CUDA=1`` skips the CUDA one.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _extensions():
+    if os.environ.get("FUQ_NO_EXT") == "1":
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    include = [os.path.join(ROOT, "csrc", "include")]
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-march=native", "-fno-math-errno"]
+    exts = [
+        CppExtension(
+            "fuq._C",
+            sorted(glob.glob("csrc/cpu/*.cpp")),
+            include_dirs=include,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    if (
+        os.environ.get("FUQ_NO_CUDA") != "1"
+        and torch.version.cuda is not None
+        and CUDA_HOME is not None
+        and cuda_sources
+    ):
+        exts.append(
+            CUDAExtension(
+                "fuq._C_cuda",
+                cuda_sources,
+                include_dirs=include,
+                extra_compile_args={
+                    "cxx": ["-O3", "-std=c++17"],
+                    "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr",
+                             "-gencode=arch=compute_80,code=sm_80",
+                             "-gencode=arch=compute_90,code=sm_90"],
+                },
+            )
+        )
+    return exts, {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,0 +1,91 @@
+"""Input generators and the one place where tolerances are chosen."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+import fuq
+from fuq import _library
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+TRITON_RUNS = HAS_TRITON and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def make_logits(B: int, V: int, dtype=torch.float32, kind: str = "normal", seed: int = 0, device="cpu"):
+    """Logits of a given shape: normal, peaked, flat, masked (random -inf), llm (heavy head)."""
+    g = torch.Generator().manual_seed(seed * 1000 + V)
+    x = torch.randn(B, V, generator=g)
+    if kind == "normal":
+        x = x * 2.0
+    elif kind == "peaked":
+        x = x * 0.5
+        x[:, torch.randint(0, V, (1,), generator=g)] += 25.0
+    elif kind == "flat":
+        x = x * 1e-3
+    elif kind == "masked":
+        x = x * 3.0
+        mask = torch.rand(B, V, generator=g) < 0.3
+        mask[:, 0] = False  # keep at least one live token per row
+        x[mask] = float("-inf")
+    elif kind == "llm":
+        x = x * 1.5 - 5.0
+        head = torch.randint(0, V, (B, min(V, 20)), generator=g)
+        x.scatter_(1, head, 10.0 + 4.0 * torch.rand(B, min(V, 20), generator=g))
+    else:
+        raise ValueError(kind)
+    return x.to(dtype).to(device)
+
+
+def tol(dtype, V: int) -> dict:
+    """Tolerances of a kernel against the reference on the same input.
+
+    Both read the same (possibly low-precision) values and accumulate in float32,
+    so differences come only from summation order: they grow with log V, not with
+    the input dtype.
+    """
+    return dict(atol=2e-4 + 2e-5 * max(1.0, V**0.5) / 16, rtol=1e-4)
+
+
+def assert_stats_close(got: fuq.LogitStats, want, V: int, dtype, check_ids: bool = True):
+    """``want`` is the reference tuple or a LogitStats; NaN positions must agree."""
+    want = fuq.LogitStats(*want) if not isinstance(want, fuq.LogitStats) else want
+    t = tol(dtype, V)
+    for name in ("lse", "entropy", "max_logprob", "topk_logprobs", "topk_mass", "token_logprob"):
+        a, b = getattr(got, name), getattr(want, name)
+        if a is None or b is None:
+            assert a is None and b is None or name == "token_logprob", name
+            continue
+        torch.testing.assert_close(a.cpu(), b.cpu(), equal_nan=True, msg=lambda m, n=name: f"{n}: {m}", **t)
+    # varentropy is a difference of second moments: looser.
+    torch.testing.assert_close(
+        got.varentropy.cpu(), want.varentropy.cpu(), atol=2e-3, rtol=2e-3, equal_nan=True,
+        msg=lambda m: f"varentropy: {m}",
+    )
+    if check_ids:
+        live = torch.isfinite(want.lse.cpu())
+        assert torch.equal(got.argmax.cpu()[live], want.argmax.cpu()[live]), "argmax"
+        assert torch.equal(got.topk_ids.cpu()[live], want.topk_ids.cpu()[live]), "topk_ids"
+    assert got.argmax.dtype == torch.int64 and got.topk_ids.dtype == torch.int64
+
+
+def backends():
+    """The backends that can run on this machine, as pytest params."""
+    import pytest
+
+    out = [pytest.param("reference", id="reference"), pytest.param("cpp", id="cpp")]
+    out.append(
+        pytest.param(
+            "triton",
+            id="triton",
+            marks=[pytest.mark.triton_interp, pytest.mark.skipif(not TRITON_RUNS, reason="triton not installed")],
+        )
+    )
+    if torch.cuda.is_available():
+        out.append(pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu,
+                   pytest.mark.skipif(not _library.HAS_CUDA_CPP, reason="fuq._C_cuda not built")]))
+    return out

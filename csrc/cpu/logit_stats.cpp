@@ -1,0 +1,310 @@
+// fuq::logit_stats on the CPU: one memory pass per row.
+//
+// Each row of z = logits / T is read once, in L1-sized chunks. Per chunk: convert to
+// float32 (and divide by T) into a scratch buffer, keeping per-block maxima; fold the
+// chunk into the online (m, s, t, u) state (fuq/cpu_online.h); update the argmax; and
+// offer the chunk to a top-k candidate list whose running threshold (the k-th best value
+// so far) lets whole blocks be skipped. Rows are spread over threads with
+// at::parallel_for; when there are few rows (decoding is B = 1), each row is split into
+// segments whose partial states are merged, so every core works.
+//
+// Semantics are those of fuq/reference.py (the tests compare the two).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "fuq/cpu_online.h"
+
+namespace fuq {
+namespace {
+
+using cpu::kInf;
+using cpu::kNaN;
+using cpu::OnlineStats;
+using cpu::TopCandidate;
+
+constexpr int64_t kChunk = 2048;  // floats per chunk: 8 KiB of scratch, stays in L1
+constexpr int64_t kBlock = 64;    // granularity of the block maxima used to skip top-k work
+constexpr int64_t kBlocksPerChunk = kChunk / kBlock;
+constexpr int64_t kMinSegment = 16384;  // a row is split only into segments at least this long
+
+// The k best (z, index) of a segment, by cpu::before. Until the list first fills up it
+// takes every entry; then it keeps the k best (nth_element) and from there on takes only
+// z > thr, thr being the k-th best so far. An entry equal to thr seen later has a larger
+// index, so it would lose the tie: strict > is exact.
+struct TopK {
+  int64_t k = 0;
+  int64_t cap = 0;
+  bool pruned = false;
+  float thr = -kInf;
+  std::vector<TopCandidate> c;
+
+  void init(int64_t k_, int64_t seg_len) {
+    k = k_;
+    cap = std::min(seg_len, std::max<int64_t>(2 * k, k + 1024));
+    c.clear();
+    c.reserve(static_cast<size_t>(cap));
+  }
+
+  void prune() {
+    std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), cpu::before);
+    c.resize(static_cast<size_t>(k));
+    thr = c[k - 1].z;  // the worst kept entry
+    pruned = true;
+  }
+
+  // Offer z[0..n) (indices base + i) with block maxima bmax.
+  void offer(const float* z, int64_t n, const float* bmax, int64_t base) {
+    for (int64_t b0 = 0, bi = 0; b0 < n; b0 += kBlock, ++bi) {
+      if (pruned && !(bmax[bi] > thr)) continue;
+      const int64_t b1 = std::min(n, b0 + kBlock);
+      for (int64_t i = b0; i < b1; ++i) {
+        if (pruned && !(z[i] > thr)) continue;
+        c.push_back({z[i], base + i});
+        if (static_cast<int64_t>(c.size()) >= cap && cap > k) prune();
+      }
+    }
+  }
+};
+
+// The partial result of one row segment.
+struct Partial {
+  OnlineStats st;
+  float best = -kInf;  // max z (NaN ignored)
+  int64_t best_idx = -1;
+  TopK top;
+};
+
+// z[i] = float(x[i]) / T for i < n; bmax[b] = max of block b (NaN ignored); returns the
+// chunk max and sets *bad when a NaN is seen.
+template <bool kDivide>
+inline float prepare_chunk(float* z, int64_t n, float temperature, float* bmax, bool* bad) {
+  float cmax = -kInf;
+  int nan = 0;
+  for (int64_t b0 = 0, bi = 0; b0 < n; b0 += kBlock, ++bi) {
+    const int64_t b1 = std::min(n, b0 + kBlock);
+    float bm = -kInf;
+#pragma omp simd reduction(max : bm) reduction(| : nan)
+    for (int64_t i = b0; i < b1; ++i) {
+      const float v = kDivide ? z[i] / temperature : z[i];
+      z[i] = v;
+      bm = v > bm ? v : bm;
+      nan |= (v != v);
+    }
+    bmax[bi] = bm;
+    cmax = bm > cmax ? bm : cmax;
+  }
+  *bad = *bad || nan != 0;
+  return cmax;
+}
+
+// Scan logits[begin, end) of one row into `out`.
+template <typename Tag>
+void scan_segment(const typename Tag::storage* row, int64_t begin, int64_t end, float temperature, int64_t k,
+                  Partial& out) {
+  alignas(64) float z[kChunk];
+  float bmax[kBlocksPerChunk];
+  out = Partial{};
+  out.best_idx = begin;  // valid even if every entry is -inf or NaN
+  if (k > 0) out.top.init(k, end - begin);
+  const bool divide = temperature != 1.0f;
+  for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, end - c0);
+    cpu::to_float(row + c0, n, z, Tag{});
+    bool bad = false;
+    const float cmax = divide ? prepare_chunk<true>(z, n, temperature, bmax, &bad)
+                              : prepare_chunk<false>(z, n, temperature, bmax, &bad);
+    if (bad || cmax == kInf) out.st.nan = true;  // NaN statistics from here on: stop accumulating
+    if (!out.st.nan && cmax > -kInf) out.st.add(z, n, cmax);
+    if (cmax > out.best) {  // first index of the new max
+      int64_t bi = 0;
+      while (bmax[bi] != cmax) ++bi;
+      int64_t i = bi * kBlock;
+      while (z[i] != cmax) ++i;
+      out.best = cmax;
+      out.best_idx = c0 + i;
+    }
+    if (k > 0) out.top.offer(z, n, bmax, c0);
+  }
+}
+
+// Fold segment b (a later segment of the same row) into a.
+void merge_into(Partial& a, Partial& b, int64_t k) {
+  a.st.merge(b.st);
+  if (b.best > a.best) {  // strict: on a tie the earlier segment has the lower index
+    a.best = b.best;
+    a.best_idx = b.best_idx;
+  }
+  if (k > 0) a.top.c.insert(a.top.c.end(), b.top.c.begin(), b.top.c.end());
+}
+
+struct Outputs {
+  float* lse;
+  float* entropy;
+  float* varentropy;
+  float* max_logprob;
+  int64_t* argmax;
+  float* topk_logprobs;
+  int64_t* topk_ids;
+  float* topk_mass;
+  float* token_logprob;  // nullptr without tokens
+  const int64_t* tokens;
+};
+
+template <typename Tag>
+void finalize_row(int64_t r, const typename Tag::storage* row, int64_t V, float temperature, int64_t k, Partial& p,
+                  const Outputs& o) {
+  const OnlineStats& st = p.st;
+  const float log_s = st.log_s();
+  o.lse[r] = st.lse();
+  o.entropy[r] = st.entropy();
+  o.varentropy[r] = st.varentropy();
+  o.max_logprob[r] = (p.best - st.m) - log_s;  // NaN for an all -inf row, as log_softmax gives
+  o.argmax[r] = p.best_idx;
+  if (k > 0) {
+    auto& c = p.top.c;
+    // c holds at least k entries: each segment keeps min(its length, >= k) of them.
+    if (static_cast<int64_t>(c.size()) > k) {
+      std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), cpu::before);
+    }
+    std::sort(c.begin(), c.begin() + k, cpu::before);
+    float mass = 0.0f;
+    for (int64_t j = 0; j < k; ++j) {
+      const float lp = (c[j].z - st.m) - log_s;
+      o.topk_logprobs[r * k + j] = lp;
+      o.topk_ids[r * k + j] = c[j].idx;
+      mass += std::exp(lp);
+    }
+    o.topk_mass[r] = mass;
+  } else {
+    o.topk_mass[r] = 0.0f;
+  }
+  if (o.token_logprob != nullptr) {
+    const int64_t tok = o.tokens[r];
+    if (tok < 0 || tok >= V) {
+      o.token_logprob[r] = kNaN;  // never read out of bounds
+    } else {
+      float zt = cpu::scalar_to_float(row[tok], Tag{});
+      if (temperature != 1.0f) zt = zt / temperature;
+      o.token_logprob[r] = (zt - st.m) - log_s;
+    }
+  }
+}
+
+template <typename Tag>
+void run(const at::Tensor& logits, int64_t k, float temperature, const Outputs& o) {
+  using S = typename Tag::storage;
+  const int64_t B = logits.size(0), V = logits.size(1), stride = logits.stride(0);
+  const S* base = reinterpret_cast<const S*>(logits.const_data_ptr());
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+
+  // Segments per row: 1 when there are enough rows to keep every thread busy, otherwise
+  // enough (of at least kMinSegment entries) to give each thread a few.
+  int64_t nseg = 1;
+  if (B < 4 * nthreads) {
+    const int64_t want = (4 * nthreads + B - 1) / B;
+    nseg = std::max<int64_t>(1, std::min(want, V / kMinSegment));
+  }
+
+  if (nseg == 1) {
+    const int64_t grain = std::max<int64_t>(1, 32768 / V);  // tiny rows: batch them per task
+    at::parallel_for(0, B, grain, [&](int64_t r0, int64_t r1) {
+      Partial p;
+      for (int64_t r = r0; r < r1; ++r) {
+        const S* row = base + r * stride;
+        scan_segment<Tag>(row, 0, V, temperature, k, p);
+        finalize_row<Tag>(r, row, V, temperature, k, p, o);
+      }
+    });
+    return;
+  }
+
+  const int64_t seg_len = ((V + nseg - 1) / nseg + kBlock - 1) / kBlock * kBlock;
+  nseg = (V + seg_len - 1) / seg_len;
+  std::vector<Partial> parts(static_cast<size_t>(B * nseg));
+  at::parallel_for(0, B * nseg, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t r = w / nseg, sgi = w % nseg;
+      const int64_t begin = sgi * seg_len, end = std::min(V, begin + seg_len);
+      scan_segment<Tag>(base + r * stride, begin, end, temperature, k, parts[w]);
+    }
+  });
+  at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      Partial& p = parts[r * nseg];
+      for (int64_t sgi = 1; sgi < nseg; ++sgi) merge_into(p, parts[r * nseg + sgi], k);
+      finalize_row<Tag>(r, base + r * stride, V, temperature, k, p, o);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+logit_stats_cpu(const at::Tensor& logits_in, int64_t k, const std::optional<at::Tensor>& tokens_in,
+                double temperature) {
+  TORCH_CHECK(logits_in.dim() == 2, "fuq::logit_stats: logits must be [B, V], got ", logits_in.dim(), " dims");
+  TORCH_CHECK(logits_in.device().is_cpu(), "fuq::logit_stats (CPU kernel): logits must be a CPU tensor");
+  const auto dtype = logits_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "fuq::logit_stats: logits must be float32, bfloat16 or float16, got ", dtype);
+  const int64_t B = logits_in.size(0), V = logits_in.size(1);
+  TORCH_CHECK(V > 0, "fuq::logit_stats: logits has an empty vocabulary (V = 0)");
+  TORCH_CHECK(k >= 0 && k <= V, "fuq::logit_stats: k must be in [0, V] = [0, ", V, "], got k = ", k);
+  TORCH_CHECK(std::isfinite(temperature) && temperature > 0.0,
+              "fuq::logit_stats: temperature must be a finite number > 0, got ", temperature);
+  const at::Tensor logits = (logits_in.stride(1) == 1 || V == 1) ? logits_in : logits_in.contiguous();
+
+  const auto fopt = logits.options().dtype(at::kFloat);
+  const auto iopt = logits.options().dtype(at::kLong);
+  at::Tensor lse = at::empty({B}, fopt), ent = at::empty({B}, fopt), var = at::empty({B}, fopt);
+  at::Tensor mx = at::empty({B}, fopt), am = at::empty({B}, iopt);
+  at::Tensor tkl = at::empty({B, k}, fopt), tki = at::empty({B, k}, iopt), tkm = at::empty({B}, fopt);
+  at::Tensor tok, tl;
+  if (tokens_in.has_value()) {
+    TORCH_CHECK(tokens_in->dim() == 1 && tokens_in->size(0) == B, "fuq::logit_stats: tokens must be [B] = [", B,
+                "], got ", tokens_in->sizes());
+    TORCH_CHECK(tokens_in->device().is_cpu(), "fuq::logit_stats (CPU kernel): tokens must be a CPU tensor");
+    TORCH_CHECK(!at::isFloatingType(tokens_in->scalar_type()) && tokens_in->scalar_type() != at::kBool,
+                "fuq::logit_stats: tokens must be an integer tensor, got ", tokens_in->scalar_type());
+    tok = tokens_in->to(at::kLong).contiguous();
+    tl = at::empty({B}, fopt);
+  } else {
+    tl = at::empty({0}, fopt);
+  }
+  if (B == 0) return {lse, ent, var, mx, am, tkl, tki, tkm, tl};
+
+  const Outputs o{lse.data_ptr<float>(),
+                  ent.data_ptr<float>(),
+                  var.data_ptr<float>(),
+                  mx.data_ptr<float>(),
+                  am.data_ptr<int64_t>(),
+                  tkl.data_ptr<float>(),
+                  tki.data_ptr<int64_t>(),
+                  tkm.data_ptr<float>(),
+                  tok.defined() ? tl.data_ptr<float>() : nullptr,
+                  tok.defined() ? tok.const_data_ptr<int64_t>() : nullptr};
+  // The reference divides a float32 tensor by the Python float, i.e. by float(T).
+  const float t = static_cast<float>(temperature);
+  switch (dtype) {
+    case at::kFloat:
+      run<cpu::F32>(logits, k, t, o);
+      break;
+    case at::kBFloat16:
+      run<cpu::BF16>(logits, k, t, o);
+      break;
+    default:
+      run<cpu::F16>(logits, k, t, o);
+      break;
+  }
+  return {lse, ent, var, mx, am, tkl, tki, tkm, tl};
+}
+
+}  // namespace
+}  // namespace fuq
+
+TORCH_LIBRARY_IMPL(fuq, CPU, m) { m.impl("logit_stats", &fuq::logit_stats_cpu); }

@@ -1,0 +1,238 @@
+// CPU-side building blocks shared by fuq's C++ kernels (torch-free, header-only).
+//
+//   * load_chunk      : bf16 / fp16 / fp32 -> float32, vectorised, optional division by T
+//   * fast_exp        : a vectorisable exp for x <= 0 (Cody-Waite + degree-6 polynomial, ~2 ulp)
+//   * OnlineStats     : the online (m, s, t, u) recurrence of log-sum-exp, entropy, varentropy
+//   * order_key       : an order-preserving uint32 key of a float (total order, NaN included)
+//   * TopCandidate    : (z, index) with the order "z descending, then index ascending"
+//
+// The loops here are written for the compiler to vectorise (`#pragma omp simd`, no
+// intrinsics except the F16C conversion), so they work on any ISA and use AVX2/FMA when
+// built with -march=native (or -mavx2 -mfma -mf16c).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace fuq {
+namespace cpu {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// ---------------------------------------------------------------------------------------
+// Scalar conversions (the exact IEEE conversions: bf16 is the top half of a float32).
+
+inline float bits_to_float(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+inline uint32_t float_to_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+}
+
+inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
+
+inline float fp16_to_float(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  // IEEE binary16 -> binary32, subnormals included.
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  if (exp == 0x1f) return bits_to_float(sign | 0x7f800000u | (mant << 13));  // inf / NaN
+  if (exp == 0) {
+    if (mant == 0) return bits_to_float(sign);
+    // subnormal: value = mant * 2^-24
+    const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+  }
+  return bits_to_float(sign | ((exp + 112u) << 23) | (mant << 13));
+#endif
+}
+
+// Input element types, tagged so the kernels can template on them without torch.
+struct F32 {
+  using storage = float;
+};
+struct BF16 {
+  using storage = uint16_t;
+};
+struct F16 {
+  using storage = uint16_t;
+};
+
+// dst[i] = float(src[i]) for i < n, vectorised.
+inline void to_float(const float* src, int64_t n, float* dst) { std::memcpy(dst, src, sizeof(float) * n); }
+
+inline void to_float_bf16(const uint16_t* src, int64_t n, float* dst) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
+}
+
+inline void to_float_fp16(const uint16_t* src, int64_t n, float* dst) {
+  int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = fp16_to_float(src[i]);
+}
+
+inline void to_float(const uint16_t* src, int64_t n, float* dst, BF16) { to_float_bf16(src, n, dst); }
+inline void to_float(const uint16_t* src, int64_t n, float* dst, F16) { to_float_fp16(src, n, dst); }
+inline void to_float(const float* src, int64_t n, float* dst, F32) { to_float(src, n, dst); }
+
+inline float scalar_to_float(float x, F32) { return x; }
+inline float scalar_to_float(uint16_t x, BF16) { return bf16_to_float(x); }
+inline float scalar_to_float(uint16_t x, F16) { return fp16_to_float(x); }
+
+// ---------------------------------------------------------------------------------------
+// exp for d <= 0, vectorisable.
+//
+// exp(d) = 2^n * exp(r), n = round(d / ln 2), r = d - n ln 2 in [-ln2/2, ln2/2] (Cody-Waite
+// with a two-part ln 2), exp(r) by a degree-6 Taylor/minimax polynomial in Horner form.
+// d below kExpMin (about -87.3, where exp underflows past FLT_MIN) returns exactly 0, so
+// masked entries (d = -inf) contribute nothing. NaN input returns 0 as well: callers detect
+// NaN separately (see OnlineStats::nan).
+constexpr float kExpMin = -87.0f;
+
+inline float fast_exp_nonpos(float d) {
+  const float dc = d < kExpMin ? kExpMin : (d > 0.0f ? 0.0f : d);  // clamp (NaN -> clamped, then zeroed)
+  // Round d / ln 2 to an integer with the 1.5 * 2^23 shifter: the low mantissa bits of
+  // `shifted` then hold n (two's complement), and n = shifted - shifter exactly.
+  constexpr float kShifter = 12582912.0f;
+  const float shifted = std::fma(dc, 1.44269504088896341f, kShifter);
+  const float n = shifted - kShifter;
+  float r = std::fma(n, -0.693359375f, dc);  // - n * ln2_hi (ln2_hi exact in 9 bits)
+  r = std::fma(n, 2.12194440e-4f, r);         // - n * ln2_lo
+  float p = 1.3981999507e-3f;
+  p = std::fma(p, r, 8.3334519073e-3f);
+  p = std::fma(p, r, 4.1665795894e-2f);
+  p = std::fma(p, r, 1.6666665459e-1f);
+  p = std::fma(p, r, 5.0000001201e-1f);
+  p = std::fma(p, r * r, r);
+  p = p + 1.0f;
+  // 2^n: put n + 127 in the exponent field (the shifter's own bits shift out); n in [-126, 0].
+  const float scale = bits_to_float((float_to_bits(shifted) + 127u) << 23);
+  const float v = p * scale;
+  return d >= kExpMin ? v : 0.0f;  // also 0 for NaN d
+}
+
+// ---------------------------------------------------------------------------------------
+// The online recurrence.
+//
+// Invariant, for the values z_i seen so far (d_i = z_i - m, m = max z_i seen):
+//   s = sum exp(d_i),  t = sum exp(d_i) d_i,  u = sum exp(d_i) d_i^2.
+// Entries at -inf contribute exactly 0. Keeping d relative to the running max avoids the
+// cancellation of raw moments. When m grows by delta > 0, d_i -> d_i - delta, so
+//   s' = e^-delta s,  t' = e^-delta (t - delta s),  u' = e^-delta (u - 2 delta t + delta^2 s).
+// Then with p_i = exp(d_i) / s:
+//   lse = m + log s,  H = log s - t / s,  Var[-log p] = u / s - (t / s)^2,
+//   log p_i = (z_i - m) - log s,  max log p = -log s.
+// `nan` records a NaN or +inf seen (the reference gives NaN statistics for such rows).
+struct OnlineStats {
+  float m = -kInf;
+  float s = 0.0f;
+  float t = 0.0f;
+  float u = 0.0f;
+  bool nan = false;
+
+  // Move the reference point to new_m >= m (new_m finite).
+  inline void rescale_to(float new_m) {
+    if (!(new_m > m)) return;
+    if (m == -kInf) {  // nothing accumulated yet: s = t = u = 0
+      m = new_m;
+      return;
+    }
+    const float delta = new_m - m;
+    const float a = std::exp(-delta);
+    u = a * (u - 2.0f * delta * t + delta * delta * s);
+    t = a * (t - delta * s);
+    s = a * s;
+    m = new_m;
+  }
+
+  // Accumulate z[0..n) whose maximum (ignoring NaN) is zmax. Call only with zmax finite.
+  inline void add(const float* z, int64_t n, float zmax) {
+    rescale_to(zmax);
+    const float ref = m;
+    float ss = 0.0f, tt = 0.0f, uu = 0.0f;
+#pragma omp simd reduction(+ : ss, tt, uu)
+    for (int64_t i = 0; i < n; ++i) {
+      const float d0 = z[i] - ref;
+      const float d = d0 < kExpMin ? kExpMin : d0;  // keeps e * d finite for d0 = -inf
+      const float e = fast_exp_nonpos(d0);
+      const float ed = e * d;
+      ss += e;
+      tt += ed;
+      uu = std::fma(ed, d, uu);
+    }
+    s += ss;
+    t += tt;
+    u += uu;
+  }
+
+  // Fold another partial state (of a disjoint set of entries) into this one.
+  inline void merge(const OnlineStats& o) {
+    nan = nan || o.nan;
+    if (o.m == -kInf) return;  // o saw only -inf (or nothing)
+    OnlineStats b = o;
+    if (b.m > m) {
+      rescale_to(b.m);
+    } else {
+      b.rescale_to(m);
+    }
+    s += b.s;
+    t += b.t;
+    u += b.u;
+  }
+
+  // log s, NaN if a NaN / +inf was seen, -inf if every entry was -inf.
+  inline float log_s() const { return nan ? kNaN : std::log(s); }
+  inline float lse() const { return m + log_s(); }
+  inline float entropy() const { return nan ? kNaN : std::log(s) - t / s; }
+  inline float varentropy() const {
+    if (nan) return kNaN;
+    const float mean = t / s;
+    const float v = u / s - mean * mean;
+    return v > 0.0f ? v : (v == v ? 0.0f : v);  // rounding can push a zero variance below 0
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Ordering for top-k and argmax: on z, descending, ties -> lower index.
+
+// An order-preserving key: a < b (as floats, with -0 == +0) <=> key(a) < key(b).
+// Total on all bit patterns: positive NaNs sort above +inf, negative NaNs below -inf.
+inline uint32_t order_key(float x) {
+  const uint32_t b = float_to_bits(x + 0.0f);  // -0 -> +0, so -0 and +0 tie as in float compare
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+struct TopCandidate {
+  float z;
+  int64_t idx;
+};
+
+// "a comes before b": larger z first, then lower index. A strict weak order even with NaN.
+inline bool before(const TopCandidate& a, const TopCandidate& b) {
+  const uint32_t ka = order_key(a.z), kb = order_key(b.z);
+  return ka != kb ? ka > kb : a.idx < b.idx;
+}
+
+}  // namespace cpu
+}  // namespace fuq

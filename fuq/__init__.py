@@ -5,9 +5,10 @@ entropy, varentropy, max and top-k log-probs, top-k mass, the chosen token's
 log-prob).
 """
 
-from . import reference
+from . import reference, scores
 from .ops import LogitStats, logit_stats
+from .scores import score_text
 
 __version__ = "0.1.0"
 
-__all__ = ["LogitStats", "logit_stats", "reference", "__version__"]
+__all__ = ["LogitStats", "logit_stats", "reference", "scores", "score_text", "__version__"]

@@ -89,3 +89,53 @@ def backends():
         out.append(pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu,
                    pytest.mark.skipif(not _library.HAS_CUDA_CPP, reason="fuq._C_cuda not built")]))
     return out
+
+
+_TINY_CORPUS = [
+    "The cat sat on the mat.",
+    "Entropy measures how unsure a model is about the next token.",
+    "A small model, a short test, and a quick answer.",
+    "def f(x):\n    return x * 2\n",
+    "Café, naïve, ünïcödé: bytes and letters.",
+]
+
+
+def tiny_lm_folder(path, seed: int = 0, vocab_size: int = 320) -> str:
+    """Save a randomly initialised tiny Llama + a byte-level BPE tokenizer to ``path``; no download.
+
+    Returns the folder as a str, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer``
+    (and so with ``fuq.models.load(path)``).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
+        pad_token_id=hf_tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # a peakier random model: some confident tokens, some unsure ones
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(str(path))
+    hf_tok.save_pretrained(str(path))
+    return str(path)

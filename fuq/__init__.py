@@ -6,9 +6,10 @@ log-prob).
 """
 
 from . import reference, scores
+from ._truncate import sample, truncate
 from .ops import LogitStats, logit_stats
 from .scores import score_text
 
 __version__ = "0.1.0"
 
-__all__ = ["LogitStats", "logit_stats", "reference", "scores", "score_text", "__version__"]
+__all__ = ["LogitStats", "logit_stats", "truncate", "sample", "reference", "scores", "score_text", "__version__"]

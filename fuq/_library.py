@@ -103,3 +103,92 @@ def _logit_stats_cuda(logits, k, tokens, temperature):
 
 
 LIB.impl("logit_stats", _logit_stats_cuda, "CUDA")
+
+
+# ---------------------------------------------------------------------------------------
+# fuq::truncate and fuq::sample. Off-values of the knobs: top_k 0, top_p 1.0, min_p 0.0,
+# typical_p 1.0, epsilon 0.0, eta 0.0, top_h 0.0, top_n_sigma -1.0, p_less False.
+# ``uniform`` is float64 [B] in [0, 1) (one draw per row, from torch.rand); sample returns
+# the ids then the fields of logit_stats (token_logprob always [B]).
+_KNOBS_SCHEMA = (
+    "float temperature, int top_k, float top_p, float min_p, float typical_p, float epsilon, "
+    "float eta, float top_h, float top_n_sigma, bool p_less, int min_tokens_to_keep"
+)
+TRUNCATE_SCHEMA = f"truncate(Tensor logits, {_KNOBS_SCHEMA}) -> Tensor"
+SAMPLE_SCHEMA = (
+    f"sample(Tensor logits, Tensor uniform, int k, {_KNOBS_SCHEMA}) -> "
+    "(Tensor ids, Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
+    "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
+)
+LIB.define(TRUNCATE_SCHEMA)
+LIB.define(SAMPLE_SCHEMA)
+
+
+@torch.library.register_fake("fuq::truncate")
+def _truncate_fake(logits, *knobs):
+    return logits.new_empty(logits.shape, dtype=torch.float32)
+
+
+@torch.library.register_fake("fuq::sample")
+def _sample_fake(logits, uniform, k, *knobs):
+    B = logits.shape[0]
+    f = logits.new_empty((B,), dtype=torch.float32)
+    i = logits.new_empty((B,), dtype=torch.int64)
+    return (
+        i,
+        f,
+        f.clone(),
+        f.clone(),
+        f.clone(),
+        i.clone(),
+        logits.new_empty((B, k), dtype=torch.float32),
+        logits.new_empty((B, k), dtype=torch.int64),
+        f.clone(),
+        f.clone(),
+    )
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fuq::{op}", key)
+
+
+def _truncate_reference(logits, *knobs):
+    return reference.truncate(logits, *knobs)
+
+
+def _sample_reference(logits, uniform, k, *knobs):
+    return reference.sample(logits, uniform, k, *knobs)
+
+
+def _truncate_cpu_fallback(logits, *knobs):
+    warn_once("cpp-truncate", f"fuq: fuq._C has no CPU kernel of fuq::truncate ({C_ERROR or 'stale build'}); "
+              "falling back to the slow PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.")
+    return reference.truncate(logits, *knobs)
+
+
+def _sample_cpu_fallback(logits, uniform, k, *knobs):
+    warn_once("cpp-sample", f"fuq: fuq._C has no CPU kernel of fuq::sample ({C_ERROR or 'stale build'}); "
+              "falling back to the slow PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.")
+    return reference.sample(logits, uniform, k, *knobs)
+
+
+def _truncate_cuda(logits, *knobs):
+    warn_once("cuda-truncate", "fuq: fuq.truncate has no CUDA kernel registered yet; it runs the PyTorch "
+              "reference on CUDA (backend='triton' selects the Triton kernel).")
+    return reference.truncate(logits, *knobs)
+
+
+def _sample_cuda(logits, uniform, k, *knobs):
+    warn_once("cuda-sample", "fuq: fuq.sample has no CUDA kernel registered yet; it runs the PyTorch "
+              "reference on CUDA.")
+    return reference.sample(logits, uniform, k, *knobs)
+
+
+HAS_CPP_TRUNCATE = HAS_CPP and _has_kernel("truncate", "CPU")
+HAS_CPP_SAMPLE = HAS_CPP and _has_kernel("sample", "CPU")
+if not HAS_CPP_TRUNCATE:
+    LIB.impl("truncate", _truncate_cpu_fallback, "CPU")
+if not HAS_CPP_SAMPLE:
+    LIB.impl("sample", _sample_cpu_fallback, "CPU")
+LIB.impl("truncate", _truncate_cuda, "CUDA")
+LIB.impl("sample", _sample_cuda, "CUDA")

@@ -22,10 +22,12 @@ Conventions shared by all ops:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["logit_stats", "log_softmax_t"]
+__all__ = ["logit_stats", "log_softmax_t", "truncate", "sample", "sample_from"]
 
 
 def log_softmax_t(logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -74,3 +76,214 @@ def logit_stats(
         token_logprob = logp.gather(-1, t.clamp(0, V - 1)[:, None])[:, 0]
         token_logprob = torch.where(ok, token_logprob, torch.full_like(token_logprob, float("nan")))
     return lse, entropy, varentropy, max_logprob, argmax, topk_logprobs, topk_ids, topk_mass, token_logprob
+
+
+# ---------------------------------------------------------------------------------------
+# Truncation and sampling (fuq::truncate, fuq::sample).
+#
+# Off-values of the knobs, shared with the schemas: top_k 0, top_p 1.0, min_p 0.0,
+# typical_p 1.0, epsilon 0.0, eta 0.0, top_h 0.0, top_n_sigma -1.0, p_less False.
+# Each knob runs on the output of the previous one, in Hugging Face's order, and keeps
+# a threshold set of the live tokens: ties at a cut are all kept (as TopKLogitsWarper
+# does), except for top-h, whose bound is an upper bound (see _top_h). Probabilities
+# are computed in float64 from the float32 z; removed tokens are -inf.
+_NEG_INF = float("-inf")
+
+
+def _probs64(z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(p, logp)`` of the live tokens of float32 ``z``, in float64 (0 / -inf for removed)."""
+    logp = torch.log_softmax(z.double(), dim=-1)
+    return logp.exp(), logp
+
+
+def _entropy64(p: Tensor, logp: Tensor) -> Tensor:
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1, keepdim=True)
+
+
+def _keep_top_n(z: Tensor, n: int) -> Tensor:
+    """Mask of the tokens at or above the n-th largest value of the row (ties kept)."""
+    n = min(max(n, 1), z.shape[-1])
+    kth = torch.topk(z, n, dim=-1).values[..., -1:]
+    return (z >= kth) & (z > _NEG_INF)
+
+
+def _apply(z: Tensor, keep: Tensor) -> Tensor:
+    return z.masked_fill(~keep, _NEG_INF)
+
+
+def _top_k(z: Tensor, top_k: int, mtk: int) -> Tensor:
+    return _apply(z, _keep_top_n(z, max(top_k, mtk)))
+
+
+def _top_p(z: Tensor, top_p: float, mtk: int) -> Tensor:
+    """Smallest set of most probable tokens of mass >= top_p (HF: remove ascending cumsum <= 1 - top_p)."""
+    zs, _ = torch.sort(z, dim=-1, descending=True, stable=True)
+    p, _ = _probs64(zs)
+    above = torch.cumsum(p, dim=-1) - p  # mass strictly before each token in descending order
+    kept = (above < top_p) & (zs > _NEG_INF)
+    # the cut value: the smallest kept value; ties with it are kept
+    cut = torch.where(kept, zs, torch.full_like(zs, float("inf"))).amin(-1, keepdim=True)
+    return _apply(z, ((z >= cut) & (z > _NEG_INF)) | _keep_top_n(z, mtk))
+
+
+def _min_p(z: Tensor, min_p: float, mtk: int) -> Tensor:
+    p, _ = _probs64(z)
+    keep = (p >= min_p * p.amax(-1, keepdim=True)) & (z > _NEG_INF)
+    return _apply(z, keep | _keep_top_n(z, mtk))
+
+
+def _typical(z: Tensor, mass: float, mtk: int) -> Tensor:
+    """Most typical tokens (|-log p - H| ascending) until their mass reaches ``mass`` (ties kept)."""
+    p, logp = _probs64(z)
+    key = torch.abs(-logp - _entropy64(p, logp))  # +inf for removed tokens
+    ks, order = torch.sort(key, dim=-1, stable=True)
+    cum = torch.cumsum(p.gather(-1, order), dim=-1)
+    last = (cum < mass).sum(-1, keepdim=True).clamp(max=z.shape[-1] - 1)
+    cut = ks.gather(-1, last)
+    cut = torch.maximum(cut, ks[..., min(mtk, z.shape[-1]) - 1 :][..., :1])
+    return _apply(z, (key <= cut) & (z > _NEG_INF))
+
+
+def _epsilon(z: Tensor, epsilon: float, mtk: int) -> Tensor:
+    p, _ = _probs64(z)
+    return _apply(z, ((p >= epsilon) & (z > _NEG_INF)) | _keep_top_n(z, mtk))
+
+
+def _eta(z: Tensor, epsilon: float, mtk: int) -> Tensor:
+    p, logp = _probs64(z)
+    eta = torch.clamp(math.sqrt(epsilon) * torch.exp(-_entropy64(p, logp)), max=epsilon)
+    return _apply(z, ((p >= eta) & (z > _NEG_INF)) | _keep_top_n(z, mtk))
+
+
+def _top_h(z: Tensor, alpha: float) -> Tensor:
+    """Top-H over the full distribution: the largest threshold set {z >= c} whose entropy terms
+    sum to at most ``alpha * H(p)``, and at least the most probable token(s).
+
+    Exact version of the Top-H paper's rule (HF's TopHLogitsWarper and the paper's code
+    compute both sums over the top 100 tokens only). Ties at the cut are dropped together,
+    so the bound holds; a tie at the maximum is kept whole.
+    """
+    zs, _ = torch.sort(z, dim=-1, descending=True, stable=True)
+    p, logp = _probs64(zs)
+    terms = -torch.where(p > 0, p * logp, torch.zeros_like(p))
+    cum = torch.cumsum(terms, dim=-1)
+    bound = alpha * cum[..., -1:]
+    # cumulative sum up to the end of each token's tie group: the sum of the set {z >= zs_j}
+    end = torch.searchsorted(-zs.contiguous(), -zs.contiguous(), right=True) - 1
+    ok = (cum.gather(-1, end) <= bound) & (zs > _NEG_INF)
+    ok[..., 0] = zs[..., 0] > _NEG_INF
+    cut = torch.where(ok, zs, torch.full_like(zs, float("inf"))).amin(-1, keepdim=True)
+    return _apply(z, (z >= cut) & (z > _NEG_INF))
+
+
+def _top_n_sigma(z: Tensor, n: float) -> Tensor:
+    """Keep z >= max - n * sigma, sigma the (N - 1)-normalised std of the finite z of the row."""
+    live = z > _NEG_INF
+    zd = torch.where(live, z.double(), torch.zeros_like(z, dtype=torch.float64))
+    cnt = live.sum(-1, keepdim=True)
+    mean = zd.sum(-1, keepdim=True) / cnt.clamp(min=1)
+    var = torch.where(live, (zd - mean) ** 2, torch.zeros_like(zd)).sum(-1, keepdim=True) / (cnt - 1).clamp(min=1)
+    cut = z.double().amax(-1, keepdim=True) - n * var.sqrt()
+    return _apply(z, (z.double() >= cut) & live)
+
+
+def _p_less(z: Tensor) -> Tensor:
+    """Keep p >= sum p^2 (the collision probability of the row)."""
+    p, _ = _probs64(z)
+    return _apply(z, (p >= (p * p).sum(-1, keepdim=True)) & (z > _NEG_INF))
+
+
+def truncate(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    typical_p: float = 1.0,
+    epsilon: float = 0.0,
+    eta: float = 0.0,
+    top_h: float = 0.0,
+    top_n_sigma: float = -1.0,
+    p_less: bool = False,
+    min_tokens_to_keep: int = 1,
+) -> Tensor:
+    """Reference for ``fuq::truncate`` on ``logits: [B, V]`` -> float32 ``[B, V]``.
+
+    ``z = logits.float() / temperature``, then, in Hugging Face's order and each on the
+    output of the previous: top-h, top-k, top-p, min-p, typical, epsilon, eta, then
+    top-nσ and p-less. Removed tokens are -inf. ``min_tokens_to_keep`` applies to the
+    knobs whose HF warper takes it (top-k, top-p, min-p, typical, epsilon, eta); every
+    knob keeps at least one live token. A row holding NaN or +inf comes back all NaN;
+    a row that is all -inf stays all -inf.
+    """
+    z = logits.float() / temperature
+    bad = (torch.isnan(z) | (z == float("inf"))).any(-1, keepdim=True)
+    z = torch.where(bad, torch.zeros_like(z), z)
+    mtk = int(min_tokens_to_keep)
+    if top_h > 0.0:
+        z = _top_h(z, top_h)
+    if top_k > 0:
+        z = _top_k(z, top_k, mtk)
+    if top_p < 1.0:
+        z = _top_p(z, top_p, mtk)
+    if min_p > 0.0:
+        z = _min_p(z, min_p, mtk)
+    if typical_p < 1.0:
+        z = _typical(z, typical_p, mtk)
+    if epsilon > 0.0:
+        z = _epsilon(z, epsilon, mtk)
+    if eta > 0.0:
+        z = _eta(z, eta, mtk)
+    if top_n_sigma >= 0.0:
+        z = _top_n_sigma(z, top_n_sigma)
+    if p_less:
+        z = _p_less(z)
+    return torch.where(bad, torch.full_like(z, float("nan")), z)
+
+
+def sample_from(truncated: Tensor, uniform: Tensor) -> Tensor:
+    """Inverse-CDF draw from ``softmax(truncated)`` in token-index order -> int64 ``[B]``.
+
+    ``uniform``: float64 ``[B]`` in [0, 1). The id is the first token whose cumulative
+    weight ``sum exp(z - max)`` exceeds ``u * total`` (float64 sums). A row with no live
+    token (all -inf or NaN) gives id 0.
+    """
+    z = truncated.double()
+    live = z > _NEG_INF
+    m = torch.where(live, z, torch.full_like(z, _NEG_INF)).amax(-1, keepdim=True)
+    w = torch.where(live, torch.exp(z - torch.where(torch.isfinite(m), m, torch.zeros_like(m))), torch.zeros_like(z))
+    cum = torch.cumsum(w, dim=-1)
+    target = uniform.double()[:, None] * cum[..., -1:]
+    ids = torch.searchsorted(cum, target, right=True)[:, 0]
+    # u * total can round up to total: take the last live token then
+    last = torch.where(live, torch.arange(z.shape[-1], device=z.device), torch.zeros_like(z, dtype=torch.long))
+    ids = torch.minimum(ids, last.amax(-1))
+    ok = live.any(-1) & ~torch.isnan(z).any(-1)
+    return torch.where(ok, ids, torch.zeros_like(ids))
+
+
+def sample(
+    logits: Tensor,
+    uniform: Tensor,
+    k: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    typical_p: float = 1.0,
+    epsilon: float = 0.0,
+    eta: float = 0.0,
+    top_h: float = 0.0,
+    top_n_sigma: float = -1.0,
+    p_less: bool = False,
+    min_tokens_to_keep: int = 1,
+) -> tuple[Tensor, ...]:
+    """Reference for ``fuq::sample``: ``(ids, *logit_stats(logits, k, ids, temperature))``.
+
+    The id is drawn from the truncated distribution with :func:`sample_from`; the stats
+    are those of the untruncated step at the same temperature.
+    """
+    z = truncate(logits, temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
+                 min_tokens_to_keep)
+    ids = sample_from(z, uniform)
+    return (ids, *logit_stats(logits, k, ids, temperature))

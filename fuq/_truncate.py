@@ -1,0 +1,275 @@
+"""``fuq.truncate`` and ``fuq.sample``: the Hugging Face sampling warpers, fused and sort-free.
+
+The public functions validate their knobs once, here, and call one op
+(``fuq::truncate`` / ``fuq::sample``) whose kernels trust them. The semantics are
+those of :func:`fuq.reference.truncate` (the spec); see its docstring and the
+helpers above it for each knob.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import _library, reference
+from .ops import LogitStats, _as_rows, _check_backend, _check_logits, _check_temperature
+
+__all__ = ["truncate", "sample"]
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _prob_knob(name: str, value, lo_open: bool, off: float) -> float:
+    """A probability-like knob in (0, 1] (``lo_open``) or [0, 1]; None -> its off-value."""
+    if value is None:
+        return off
+    if isinstance(value, Tensor) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    v = float(value)
+    ok = (0.0 < v <= 1.0) if lo_open else (0.0 <= v <= 1.0)
+    if not ok:
+        interval = "(0, 1]" if lo_open else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {name} = {value!r}")
+    return v
+
+
+def _nonneg_knob(name: str, value, off: float) -> float:
+    if value is None:
+        return off
+    if isinstance(value, Tensor) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0.0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {name} = {value!r}")
+    return v
+
+
+def _knobs(
+    temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep
+) -> tuple:
+    """Validated knobs as the op's arguments, with the off-values of the schema."""
+    t = _check_temperature(temperature)
+    if top_k is None:
+        k = 0
+    elif not _is_int(top_k):
+        raise TypeError(f"top_k must be an int, got {type(top_k).__name__}")
+    elif top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 is off), got top_k = {top_k}")
+    else:
+        k = int(top_k)
+    if not _is_int(min_tokens_to_keep):
+        raise TypeError(f"min_tokens_to_keep must be an int, got {type(min_tokens_to_keep).__name__}")
+    if min_tokens_to_keep < 1:
+        raise ValueError(f"min_tokens_to_keep must be >= 1, got min_tokens_to_keep = {min_tokens_to_keep}")
+    if not isinstance(p_less, bool):
+        raise TypeError(f"p_less must be a bool, got {type(p_less).__name__}")
+    eps = _nonneg_knob("epsilon", epsilon, 0.0)
+    et = _nonneg_knob("eta", eta, 0.0)
+    return (
+        t,
+        k,
+        _prob_knob("top_p", top_p, True, 1.0),
+        _prob_knob("min_p", min_p, False, 0.0),
+        _prob_knob("typical_p", typical_p, True, 1.0),
+        eps,
+        et,
+        _prob_knob("top_h", top_h, True, 0.0),
+        _nonneg_knob("top_n_sigma", top_n_sigma, -1.0),
+        p_less,
+        int(min_tokens_to_keep),
+    )
+
+
+def _cpp_ok(rows: Tensor, op: str) -> None:
+    if rows.device.type != "cpu":
+        raise ValueError(f"backend='cpp' needs a CPU tensor, logits is on {rows.device}")
+    if not (_library.HAS_CPP_TRUNCATE if op == "truncate" else _library.HAS_CPP_SAMPLE):
+        raise RuntimeError(f"backend='cpp' asked for, but fuq._C has no fuq::{op} kernel ({_library.C_ERROR})")
+
+
+def _triton_truncate(rows: Tensor, knobs: tuple) -> Tensor:
+    from .triton_kernels.truncate import truncate as triton_truncate
+
+    t, k, p, mp, typ, eps, eta, th, ns, pl, mtk = knobs
+    return triton_truncate(
+        rows,
+        temperature=t,
+        top_k=k or None,
+        top_p=None if p >= 1.0 else p,
+        min_p=mp or None,
+        typical_p=None if typ >= 1.0 else typ,
+        epsilon=eps or None,
+        eta=eta or None,
+        top_h=th or None,
+        top_n_sigma=None if ns < 0 else ns,
+        p_less=pl,
+        min_tokens_to_keep=mtk,
+    )
+
+
+def truncate(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    typical_p: float | None = None,
+    epsilon: float | None = None,
+    eta: float | None = None,
+    top_h: float | None = None,
+    top_n_sigma: float | None = None,
+    p_less: bool = False,
+    min_tokens_to_keep: int = 1,
+    backend: str = "auto",
+) -> Tensor:
+    """``logits / temperature`` with every token the sampling knobs remove at ``-inf``.
+
+    The knobs run in Hugging Face's order (temperature, top-h, top-k, top-p, min-p,
+    typical, epsilon, eta), then top-nσ and p-less, each on the output of the previous,
+    and keep the same tokens as HF's warpers of the same names (``TopKLogitsWarper``,
+    ``TopPLogitsWarper``, ``MinPLogitsWarper``, ``TypicalLogitsWarper``,
+    ``EpsilonLogitsWarper``, ``EtaLogitsWarper``) except where a float rounding tie
+    decides; exact ties at a cut-off are all kept. No full-vocabulary sort.
+
+    Args:
+        logits: ``[..., V]`` float32 | bfloat16 | float16, any strides; ``-inf`` = masked.
+        temperature: finite, > 0.
+        top_k: keep the k most probable tokens (and ties); None or 0 is off; >= 0.
+        top_p: keep the smallest most-probable set of mass >= top_p; in (0, 1], 1 is off.
+        min_p: keep p >= min_p * max p; in [0, 1], 0 is off.
+        typical_p: keep the most typical tokens (|-log p - H| ascending) up to this
+            mass; in (0, 1], 1 is off.
+        epsilon: keep p >= epsilon (HF's ``epsilon_cutoff``); >= 0, 0 is off.
+        eta: keep p >= min(eta, sqrt(eta) * exp(-H)) (HF's ``eta_cutoff``); >= 0, 0 is off.
+        top_h: Top-H with alpha = top_h over the full distribution: keep the largest
+            set of most probable tokens whose entropy terms sum to <= alpha * H(p) (at
+            least the top token); in (0, 1]. Unlike HF's ``TopHLogitsWarper`` (and the
+            paper's code), which computes both sums over the 100 most probable tokens
+            only, the sums here run over the whole vocabulary.
+        top_n_sigma: keep z >= max z - n * sigma, sigma the (N - 1)-normalised standard
+            deviation of the finite z of the row; >= 0.
+        p_less: keep p >= sum p^2 (the row's collision probability).
+        min_tokens_to_keep: >= 1; honoured by top-k, top-p, min-p, typical, epsilon and
+            eta as HF does (top-h, top-nσ and p-less keep at least one token).
+        backend: ``"auto"`` (C++ on the CPU), ``"cpp"``, ``"triton"`` or ``"reference"``.
+
+    Returns:
+        float32 ``[..., V]``. A row holding NaN or +inf comes back all NaN; a row that is
+        all ``-inf`` stays all ``-inf``.
+
+    Example:
+        >>> import torch, fuq
+        >>> fuq.truncate(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), top_k=2).tolist()
+        [[3.0, 2.0, -inf, -inf]]
+    """
+    _check_logits(logits)
+    knobs = _knobs(temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
+                   min_tokens_to_keep)
+    _check_backend(backend)
+    shape = logits.shape
+    rows = _as_rows(logits)
+    if backend == "auto":
+        out = torch.ops.fuq.truncate(rows, *knobs)
+    elif backend == "reference":
+        out = reference.truncate(rows, *knobs)
+    elif backend == "cpp":
+        _cpp_ok(rows, "truncate")
+        out = torch.ops.fuq.truncate(rows, *knobs)
+    elif backend == "triton":
+        out = _triton_truncate(rows, knobs)
+    else:
+        raise RuntimeError("backend='cuda': fuq.truncate has no CUDA C++ kernel yet; use 'auto' or 'triton'")
+    return out.reshape(shape)
+
+
+def sample(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    typical_p: float | None = None,
+    epsilon: float | None = None,
+    eta: float | None = None,
+    top_h: float | None = None,
+    top_n_sigma: float | None = None,
+    p_less: bool = False,
+    min_tokens_to_keep: int = 1,
+    generator: torch.Generator | None = None,
+    k: int = 0,
+    backend: str = "auto",
+) -> tuple[Tensor, LogitStats]:
+    """Draw one token per row from the truncated distribution, with the step's stats, in one call.
+
+    The knobs are those of :func:`truncate`; with all of them off this samples from
+    ``softmax(logits / temperature)``. One uniform per row is drawn with
+    ``torch.rand(..., dtype=float64, generator=generator)`` and the id is found by exact
+    inverse-CDF sampling over the kept tokens in index order, so a seeded generator
+    gives the same ids on every backend.
+
+    Args:
+        logits: ``[..., V]`` float32 | bfloat16 | float16.
+        generator: a ``torch.Generator`` (any device) or None for the default one.
+        k: how many top tokens the returned stats hold, ``0 <= k <= V``.
+        backend: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``(ids, stats)``: int64 ids ``[...]`` and the :class:`fuq.LogitStats` of the
+        *untruncated* step at this temperature (as ``fuq.logit_stats(logits, k=k,
+        tokens=ids, temperature=temperature)``), ``token_logprob`` being log p of the drawn
+        id under the untruncated distribution. A row with no live token (all ``-inf``,
+        NaN) gives id 0.
+
+    Example:
+        >>> import torch, fuq
+        >>> g = torch.Generator().manual_seed(0)
+        >>> ids, st = fuq.sample(torch.tensor([[5.0, 0.0, -5.0]]), top_k=1, generator=g)
+        >>> ids.tolist(), round(st.token_logprob.item(), 4)
+        ([0], -0.0068)
+    """
+    V = _check_logits(logits)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 0 or k > V:
+        raise ValueError(f"k must be in [0, V] = [0, {V}], got k = {k}")
+    knobs = _knobs(temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
+                   min_tokens_to_keep)
+    _check_backend(backend)
+    lead = logits.shape[:-1]
+    rows = _as_rows(logits)
+    B = rows.shape[0]
+    gdev = generator.device if generator is not None else rows.device
+    u = torch.rand((B,), dtype=torch.float64, generator=generator, device=gdev).to(rows.device)
+    if backend == "auto":
+        out = torch.ops.fuq.sample(rows, u, k, *knobs)
+    elif backend == "reference":
+        out = reference.sample(rows, u, k, *knobs)
+    elif backend == "cpp":
+        _cpp_ok(rows, "sample")
+        out = torch.ops.fuq.sample(rows, u, k, *knobs)
+    elif backend == "triton":
+        from .ops import logit_stats
+
+        ids = reference.sample_from(_triton_truncate(rows, knobs), u)
+        st = logit_stats(rows, k=k, tokens=ids, temperature=knobs[0], backend="triton")
+        return ids.reshape(lead), LogitStats(*(None if f is None else f.reshape(*lead, *f.shape[1:]) for f in st))
+    else:
+        raise RuntimeError("backend='cuda': fuq.sample has no CUDA C++ kernel yet; use 'auto' or 'triton'")
+    ids, lse, ent, var, mx, am, tkl, tki, tkm, tl = out
+    return ids.reshape(lead), LogitStats(
+        lse.reshape(lead),
+        ent.reshape(lead),
+        var.reshape(lead),
+        mx.reshape(lead),
+        am.reshape(lead),
+        tkl.reshape(*lead, k),
+        tki.reshape(*lead, k),
+        tkm.reshape(lead),
+        tl.reshape(lead),
+    )

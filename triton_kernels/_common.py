@@ -1,0 +1,121 @@
+"""Shared ``@triton.jit`` helpers: the online (m, s, t, u) recurrence and packed top-k keys.
+
+The online state of a stream of values ``z`` is, relative to its running max ``m``::
+
+    s = Σ e^{z-m}    t = Σ e^{z-m}·(z-m)    u = Σ e^{z-m}·(z-m)²
+
+so that ``lse = m + log s``, ``entropy = log s - t/s`` and ``varentropy = u/s - (t/s)²``.
+Keeping ``t`` and ``u`` relative to ``m`` (rather than Σ e^{z-m}·z) avoids the
+cancellation of two large numbers; moving ``m`` up by ``δ`` rescales the state by
+``e^{-δ}``: ``s' = e^{-δ}s``, ``t' = e^{-δ}(t - δs)``, ``u' = e^{-δ}(u - 2δt + δ²s)``.
+
+Invariant of every helper: ``-inf`` values (masked tokens, padding) and NaN leave
+the state untouched (no ``0·(-inf)`` is ever formed); NaN and ``+inf`` are counted
+separately by the caller, which then overwrites the row's results.
+
+Top-k keys: a value ``z`` at index ``i`` is packed into one int64
+``(ord(z) << 32) | (0x7fffffff - i)`` where ``ord`` is the order-preserving int32
+image of the float bits (``-0.0`` folded onto ``+0.0``). A larger key means a larger
+``z``, or the same ``z`` at a lower index, so one max gives the first argmax and
+one top-k gives the ``(z desc, index asc)`` order of a stable descending sort.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+KEY_MIN = tl.constexpr(-(2**63))  # below every real key: padding never wins
+
+
+@triton.jit
+def online_update(m, s, t, u, z):
+    """Fold one value per lane ``z`` into the lane states ``(m, s, t, u)``; returns the new state.
+
+    One exp per value: ``r = e^{-|z - m|}`` is either the weight of ``z`` (no new max)
+    or the rescale factor of the old state (``z`` is the new max).
+    """
+    up = z > m  # z is the lane's new max (False for NaN and -inf z)
+    live = (z > float("-inf")) & (m > float("-inf"))
+    d = tl.where(live, -tl.abs(z - m), 0.0)  # finite surrogate; unused where not live
+    r = tl.where(live, tl.exp(d), 0.0)
+    # new max: old state rescaled by r = e^{m - z} (d = m - z), z itself at offset 0
+    s_up = r * s + 1.0
+    t_up = r * (t + d * s)
+    u_up = r * (u + 2.0 * d * t + d * d * s)
+    # same max: z enters with weight r = e^{z - m} at offset d = z - m (r = 0 for -inf / NaN)
+    rd = r * d
+    s_dn = s + r
+    t_dn = t + rd
+    u_dn = u + rd * d
+    return (
+        tl.where(up, z, m),
+        tl.where(up, s_up, s_dn),
+        tl.where(up, t_up, t_dn),
+        tl.where(up, u_up, u_dn),
+    )
+
+
+@triton.jit
+def merge_states(m, s, t, u):
+    """Reduce lane (or partial) states of a 1-D block to one ``(M, S, T, U)``, relative to ``M``."""
+    M = tl.max(m, axis=0)
+    ok = m > float("-inf")  # empty states (m = -inf, s = t = u = 0) weigh 0
+    d = tl.where(ok, m - M, 0.0)
+    w = tl.where(ok, tl.exp(d), 0.0)
+    S = tl.sum(w * s, axis=0)
+    T = tl.sum(w * (t + d * s), axis=0)
+    U = tl.sum(w * (u + 2.0 * d * t + d * d * s), axis=0)
+    return M, S, T, U
+
+
+@triton.jit
+def pack_key(z, idx):
+    """int64 key of float32 ``z`` at int32 index ``idx``: ordered by (z, -idx)."""
+    bits = z.to(tl.int32, bitcast=True)
+    ordk = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # two's complement order == float order
+    ordk = tl.where(z == 0.0, 0, ordk)  # -0.0 ties with +0.0, as in torch.sort
+    return (ordk.to(tl.int64) << 32) | (0x7FFFFFFF - idx).to(tl.int64)
+
+
+@triton.jit
+def unpack_key(key):
+    """Inverse of :func:`pack_key`: ``(z float32, idx int32)``."""
+    hi = (key >> 32).to(tl.int32)
+    bits = hi ^ ((hi >> 31) & 0x7FFFFFFF)
+    z = bits.to(tl.float32, bitcast=True)
+    idx = 0x7FFFFFFF - key.to(tl.int32)  # the low word, < 2^31, survives the truncation
+    return z, idx
+
+
+@triton.jit
+def empty_topk(K: tl.constexpr):
+    """A running top-K holding K distinct sentinels below every real key (and above padding)."""
+    return KEY_MIN + 1 + tl.arange(0, K).to(tl.int64)
+
+
+@triton.jit
+def topk_insert(best, keys, K: tl.constexpr, BITONIC: tl.constexpr):
+    """Running top-K (unordered, distinct keys) ``best`` [K] updated with a chunk ``keys`` [N >= K].
+
+    Few newcomers (the usual case once ``best`` is warm): pull them out of the chunk one
+    at a time, largest first, each replacing the current K-th best. Many newcomers
+    (a cold ``best``) and ``BITONIC``: one bitonic top-K of the chunk merged with ``best``.
+    The result is the same set either way: the K largest of ``best`` and ``keys``.
+    ``tl.topk`` is avoided under the interpreter, where it is very slow.
+    """
+    thr = tl.min(best, axis=0)
+    mk = tl.max(keys, axis=0)
+    if mk > thr:
+        use_sort = False
+        if BITONIC:
+            use_sort = tl.sum((keys > thr).to(tl.int32), axis=0) > K // 8
+        if use_sort:
+            both = tl.reshape(tl.join(best, tl.topk(keys, K)), [2 * K])
+            best = tl.topk(both, K)
+        else:
+            while mk > thr:
+                best = tl.where(best == thr, mk, best)  # keys are distinct: replaces one entry
+                thr = tl.min(best, axis=0)
+                mk = tl.max(tl.where(keys < mk, keys, KEY_MIN), axis=0)
+    return best

@@ -1,0 +1,350 @@
+"""Triton kernels of ``fuq::logit_stats``: split-V partial states, then a per-row merge.
+
+Pass 1, ``_logit_stats_partial_kernel``, grid ``(B, SPLITS)``: each program streams
+its segment of one row in ``BLOCK`` chunks, once, keeping per-lane online states
+(m, s, t, u) (see ``_common.py``), NaN / +inf counts and a running top-``K_PAD`` of
+packed (value, index) keys; it writes one partial state and ``K_PAD`` candidate
+keys. ``SPLITS`` is chosen so that ``B * SPLITS`` fills the GPU: at ``B = 1`` a
+262k-entry row is spread over ~2 programs per SM, not walked by one.
+
+Pass 2, ``_logit_stats_finalize_kernel``, grid ``(B,)``: merges the partial states
+of a row into lse / entropy / varentropy, picks the final top-k among the
+``SPLITS * K_PAD`` candidates (in the kernel when there are few, otherwise from a
+``torch.topk`` on the candidate keys done by the launcher), gathers the token's
+log-probability, and writes every output.
+
+Semantics are those of ``fuq.reference.logit_stats`` (the spec): ``z = x / T`` with
+an IEEE division in float32, ``-inf`` entries contribute 0, top-k ordered by
+(z desc, index asc), an all ``-inf`` row gives ``lse = -inf`` and NaN stats, a row
+with NaN gives NaN ``lse`` (``+inf`` without NaN gives ``lse = +inf``, as
+``torch.logsumexp``) and NaN stats and log-probs, with ids still in ``[0, V)``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._common import KEY_MIN, empty_topk, merge_states, online_update, pack_key, topk_insert, unpack_key
+
+__all__ = ["logit_stats"]
+
+
+@triton.jit
+def _logit_stats_partial_kernel(
+    x_ptr,  # [B, V] logits, last dim contiguous
+    stride_row,
+    V,
+    seg,  # entries per program, a multiple of BLOCK
+    temperature,
+    state_ptr,  # [B, SPLITS, 6] float32: m, s, t, u, #NaN, #(+inf)
+    cand_ptr,  # [B, SPLITS, max(K_PAD, 1)] int64: the segment's best keys (or its max key)
+    HAS_T: tl.constexpr,
+    BLOCK: tl.constexpr,
+    K_PAD: tl.constexpr,
+    BITONIC: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    x_row = x_ptr + row.to(tl.int64) * stride_row  # 64-bit row offset: B*V may pass 2^31
+    lo = split * seg
+    hi = tl.minimum(lo + seg, V)
+    lanes = tl.arange(0, BLOCK)
+
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK], tl.float32)
+    t = tl.zeros([BLOCK], tl.float32)
+    u = tl.zeros([BLOCK], tl.float32)
+    n_nan = tl.zeros([BLOCK], tl.int32)
+    n_inf = tl.zeros([BLOCK], tl.int32)
+    if K_PAD > 0:
+        best = empty_topk(K_PAD)  # the segment's K_PAD largest keys so far, unordered
+    else:
+        kmax = tl.full([BLOCK], KEY_MIN, tl.int64)
+
+    for start in range(lo, hi, BLOCK):
+        idx = start + lanes
+        mask = idx < hi
+        # float32 right after the load: all maths (and the interpreter's reductions) in fp32
+        x = tl.load(x_row + idx, mask=mask, other=float("-inf")).to(tl.float32)
+        if HAS_T:
+            z = tl.math.div_rn(x, temperature)  # IEEE division, as the reference's z = x / T
+        else:
+            z = x
+        m, s, t, u = online_update(m, s, t, u, z)
+        n_nan += (z != z).to(tl.int32)
+        n_inf += (z == float("inf")).to(tl.int32)
+        keys = tl.where(mask, pack_key(z, idx), KEY_MIN)
+        if K_PAD > 0:
+            best = topk_insert(best, keys, K_PAD, BITONIC)
+        else:
+            kmax = tl.maximum(kmax, keys)
+
+    M, S, T, U = merge_states(m, s, t, u)
+    st = state_ptr + (row.to(tl.int64) * n_splits + split) * 6
+    tl.store(st + 0, M)
+    tl.store(st + 1, S)
+    tl.store(st + 2, T)
+    tl.store(st + 3, U)
+    tl.store(st + 4, tl.sum(n_nan, axis=0).to(tl.float32))
+    tl.store(st + 5, tl.sum(n_inf, axis=0).to(tl.float32))
+    if K_PAD > 0:
+        kp = tl.arange(0, K_PAD)
+        tl.store(cand_ptr + (row.to(tl.int64) * n_splits + split) * K_PAD + kp, best)
+    else:
+        tl.store(cand_ptr + row.to(tl.int64) * n_splits + split, tl.max(kmax, axis=0))
+
+
+@triton.jit
+def _logit_stats_finalize_kernel(
+    x_ptr,
+    stride_row,
+    V,
+    temperature,
+    tokens_ptr,  # [B] int64 (unused unless HAS_TOKENS)
+    state_ptr,  # [B, n_splits, 6] float32
+    cand_ptr,  # [B, n_cand] int64 (MODE 0 / 1)
+    sel_ptr,  # [B, k] int64 keys of the final top-k, sorted descending (MODE 2)
+    n_splits,
+    n_cand,
+    k,
+    lse_ptr,
+    ent_ptr,
+    var_ptr,
+    maxlp_ptr,
+    argmax_ptr,
+    tkl_ptr,  # [B, k] float32
+    tki_ptr,  # [B, k] int64
+    mass_ptr,
+    toklp_ptr,
+    HAS_T: tl.constexpr,
+    HAS_TOKENS: tl.constexpr,
+    MODE: tl.constexpr,  # 0: k = 0; 1: top-k of the candidates here; 2: keys given in sel
+    SPLITS_PAD: tl.constexpr,
+    CAND_PAD: tl.constexpr,  # MODE 0 / 1
+    KB: tl.constexpr,  # MODE 2: keys decoded per step
+):
+    row = tl.program_id(0)
+    row64 = row.to(tl.int64)
+    nan = float("nan")
+
+    sp = tl.arange(0, SPLITS_PAD)
+    smask = sp < n_splits
+    st = state_ptr + (row64 * n_splits + sp) * 6
+    m = tl.load(st + 0, mask=smask, other=float("-inf"))
+    s = tl.load(st + 1, mask=smask, other=0.0)
+    t = tl.load(st + 2, mask=smask, other=0.0)
+    u = tl.load(st + 3, mask=smask, other=0.0)
+    has_nan = tl.sum(tl.load(st + 4, mask=smask, other=0.0), axis=0) > 0
+    has_inf = tl.sum(tl.load(st + 5, mask=smask, other=0.0), axis=0) > 0
+    bad = has_nan | has_inf
+    M, S, T, U = merge_states(m, s, t, u)
+
+    log_s = tl.log(S)
+    lse = M + log_s  # all -inf row: -inf + log 0 = -inf
+    mean = T / S  # E_p[z - M]; NaN for an all -inf row (0 / 0)
+    entropy = log_s - mean
+    var = U / S - mean * mean
+    var = tl.where(var < 0.0, 0.0, var)  # rounding; keeps NaN
+    lse = tl.where(has_nan, nan, tl.where(has_inf, float("inf"), lse))
+    entropy = tl.where(bad, nan, entropy)
+    var = tl.where(bad, nan, var)
+    tl.store(lse_ptr + row, lse)
+    tl.store(ent_ptr + row, entropy)
+    tl.store(var_ptr + row, var)
+    tl.store(maxlp_ptr + row, tl.where(bad, nan, M - lse))
+
+    if MODE == 2:
+        kmax = tl.load(sel_ptr + row64 * k)  # the first key of the sorted top-k
+    else:
+        c = tl.arange(0, CAND_PAD)
+        keys = tl.load(cand_ptr + row64 * n_cand + c, mask=c < n_cand, other=KEY_MIN)
+        kmax = tl.max(keys, axis=0)
+    _, amax = unpack_key(kmax)
+    tl.store(argmax_ptr + row, amax.to(tl.int64))
+
+    if MODE == 1:
+        # k small: walk the candidates down from the max, one key per step (keys are distinct).
+        mk = kmax
+        mass = tl.sum(tl.zeros([2], tl.float32), axis=0)  # a float32 scalar tensor (loop-carried)
+        for j in range(0, k):
+            z, idx = unpack_key(mk)
+            lp = tl.where(bad, nan, z - lse)
+            tl.store(tkl_ptr + row64 * k + j, lp)
+            tl.store(tki_ptr + row64 * k + j, idx.to(tl.int64))
+            mass += tl.exp(lp)
+            mk = tl.max(tl.where(keys < mk, keys, KEY_MIN), axis=0)
+        tl.store(mass_ptr + row, mass)
+    elif MODE == 2:
+        mass = tl.zeros([KB], tl.float32)
+        for j0 in range(0, k, KB):
+            j = j0 + tl.arange(0, KB)
+            jm = j < k
+            key = tl.load(sel_ptr + row64 * k + j, mask=jm, other=KEY_MIN)
+            z, idx = unpack_key(key)
+            lp = tl.where(bad, nan, z - lse)
+            tl.store(tkl_ptr + row64 * k + j, lp, mask=jm)
+            tl.store(tki_ptr + row64 * k + j, idx.to(tl.int64), mask=jm)
+            mass += tl.where(jm, tl.exp(lp), 0.0)
+        tl.store(mass_ptr + row, tl.sum(mass, axis=0))
+    else:
+        tl.store(mass_ptr + row, 0.0)
+
+    if HAS_TOKENS:
+        tok = tl.load(tokens_ptr + row)
+        ok = (tok >= 0) & (tok < V)
+        xt = tl.load(x_ptr + row64 * stride_row + tl.where(ok, tok, 0), mask=ok, other=0.0).to(tl.float32)
+        if HAS_T:
+            zt = tl.math.div_rn(xt, temperature)
+        else:
+            zt = xt
+        tl.store(toklp_ptr + row, tl.where(ok & (bad == 0), zt - lse, nan))
+
+
+@triton.jit
+def _row_keys_kernel(x_ptr, stride_row, V, temperature, keys_ptr, HAS_T: tl.constexpr, BLOCK: tl.constexpr):
+    """keys[b, i] = pack_key(x[b, i] / T, i): the large-k route (k > K_MAX) sorts these with torch."""
+    row = tl.program_id(0).to(tl.int64)
+    idx = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < V
+    x = tl.load(x_ptr + row * stride_row + idx, mask=mask, other=0.0).to(tl.float32)
+    if HAS_T:
+        z = tl.math.div_rn(x, temperature)
+    else:
+        z = x
+    tl.store(keys_ptr + row * V + idx, pack_key(z, idx), mask=mask)
+
+
+# k up to K_MAX keeps a running top-K_PAD per program; larger k (say k = V) takes the
+# candidate-free route: pass 1 without top-k, then one torch.topk over the packed keys
+# of the whole row (exact, same tie rule, but a second read of the row and B*V*8 bytes).
+K_MAX = 1024
+# Up to these sizes the final top-k is picked inside the finalize kernel (k steps over the
+# candidates); beyond, by torch.topk on the candidate keys (distinct keys: exact order).
+MERGE_IN_KERNEL_MAX_K = 128
+MERGE_IN_KERNEL_MAX_CAND = 4096
+# Bitonic tl.topk for chunks that bring many new top-k keys: None = on GPUs only (it is very
+# slow under the interpreter); tests may force it on to cover that path.
+BITONIC: bool | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _target_programs(device: torch.device, k: int) -> int:
+    if device.type == "cuda":
+        # top-k merges make pass 1 partly compute-bound: more, smaller programs help
+        per_sm = 4 if k > 0 else 2
+        return per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 4  # interpreter: a few splits, enough to exercise the merge
+
+
+def _p2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def logit_stats(
+    logits: Tensor, k: int, tokens: Tensor | None, temperature: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Triton ``fuq::logit_stats`` on ``logits: [B, V]`` float32 | bfloat16 | float16.
+
+    ``k`` in ``[0, V]``; ``tokens``: ``[B]`` integer ids or None; ``temperature > 0``.
+    Returns ``(lse, entropy, varentropy, max_logprob, argmax, topk_logprobs [B, k],
+    topk_ids [B, k], topk_mass, token_logprob)``: float32 / int64, contiguous;
+    ``token_logprob`` is ``[B]``, or empty ``[0]`` when ``tokens`` is None. Runs on
+    CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
+    if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
+    B, V = logits.shape
+    if not 0 <= k <= V:
+        raise ValueError(f"k must be in [0, V] = [0, {V}], got k = {k}")
+    if logits.stride(1) != 1 and V > 1:
+        logits = logits.contiguous()
+    dev = logits.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    lse = torch.empty(B, **f32)
+    ent = torch.empty(B, **f32)
+    var = torch.empty(B, **f32)
+    maxlp = torch.empty(B, **f32)
+    amax = torch.empty(B, device=dev, dtype=torch.int64)
+    tkl = torch.empty(B, k, **f32)
+    tki = torch.empty(B, k, device=dev, dtype=torch.int64)
+    mass = torch.empty(B, **f32)
+    toklp = torch.empty(B if tokens is not None else 0, **f32)
+    if B == 0:
+        return lse, ent, var, maxlp, amax, tkl, tki, mass, toklp
+    T = float(temperature)
+    has_t = T != 1.0  # x / 1.0 == x exactly
+    stride = logits.stride(0)
+
+    k_pad = 0 if k == 0 or k > K_MAX else max(2, _p2(k))
+    block = max(k_pad, 16, min(1024, _p2(V)))
+    splits = max(1, min(triton.cdiv(V, block), triton.cdiv(_target_programs(dev, k), B)))
+    seg = triton.cdiv(triton.cdiv(V, splits), block) * block
+    splits = triton.cdiv(V, seg)
+    kc = max(k_pad, 1)
+    state = torch.empty(B, splits, 6, **f32)
+    cand = torch.empty(B, splits, kc, device=dev, dtype=torch.int64)
+    num_warps = 4 if block <= 1024 else 8
+    bitonic = (dev.type == "cuda") if BITONIC is None else BITONIC
+    _logit_stats_partial_kernel[(B, splits)](
+        logits, stride, V, seg, T, state, cand,
+        HAS_T=has_t, BLOCK=block, K_PAD=k_pad, BITONIC=bitonic and k_pad >= 16, num_warps=num_warps,
+    )  # fmt: skip
+
+    n_cand = splits * kc
+    sel = cand  # placeholder pointer when unused
+    if k == 0:
+        mode = 0
+    elif k_pad > 0 and k <= MERGE_IN_KERNEL_MAX_K and n_cand <= MERGE_IN_KERNEL_MAX_CAND:
+        mode = 1
+    else:
+        mode = 2
+        if k_pad > 0:
+            sel = torch.topk(cand.view(B, n_cand), k, dim=1, sorted=True).values.contiguous()
+        else:  # k > K_MAX: exact top-k from the keys of the whole row
+            keys = torch.empty(B, V, device=dev, dtype=torch.int64)
+            kblock = 1024
+            _row_keys_kernel[(B, triton.cdiv(V, kblock))](logits, stride, V, T, keys, HAS_T=has_t, BLOCK=kblock)
+            sel = torch.topk(keys, k, dim=1, sorted=True).values.contiguous()
+    tok = tokens.to(device=dev, dtype=torch.int64).contiguous() if tokens is not None else amax
+    _logit_stats_finalize_kernel[(B,)](
+        logits,
+        stride,
+        V,
+        T,
+        tok,
+        state,
+        cand,
+        sel,
+        splits,
+        n_cand,
+        k,
+        lse,
+        ent,
+        var,
+        maxlp,
+        amax,
+        tkl,
+        tki,
+        mass,
+        toklp,
+        HAS_T=has_t,
+        HAS_TOKENS=tokens is not None,
+        MODE=mode,
+        SPLITS_PAD=max(2, _p2(splits)),
+        CAND_PAD=max(2, _p2(n_cand)) if mode != 2 else 2,
+        KB=max(2, min(1024, _p2(k))),
+        num_warps=4,
+    )
+    return lse, ent, var, maxlp, amax, tkl, tki, mass, toklp

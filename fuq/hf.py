@@ -1,0 +1,252 @@
+"""Make Hugging Face ``model.generate`` sample with ONE fused fuq call, and record uncertainty on the way.
+
+Design
+------
+Hugging Face builds the processors of a ``generate`` call in
+``GenerationMixin._get_logits_processor(generation_config, ...)``: first the
+non-sampling processors (repetition penalty, min-length, bad words, the user's own
+``logits_processor`` list, …), then, when ``do_sample`` is set, one warper per
+sampling knob of the ``GenerationConfig`` (temperature, top-h, top-k, top-p, min-p,
+typical, epsilon, eta; each a few passes over the vocabulary, top-p and typical a
+full sort), then the watermark and ``LogitNormalization`` if asked for. ``_sample``
+then draws ``torch.multinomial(softmax(scores))`` (or takes the argmax).
+
+:func:`patch` replaces that method on ONE model instance, for the duration of a
+``with`` block, by a wrapper that
+
+1. calls Hugging Face's own method with a copy of the config whose ``do_sample`` is
+   False, which yields every processor except the sampling warpers (so repetition
+   penalties, constraints, the user's processors, watermarking and renormalisation
+   are kept, untouched, in Hugging Face's order);
+2. when ``do_sample`` is set, inserts one :class:`fuq.processors.FusedLogitsWarper`
+   built from the same config (:func:`fused_logits_processor`) where the warpers were:
+   ``fuq.truncate`` with all knobs at once, in Hugging Face's order, no sort;
+3. optionally inserts an :class:`fuq.processors.UncertaintyRecorder`
+   (``record=``): first in the list (``record_on="raw"``: the model's own logits, the
+   default), just before the fused call (``"pre_warp"``: after penalties and
+   constraints), or last (``"processed"``: the distribution actually sampled from).
+
+Hugging Face's ``_sample`` still draws the token (softmax + ``torch.multinomial`` on
+the global RNG), so with the same seed the patched and the stock model pick the same
+tokens whenever the kept sets agree (everywhere but float rounding ties), and greedy
+decoding is unchanged. ``generate`` itself is also wrapped while the patch is active,
+only to reset the recorder before the call and call ``recorder.finalize(sequences)``
+after it, so ``recorder.trace()`` is ready when ``generate`` returns. On exit both
+instance attributes are removed again (the class methods show through), also when
+the block raises. Only decoder loops that call the processors once per step with the
+growing ``input_ids`` are supported for recording (greedy and sampling; not beam
+search or assisted decoding, which raise ``ValueError`` when a recorder is given).
+
+Example::
+
+    import fuq.hf
+    from fuq.processors import UncertaintyRecorder
+
+    rec = UncertaintyRecorder(k=5)
+    with fuq.hf.patch(model, record=rec):
+        out = model.generate(ids, do_sample=True, top_p=0.9, temperature=0.7, max_new_tokens=32)
+    trace = rec.trace()          # fuq.trace.Trace: entropy, top-5, chosen-token log-prob per token
+
+Importing this module needs ``transformers`` (``pip install fuq[hf]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+try:
+    from transformers import GenerationConfig
+    from transformers.generation.logits_process import LogitsProcessorList
+except ImportError as exc:  # pragma: no cover - exercised only without transformers
+    raise ImportError(
+        "fuq.hf needs Hugging Face transformers, which is not installed: `pip install fuq[hf]`"
+    ) from exc
+
+from .processors import FusedLogitsWarper, UncertaintyRecorder
+
+__all__ = ["fused_logits_processor", "patch", "sampling_knobs"]
+
+_RECORD_ON = ("raw", "pre_warp", "processed")
+
+
+def _min_tokens_to_keep(generation_config: GenerationConfig) -> int:
+    """Hugging Face's rule: 1, or (number of EOS ids + 1) under beam search."""
+    if generation_config.num_beams is not None and generation_config.num_beams > 1:
+        eos = getattr(generation_config, "_eos_token_tensor", None)
+        if isinstance(eos, list):
+            return len(eos) + 1
+        if isinstance(eos, torch.Tensor):
+            return eos.shape[0] + 1
+        return 2
+    return 1
+
+
+def sampling_knobs(generation_config: GenerationConfig) -> dict[str, Any]:
+    """The ``fuq.truncate`` knobs Hugging Face's warper chain would apply for this config.
+
+    Follows ``GenerationMixin._get_logits_processor`` exactly: a knob counts when
+    Hugging Face would build its warper (``temperature != 1``, ``top_k != 0``,
+    ``top_p < 1``, ``typical_p < 1``, ``0 < epsilon_cutoff < 1``, …). Empty when
+    ``do_sample`` is not set. Includes ``min_tokens_to_keep``.
+    """
+    gc = generation_config
+    if not gc.do_sample:
+        return {}
+    knobs: dict[str, Any] = {}
+    if gc.temperature is not None and gc.temperature != 1.0:
+        knobs["temperature"] = float(gc.temperature)
+    if getattr(gc, "top_h", None) is not None:
+        knobs["top_h"] = float(gc.top_h)
+    if gc.top_k is not None and gc.top_k != 0:
+        knobs["top_k"] = int(gc.top_k)
+    if gc.top_p is not None and gc.top_p < 1.0:
+        knobs["top_p"] = float(gc.top_p)
+    if gc.min_p is not None:
+        knobs["min_p"] = float(gc.min_p)
+    if gc.typical_p is not None and gc.typical_p < 1.0:
+        knobs["typical_p"] = float(gc.typical_p)
+    if gc.epsilon_cutoff is not None and 0.0 < gc.epsilon_cutoff < 1.0:
+        knobs["epsilon"] = float(gc.epsilon_cutoff)
+    if gc.eta_cutoff is not None and 0.0 < gc.eta_cutoff < 1.0:
+        knobs["eta"] = float(gc.eta_cutoff)
+    knobs["min_tokens_to_keep"] = _min_tokens_to_keep(gc)
+    return knobs
+
+
+def fused_logits_processor(
+    generation_config: GenerationConfig,
+    *,
+    top_n_sigma: float | None = None,
+    p_less: bool = False,
+    backend: str = "auto",
+) -> FusedLogitsWarper | None:
+    """One processor doing all the sampling warpers of ``generation_config`` in one ``fuq.truncate`` call.
+
+    Args:
+        generation_config: a Hugging Face ``GenerationConfig`` (``do_sample`` and its
+            temperature / top_h / top_k / top_p / min_p / typical_p / epsilon_cutoff /
+            eta_cutoff are read the way ``generate`` reads them).
+        top_n_sigma, p_less: fuq's extra knobs (no ``GenerationConfig`` field), applied last.
+        backend: as for ``fuq.truncate``.
+
+    Returns:
+        A :class:`fuq.processors.FusedLogitsWarper` (``[B, V]`` scores in, ``logits / T``
+        with removed tokens at -inf out), or None when nothing would be applied
+        (greedy decoding, or sampling with every knob neutral).
+
+    Example:
+        >>> cfg = GenerationConfig(do_sample=True, top_p=0.9, temperature=0.7)
+        >>> proc = fused_logits_processor(cfg)
+        >>> proc.top_p, proc.temperature
+        (0.9, 0.7)
+
+        To use it by hand, turn Hugging Face's own warpers off
+        (``model.generate(ids, do_sample=True, logits_processor=[proc], top_k=0, top_p=1.0, temperature=1.0)``),
+        or let :func:`patch` do it.
+    """
+    knobs = sampling_knobs(generation_config)
+    if not generation_config.do_sample:
+        return None
+    proc = FusedLogitsWarper(**knobs, top_n_sigma=top_n_sigma, p_less=p_less, backend=backend)
+    return None if proc.is_identity else proc
+
+
+def _uses_per_step_processors(generation_config: GenerationConfig) -> bool:
+    beams = generation_config.num_beams or 1
+    assisted = getattr(generation_config, "assistant_early_exit", None) is not None or (
+        getattr(generation_config, "prompt_lookup_num_tokens", None) is not None
+    )
+    return beams == 1 and not assisted
+
+
+@contextlib.contextmanager
+def patch(
+    model: torch.nn.Module,
+    record: UncertaintyRecorder | None = None,
+    *,
+    record_on: str = "raw",
+    top_n_sigma: float | None = None,
+    p_less: bool = False,
+    backend: str = "auto",
+) -> Iterator[torch.nn.Module]:
+    """Within the block, ``model.generate`` samples with one fused fuq call instead of HF's warper chain.
+
+    Args:
+        model: a Hugging Face model with ``generate`` (``GenerationMixin``).
+        record: an :class:`~fuq.processors.UncertaintyRecorder` to run at every step, or None.
+        record_on: where the recorder sits: ``"raw"`` (first: the model's logits),
+            ``"pre_warp"`` (after penalties / constraints, before temperature and
+            truncation) or ``"processed"`` (last: the distribution sampled from).
+        top_n_sigma, p_less: fuq-only knobs added to the fused call when sampling.
+        backend: as for ``fuq.truncate``.
+
+    Yields:
+        the model (patched in place; restored on exit).
+    """
+    if record_on not in _RECORD_ON:
+        raise ValueError(f"record_on must be one of {_RECORD_ON}, got {record_on!r}")
+    if record is not None and not isinstance(record, UncertaintyRecorder):
+        raise TypeError(f"record must be a fuq.processors.UncertaintyRecorder, got {type(record).__name__}")
+    if not hasattr(model, "_get_logits_processor") or not hasattr(model, "generate"):
+        raise TypeError(f"model must be a Hugging Face generative model, got {type(model).__name__}")
+    if record is not None:
+        record.recorded_on = record_on
+
+    saved = {name: model.__dict__[name] for name in ("_get_logits_processor", "generate") if name in model.__dict__}
+    original_get = model._get_logits_processor
+    original_generate = model.generate
+
+    @functools.wraps(original_get)
+    def _get_logits_processor(generation_config: GenerationConfig, *args: Any, **kwargs: Any) -> LogitsProcessorList:
+        if record is not None and not _uses_per_step_processors(generation_config):
+            raise ValueError("fuq.hf.patch(record=...) supports greedy and sampling decoding (num_beams=1) only")
+        stock = copy.copy(generation_config)
+        stock.do_sample = False  # Hugging Face builds everything but the sampling warpers
+        processors = original_get(stock, *args, **kwargs)
+        # The watermark and LogitNormalization come after the warpers: insert before them.
+        tail = int(generation_config.watermarking_config is not None) + int(
+            generation_config.renormalize_logits is True
+        )
+        at = len(processors) - tail
+        fused = fused_logits_processor(generation_config, top_n_sigma=top_n_sigma, p_less=p_less, backend=backend)
+        if fused is not None:
+            processors.insert(at, fused)
+        if record is not None:
+            if record.eos_token_id is None:
+                record.eos_token_id = getattr(generation_config, "_eos_token_tensor", None)
+                if record.eos_token_id is None:
+                    record.eos_token_id = generation_config.eos_token_id
+            where = {"raw": 0, "pre_warp": at, "processed": len(processors)}[record_on]
+            processors.insert(where, record)
+        return processors
+
+    @functools.wraps(original_generate)
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        eos_before = None if record is None else record.eos_token_id
+        if record is not None:
+            record.reset()
+        try:
+            out = original_generate(*args, **kwargs)
+            if record is not None and record.num_steps > 0:
+                record.finalize(out)
+        finally:
+            if record is not None:
+                record.eos_token_id = eos_before
+        return out
+
+    model._get_logits_processor = _get_logits_processor
+    model.generate = generate
+    try:
+        yield model
+    finally:
+        for name in ("_get_logits_processor", "generate"):
+            if name in saved:
+                model.__dict__[name] = saved[name]
+            else:
+                model.__dict__.pop(name, None)

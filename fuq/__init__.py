@@ -5,11 +5,13 @@ entropy, varentropy, max and top-k log-probs, top-k mass, the chosen token's
 log-prob).
 """
 
-from . import reference, scores
+from . import adaptive, models, reference, scores
 from ._truncate import sample, truncate
+from .generate import generate
 from .ops import LogitStats, logit_stats
 from .scores import score_text
 
 __version__ = "0.1.0"
 
 __all__ = ["LogitStats", "logit_stats", "truncate", "sample", "reference", "scores", "score_text", "__version__"]
+__all__ += ["generate", "adaptive", "models"]

@@ -116,3 +116,11 @@ class Trace:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"meta": …, "sequences": [row(0), row(1), …]}``."""
         return {"meta": dict(self.meta), "sequences": [self.row(b) for b in range(self.batch_size)]}
+
+    def deferral(self, rule: str = "chow-quantile", alpha: float = 0.1, threshold: float | None = None, *,
+                 rate: float | None = None):
+        """Cascade deferral of each sequence (Chow-Sum / Chow-Average / Chow-Quantile α):
+        see :func:`fuq.adaptive.deferral`. Returns ``Deferral(score [B], defer [B], …)``."""
+        from .adaptive import deferral
+
+        return deferral(self, rule=rule, alpha=alpha, threshold=threshold, rate=rate)

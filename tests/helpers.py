@@ -135,7 +135,7 @@ def tiny_lm_folder(path, seed: int = 0, vocab_size: int = 320) -> str:
     )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # a peakier random model: some confident tokens, some unsure ones
-        model.lm_head.weight.mul_(8.0)
+        model.lm_head.weight.mul_(60.0)
     model.save_pretrained(str(path))
     hf_tok.save_pretrained(str(path))
     return str(path)

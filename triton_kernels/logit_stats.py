@@ -233,7 +233,7 @@ MERGE_IN_KERNEL_MAX_CAND = 4096
 BITONIC: bool | None = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "fuq/cpu_online.h"
@@ -46,7 +47,9 @@ struct TopK {
 
   void init(int64_t k_, int64_t seg_len) {
     k = k_;
-    cap = std::min(seg_len, std::max<int64_t>(2 * k, k + 1024));
+    // Room for k + slack: a small slack prunes often, so thr stays close to the true k-th
+    // best and few blocks pass the skip test; each prune costs O(cap).
+    cap = std::min(seg_len, 2 * k + 64);
     c.clear();
     c.reserve(static_cast<size_t>(cap));
   }
@@ -58,15 +61,35 @@ struct TopK {
     pruned = true;
   }
 
+  inline void push(float z, int64_t idx) {
+    c.push_back({z, idx});
+    if (static_cast<int64_t>(c.size()) >= cap && cap > k) prune();
+  }
+
   // Offer z[0..n) (indices base + i) with block maxima bmax.
   void offer(const float* z, int64_t n, const float* bmax, int64_t base) {
-    for (int64_t b0 = 0, bi = 0; b0 < n; b0 += kBlock, ++bi) {
-      if (pruned && !(bmax[bi] > thr)) continue;
+    int64_t i = 0;
+    if (!pruned) {  // fill up: take everything until the first prune
+      for (; i < n && !pruned; ++i) push(z[i], base + i);
+    }
+    for (; i < n; ++i) {  // the rest of the current block, one by one
+      if (i % kBlock == 0) break;
+      if (z[i] > thr) push(z[i], base + i);
+    }
+    for (int64_t b0 = i; b0 < n; b0 += kBlock) {
+      if (!(bmax[b0 / kBlock] > thr)) continue;
       const int64_t b1 = std::min(n, b0 + kBlock);
-      for (int64_t i = b0; i < b1; ++i) {
-        if (pruned && !(z[i] > thr)) continue;
-        c.push_back({z[i], base + i});
-        if (static_cast<int64_t>(c.size()) >= cap && cap > k) prune();
+      int64_t j = b0;
+      for (; j + 8 <= b1; j += 8) {
+        // An entry pushed after a prune inside this group may be <= the new thr: harmless,
+        // the list then holds a few extra entries that the next prune removes.
+        for (unsigned m = cpu::gt_mask8(z + j, thr); m != 0; m &= m - 1) {
+          const int64_t q = j + __builtin_ctz(m);
+          push(z[q], base + q);
+        }
+      }
+      for (; j < b1; ++j) {
+        if (z[j] > thr) push(z[j], base + j);
       }
     }
   }
@@ -80,10 +103,14 @@ struct Partial {
   TopK top;
 };
 
-// z[i] = float(x[i]) / T for i < n; bmax[b] = max of block b (NaN ignored); returns the
-// chunk max and sets *bad when a NaN is seen.
-template <bool kDivide>
-inline float prepare_chunk(float* z, int64_t n, float temperature, float* bmax, bool* bad) {
+// Loads of one element as float32 (vectorisable: bf16 is a shift, fp32 a plain load).
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const uint16_t* p, int64_t i) { return cpu::bf16_to_float(p[i]); }
+
+// z[i] = float(x[i]) / T for i < n (kStore: else z is x itself); bmax[b] = max of block b
+// (NaN ignored). Returns the chunk max and sets *bad when a NaN is seen.
+template <bool kDivide, bool kStore, typename In>
+inline float prepare_chunk(const In* x, float* z, int64_t n, float temperature, float* bmax, bool* bad) {
   float cmax = -kInf;
   int nan = 0;
   for (int64_t b0 = 0, bi = 0; b0 < n; b0 += kBlock, ++bi) {
@@ -91,8 +118,9 @@ inline float prepare_chunk(float* z, int64_t n, float temperature, float* bmax, 
     float bm = -kInf;
 #pragma omp simd reduction(max : bm) reduction(| : nan)
     for (int64_t i = b0; i < b1; ++i) {
-      const float v = kDivide ? z[i] / temperature : z[i];
-      z[i] = v;
+      float v = load(x, i);
+      if constexpr (kDivide) v = v / temperature;
+      if constexpr (kStore) z[i] = v;
       bm = v > bm ? v : bm;
       nan |= (v != v);
     }
@@ -103,22 +131,43 @@ inline float prepare_chunk(float* z, int64_t n, float temperature, float* bmax, 
   return cmax;
 }
 
+// z = logits[c0, c0 + n) / T as float32, in `scratch` unless the input can be used as is.
+template <typename Tag>
+inline const float* load_chunk(const typename Tag::storage* x, float* scratch, int64_t n, float temperature,
+                               float* bmax, float* cmax, bool* bad) {
+  const bool divide = temperature != 1.0f;
+  if constexpr (std::is_same_v<Tag, cpu::F32>) {
+    if (!divide) {
+      *cmax = prepare_chunk<false, false>(x, scratch, n, temperature, bmax, bad);
+      return x;
+    }
+    *cmax = prepare_chunk<true, true>(x, scratch, n, temperature, bmax, bad);
+  } else if constexpr (std::is_same_v<Tag, cpu::BF16>) {
+    *cmax = divide ? prepare_chunk<true, true>(x, scratch, n, temperature, bmax, bad)
+                   : prepare_chunk<false, true>(x, scratch, n, temperature, bmax, bad);
+  } else {  // fp16: convert (F16C when available), then in place
+    cpu::to_float_fp16(x, n, scratch);
+    const float* f = scratch;
+    *cmax = divide ? prepare_chunk<true, true>(f, scratch, n, temperature, bmax, bad)
+                   : prepare_chunk<false, false>(f, scratch, n, temperature, bmax, bad);
+  }
+  return scratch;
+}
+
 // Scan logits[begin, end) of one row into `out`.
 template <typename Tag>
 void scan_segment(const typename Tag::storage* row, int64_t begin, int64_t end, float temperature, int64_t k,
                   Partial& out) {
-  alignas(64) float z[kChunk];
+  alignas(64) float scratch[kChunk];
   float bmax[kBlocksPerChunk];
   out = Partial{};
   out.best_idx = begin;  // valid even if every entry is -inf or NaN
   if (k > 0) out.top.init(k, end - begin);
-  const bool divide = temperature != 1.0f;
   for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
     const int64_t n = std::min(kChunk, end - c0);
-    cpu::to_float(row + c0, n, z, Tag{});
     bool bad = false;
-    const float cmax = divide ? prepare_chunk<true>(z, n, temperature, bmax, &bad)
-                              : prepare_chunk<false>(z, n, temperature, bmax, &bad);
+    float cmax;
+    const float* z = load_chunk<Tag>(row + c0, scratch, n, temperature, bmax, &cmax, &bad);
     if (bad || cmax == kInf) out.st.nan = true;  // NaN statistics from here on: stop accumulating
     if (!out.st.nan && cmax > -kInf) out.st.add(z, n, cmax);
     if (cmax > out.best) {  // first index of the new max

@@ -5,10 +5,12 @@
 //   * OnlineStats     : the online (m, s, t, u) recurrence of log-sum-exp, entropy, varentropy
 //   * order_key       : an order-preserving uint32 key of a float (total order, NaN included)
 //   * TopCandidate    : (z, index) with the order "z descending, then index ascending"
+//   * gt_mask8        : which of 8 floats exceed a threshold (top-k candidate scans)
 //
-// The loops here are written for the compiler to vectorise (`#pragma omp simd`, no
-// intrinsics except the F16C conversion), so they work on any ISA and use AVX2/FMA when
-// built with -march=native (or -mavx2 -mfma -mf16c).
+// The loops here are written for the compiler to vectorise (`#pragma omp simd`, branch-free
+// selects; build with -fno-trapping-math so GCC if-converts them), so they work on any ISA
+// and use AVX2/FMA when built with -march=native (or -mavx2 -mfma -mf16c). The only
+// intrinsics, each with a scalar fallback, are the F16C conversion and an 8-lane compare mask.
 #pragma once
 
 #include <cmath>
@@ -16,7 +18,7 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__F16C__)
+#if defined(__AVX__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -127,7 +129,7 @@ inline float scalar_to_float(uint16_t x, F16) { return fp16_to_float(x); }
 constexpr float kExpMin = -87.0f;
 
 inline float fast_exp_nonpos(float d) {
-  const float dc = d < kExpMin ? kExpMin : d;  // a NaN d passes through here and is zeroed below
+  const float dc = d > kExpMin ? d : kExpMin;  // maxps; a NaN d becomes kExpMin, zeroed below
   // Round d / ln 2 to an integer with the 1.5 * 2^23 shifter: the low mantissa bits of
   // `shifted` then hold n (two's complement), and n = shifted - shifter exactly.
   constexpr float kShifter = 12582912.0f;
@@ -190,7 +192,7 @@ struct OnlineStats {
 #pragma omp simd reduction(+ : ss, tt, uu)
     for (int64_t i = 0; i < n; ++i) {
       const float d0 = z[i] - ref;
-      const float d = d0 < kExpMin ? kExpMin : d0;  // keeps e * d finite for d0 = -inf (e = 0 there)
+      const float d = d0 > kExpMin ? d0 : kExpMin;  // keeps e * d finite for d0 = -inf (e = 0 there)
       const float e = fast_exp_nonpos(d0);
       const float ed = e * d;
       ss += e;
@@ -237,6 +239,18 @@ struct OnlineStats {
 inline uint32_t order_key(float x) {
   const uint32_t b = float_to_bits(x + 0.0f);  // -0 -> +0, so -0 and +0 tie as in float compare
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Bit j of the result is set when z[j] > thr, for j < 8 (NaN compares false).
+inline unsigned gt_mask8(const float* z, float thr) {
+#if defined(__AVX__)
+  return static_cast<unsigned>(
+      _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(z), _mm256_set1_ps(thr), _CMP_GT_OQ)));
+#else
+  unsigned m = 0;
+  for (int j = 0; j < 8; ++j) m |= static_cast<unsigned>(z[j] > thr) << j;
+  return m;
+#endif
 }
 
 struct TopCandidate {

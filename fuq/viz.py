@@ -24,6 +24,7 @@ import colorsys
 import html
 import json
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,20 @@ def _piece(tokenizer, tid: int, cache: dict[int, str]) -> str:
     return s
 
 
+_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥"}
+
+
 def _visible(s: str) -> str:
-    """Whitespace made visible, for the alternatives list."""
-    return s.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or "∅"
+    """Whitespace and invisible characters made visible, for the alternatives list."""
+    out = []
+    for ch in s:
+        if ch in _VISIBLE:
+            out.append(_VISIBLE[ch])
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Zs", "Co", "Cn"):
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out) or "∅"
 
 
 def _alternatives(trace: Trace, b: int, tokenizer=None, n: int | None = None) -> list[list[tuple[str, float, int]]]:
@@ -314,6 +326,7 @@ _JS = """
     el.addEventListener('mousemove',function(e){
       var x=e.clientX+14,y=e.clientY+14,w=tip.offsetWidth,h=tip.offsetHeight;
       if(x+w>innerWidth-8)x=e.clientX-w-14; if(y+h>innerHeight-8)y=e.clientY-h-14;
+      x=Math.max(8,x); y=Math.max(8,y);
       tip.style.left=x+'px';tip.style.top=y+'px';
     });
     el.addEventListener('mouseleave',function(){tip.style.display='none';});
@@ -372,7 +385,7 @@ def render_html(
         parts.append(f"<p class='meta'>{esc(meta)}</p>")
     what = "p(token)" if metric == "prob" else f"entropy (0 … {entropy_max:g} nats)"
     legend = [f"<div class='legend'>shade = confidence, {esc(what)}:"]
-    for c, label in ((1.0, "sure"), (0.5, ""), (0.0, "unsure")):
+    for c, label in ((1.0, "sure"), (0.5, "½"), (0.0, "unsure")):
         legend.append(f"<span class='sw' style='background:{_hex(color(c, 0.78, 0.8))}'></span>{label}")
     legend.append(" — hover a token for its top alternatives</div>")
     parts.append("".join(legend))

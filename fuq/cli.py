@@ -291,6 +291,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as exc:
         raise CLIError(str(exc)) from exc
+    trace.meta["chat"] = bool(args.chat)
     _show(trace, tokenizer, args)
     return 0
 

@@ -36,7 +36,7 @@ METRICS = ("prob", "entropy")
 
 #: What each score means, for the tables.
 _SCORE_HELP = {
-    "n_tokens": "scored tokens",
+    "n_tokens": "real tokens (after the prompt)",
     "g_nll": "-Σ max log p (greedy-path NLL)",
     "nll": "-Σ log p(token)",
     "perplexity": "exp(mean -log p(token))",
@@ -95,6 +95,11 @@ def _pieces(trace: Trace, b: int, tokenizer=None) -> list[str]:
     if tokenizer is not None:
         return [_piece(tokenizer, i, {}) for i in row["token_ids"]]
     return [f"[{i}]" for i in row["token_ids"]]
+
+
+def _prompt_sep(trace: Trace, b: int) -> str:
+    """A line break after a chat prompt (the template's turn markers are not shown), else nothing."""
+    return "\n" if trace.meta.get("chat") and not trace.prompt[b].endswith("\n") else ""
 
 
 def _piece(tokenizer, tid: int, cache: dict[int, str]) -> str:
@@ -188,7 +193,7 @@ def terminal_text(trace: Trace, b: int = 0, *, metric: str = "prob", entropy_max
     pieces = _pieces(trace, b, tokenizer)
     text = Text()
     if trace.prompt is not None and trace.prompt[b]:
-        text.append(trace.prompt[b], style="dim")
+        text.append(trace.prompt[b] + _prompt_sep(trace, b), style="dim")
     for piece, c in zip(pieces, conf, strict=True):
         rgb = _hex(color(c))
         if piece.strip() or not piece:
@@ -398,7 +403,7 @@ def render_html(
             parts.append(f"<h2>Sequence {b}</h2>")
         parts.append("<div class='text'>")
         if trace.prompt is not None and trace.prompt[b]:
-            parts.append(f"<span class='prompt'>{_token_html(trace.prompt[b])}</span>")
+            parts.append(f"<span class='prompt'>{_token_html(trace.prompt[b] + _prompt_sep(trace, b))}</span>")
         for i, (piece, c) in enumerate(zip(pieces, conf, strict=True)):
             chosen = row["token_ids"][i]
             data = [[_visible(t) if tokenizer is not None else t, _num(q, 5), int(j == chosen)] for t, q, j in alts[i]]

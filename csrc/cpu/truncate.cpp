@@ -59,14 +59,25 @@ void check_knobs(const char* op, const at::Tensor& logits, double temperature, i
   TORCH_CHECK(mtk >= 1, op, ": min_tokens_to_keep must be >= 1, got ", mtk);
 }
 
-// z[i] = float(x[i]) / T
+// z[i] = float(x[i]) / T, and the row's scan for RowTruncator::init_known, in one pass.
 template <typename Tag>
-void load_row(const typename Tag::storage* x, int64_t V, float t, float* z) {
-  cpu::to_float(x, V, z, Tag{});
-  if (t != 1.0f) {
-#pragma omp simd
-    for (int64_t i = 0; i < V; ++i) z[i] = z[i] / t;
+bool load_row(const typename Tag::storage* x, int64_t V, float t, float* z, cpu::RowTruncator& row) {
+  float mx = -kInf, mn = kInf;
+  bool nan = false;
+  for (int64_t i0 = 0; i0 < V; i0 += cpu::kChunk) {
+    const int64_t n = std::min(cpu::kChunk, V - i0);
+    float* zc = z + i0;
+    cpu::to_float(x + i0, n, zc, Tag{});
+#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(|| : nan)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = t != 1.0f ? zc[j] / t : zc[j];
+      zc[j] = v;
+      nan = nan || (v != v);
+      mx = v > mx ? v : mx;
+      mn = (v > -kInf && v < mn) ? v : mn;
+    }
   }
+  return row.init_known(mx, mn, nan);
 }
 
 template <typename Tag>
@@ -79,9 +90,8 @@ void truncate_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, a
     cpu::Workspace ws;
     for (int64_t r = r0; r < r1; ++r) {
       float* z = obase + r * V;
-      load_row<Tag>(base + r * stride, V, t, z);
       cpu::RowTruncator row(z, V, ws);
-      if (!row.init()) {
+      if (!load_row<Tag>(base + r * stride, V, t, z, row)) {
         std::fill(z, z + V, kNaN);
         continue;
       }
@@ -163,9 +173,8 @@ void sample_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, con
     for (int64_t r = r0; r < r1; ++r) {
       const S* x = base + r * stride;
       float* z = buf.data();
-      load_row<Tag>(x, V, t, z);
       cpu::RowTruncator row(z, V, ws);
-      const bool ok = row.init();
+      const bool ok = load_row<Tag>(x, V, t, z, row);
       const float m = row.max();
       // untruncated stats
       float lse, ent, var, mxl;

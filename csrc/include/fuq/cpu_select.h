@@ -112,44 +112,24 @@ class RowTruncator {
   bool empty() const { return m_ == -kInf; }
   float lo() const { return lo_; }
 
-  // Stats of the live set (one pass).
+  // The row was scanned by the caller (see load_row in truncate.cpp): its max, the min
+  // of its finite values, and whether it holds a NaN or +inf.
+  bool init_known(float mx, float mn, bool nan) {
+    m_ = mx;
+    zmin_ = mn;
+    lo_ = kLowest;
+    return !nan && mx != kInf;
+  }
+
+  // Stats of the live set (one pass). Sums run in float over chunks of kChunk tokens and
+  // in float64 across chunks.
   const Stats& stats(bool moments = false) {
     if (stats_ok_ && (!moments || moments_ok_)) return st_;
-    Stats s;
-    const float m = m_, lo = lo_;
-    double S = 0, D = 0, U = 0, E2 = 0, A = 0, A2 = 0;
-    int64_t n = 0;
     if (moments) {
-#pragma omp simd reduction(+ : S, D, U, E2, A, A2, n)
-      for (int64_t i = 0; i < V_; ++i) {
-        const float v = z_[i];
-        const bool live = v >= lo;
-        const double d = live ? static_cast<double>(m) - static_cast<double>(v) : 0.0;
-        const double e = live ? static_cast<double>(fast_exp_nonpos(v - m)) : 0.0;
-        S += e;
-        D += e * d;
-        U += e * d * d;
-        E2 += e * e;
-        A -= d;
-        A2 += d * d;
-        n += live ? 1 : 0;
-      }
+      stats_pass<true>();
     } else {
-#pragma omp simd reduction(+ : S, D, U, E2, n)
-      for (int64_t i = 0; i < V_; ++i) {
-        const float v = z_[i];
-        const bool live = v >= lo;
-        const double d = live ? static_cast<double>(m) - static_cast<double>(v) : 0.0;
-        const double e = live ? static_cast<double>(fast_exp_nonpos(v - m)) : 0.0;
-        S += e;
-        D += e * d;
-        U += e * d * d;
-        E2 += e * e;
-        n += live ? 1 : 0;
-      }
+      stats_pass<false>();
     }
-    s.S = S, s.D = D, s.U = U, s.E2 = E2, s.n = n, s.A = A, s.A2 = A2;
-    st_ = s;
     stats_ok_ = true;
     moments_ok_ = moments;
     return st_;
@@ -269,13 +249,13 @@ class RowTruncator {
 
   void typical(double mass, int64_t mtk) {
     const Stats& s = stats();
-    const double c = static_cast<double>(m_) - s.D / s.S;  // lse - H
+    const float c = static_cast<float>(static_cast<double>(m_) - s.D / s.S);  // lse - H
     histogram_typical(c);
     double S = 0;
     for (int b = 0; b <= kBins; ++b) S += ws_.mass[b];
     const double target = mass * S;
     // mass cut: the first token (key ascending) at which the cumulative mass reaches target
-    double key_cut = -1.0;
+    float key_cut;
     double cum = 0;
     int b = 0;
     for (; b <= kBins; ++b) {
@@ -286,11 +266,11 @@ class RowTruncator {
       key_cut = kInf;  // rounding: keep every live token
     } else {
       collect_typical(b, c);
-      key_cut = ws_.members.back().key;
+      key_cut = static_cast<float>(ws_.members.back().key);
       for (const auto& mb : ws_.members) {
         cum += static_cast<double>(fast_exp_nonpos(mb.z - m_));
         if (cum >= target) {
-          key_cut = mb.key;
+          key_cut = static_cast<float>(mb.key);
           break;
         }
       }
@@ -300,7 +280,7 @@ class RowTruncator {
       for (int bb = 0; bb <= kBins; ++bb) {
         if (cc + ws_.cnt[bb] >= mtk) {
           collect_typical(bb, c);
-          key_cut = std::max(key_cut, ws_.members[mtk - cc - 1].key);
+          key_cut = std::max(key_cut, static_cast<float>(ws_.members[mtk - cc - 1].key));
           break;
         }
         cc += ws_.cnt[bb];
@@ -312,7 +292,7 @@ class RowTruncator {
 #pragma omp simd reduction(max : mx)
     for (int64_t i = 0; i < V_; ++i) {
       const float v = z_[i];
-      const bool keep = v >= lo && std::fabs(static_cast<double>(v) - c) <= key_cut;
+      const bool keep = v >= lo && std::fabs(v - c) <= key_cut;
       const float w = keep ? v : -kInf;
       z_[i] = w;
       mx = w > mx ? w : mx;
@@ -393,11 +373,11 @@ class RowTruncator {
     double total = 0;
     for (int64_t c = 0; c < nch; ++c) {
       const int64_t i0 = c * kChunk, i1 = std::min(V_, i0 + kChunk);
-      double s = 0;
+      float s = 0;
 #pragma omp simd reduction(+ : s)
       for (int64_t i = i0; i < i1; ++i) {
         const float v = z_[i];
-        s += v >= lo ? static_cast<double>(fast_exp_nonpos(v - m)) : 0.0;
+        s += v >= lo ? fast_exp_nonpos(v - m) : 0.0f;
       }
       ps[c] = s;
       total += s;
@@ -439,6 +419,39 @@ class RowTruncator {
     }
   }
 
+  template <bool MOM>
+  void stats_pass() {
+    const float m = m_, lo = lo_;
+    double S = 0, D = 0, U = 0, E2 = 0, A = 0, A2 = 0;
+    int64_t n = 0;
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      const int64_t i1 = std::min(V_, i0 + kChunk);
+      float s = 0, dd = 0, uu = 0, e2 = 0;
+      double a = 0, a2 = 0;  // top-nσ: float64, the variance is a difference of moments
+      int32_t c = 0;
+#pragma omp simd reduction(+ : s, dd, uu, e2, a, a2, c)
+      for (int64_t i = i0; i < i1; ++i) {
+        const float v = z_[i];
+        const bool live = v >= lo;
+        const float d = live ? m - v : 0.0f;
+        const float e = live ? fast_exp_nonpos(v - m) : 0.0f;
+        const float ed = e * d;
+        s += e;
+        dd += ed;
+        uu += ed * d;
+        e2 += e * e;
+        if (MOM) {
+          const double dd64 = live ? static_cast<double>(m) - static_cast<double>(v) : 0.0;
+          a += dd64;
+          a2 += dd64 * dd64;
+          c += live ? 1 : 0;
+        }
+      }
+      S += s, D += dd, U += uu, E2 += e2, A -= a, A2 += a2, n += c;
+    }
+    st_.S = S, st_.D = D, st_.U = U, st_.E2 = E2, st_.n = n, st_.A = A, st_.A2 = A2;
+  }
+
   // keep p >= exp(log_cut) or the mtk largest
   void keep_p_at_least(double log_cut, int64_t mtk) {
     float cut = ceil_float(log_cut);
@@ -463,22 +476,22 @@ class RowTruncator {
   // kBins + 1 = not live.
   void bin_setup_desc() {
     const double range = std::min(static_cast<double>(m_) - static_cast<double>(zmin_), kRange);
-    inv_w_ = range > 0 ? static_cast<float>(kBins / range) : 1.0f;
+    inv_w_ = range > 1e-20 ? static_cast<float>(kBins / range) : 1e20f;
   }
 
-  inline int32_t bin_desc(float v, float lo) const {
-    if (!(v >= lo)) return kBins + 1;
-    const float t = std::min((m_ - v) * inv_w_, static_cast<float>(kBins));
-    return static_cast<int32_t>(t);
+  // The bin of a token; the histogram and the collection use this one expression.
+  static inline int32_t bin_of(float key, bool live, float iw) {
+    const float t = std::min(key * iw, static_cast<float>(kBins));
+    return live ? static_cast<int32_t>(t) : kBins + 1;
   }
 
-  template <bool MASS, bool ENT>
-  void histogram_desc() {
-    bin_setup_desc();
+  // KEY: 0 = d = m - z (descending z), 1 = |z - c| (typical).
+  template <int KEY, bool MASS, bool ENT>
+  void histogram(float c, float iw) {
     std::fill(ws_.cnt.begin(), ws_.cnt.end(), 0);
     if (MASS) std::fill(ws_.mass.begin(), ws_.mass.end(), 0.0);
     if (ENT) std::fill(ws_.ment.begin(), ws_.ment.end(), 0.0);
-    const float m = m_, lo = lo_, iw = inv_w_;
+    const float m = m_, lo = lo_;
     int64_t* cnt = ws_.cnt.data();
     double* mass = ws_.mass.data();
     double* ment = ws_.ment.data();
@@ -491,8 +504,7 @@ class RowTruncator {
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
         const bool live = v >= lo;
-        const float t = std::min((m - v) * iw, static_cast<float>(kBins));
-        bn[j] = live ? static_cast<int32_t>(t) : kBins + 1;
+        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), live, iw);
         if (MASS) e[j] = live ? fast_exp_nonpos(v - m) : 0.0f;
       }
       for (int64_t j = 0; j < n; ++j) {
@@ -504,74 +516,60 @@ class RowTruncator {
     }
   }
 
-  // members of bin b (live), sorted by z descending then index
-  void collect_desc(int b) {
+  // The live members of bin b, sorted by their key (then index).
+  template <int KEY>
+  void collect(int b, float c, float iw) {
     auto& mem = ws_.members;
     mem.clear();
-    const float lo = lo_;
-    for (int64_t i = 0; i < V_; ++i) {
-      const float v = z_[i];
-      if (bin_desc(v, lo) == b) {
-        mem.push_back({v, i, static_cast<double>(m_) - static_cast<double>(v)});
-      }
-    }
-    std::sort(mem.begin(), mem.end(),
-              [](const Member& a, const Member& c) { return a.z != c.z ? a.z > c.z : a.idx < c.idx; });
-  }
-
-  // Bins over key = |z - c| ascending.
-  void histogram_typical(double c) {
-    const double kmax = std::max(std::fabs(static_cast<double>(m_) - c), std::fabs(static_cast<double>(zmin_) - c));
-    const double range = std::min(kmax, kRange);
-    inv_wt_ = range > 0 ? kBins / range : 1.0;
-    std::fill(ws_.cnt.begin(), ws_.cnt.end(), 0);
-    std::fill(ws_.mass.begin(), ws_.mass.end(), 0.0);
     const float m = m_, lo = lo_;
-    const double iw = inv_wt_;
-    int64_t* cnt = ws_.cnt.data();
-    double* mass = ws_.mass.data();
     for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
       const int64_t n = std::min(kChunk, V_ - i0);
       const float* zc = z_ + i0;
-      float* e = ws_.e;
       int32_t* bn = ws_.bin;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        const bool live = v >= lo;
-        const double t = std::min(std::fabs(static_cast<double>(v) - c) * iw, static_cast<double>(kBins));
-        bn[j] = live ? static_cast<int32_t>(t) : kBins + 1;
-        e[j] = live ? fast_exp_nonpos(v - m) : 0.0f;
+        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), v >= lo, iw);
       }
       for (int64_t j = 0; j < n; ++j) {
-        cnt[bn[j]] += 1;
-        mass[bn[j]] += static_cast<double>(e[j]);
+        if (bn[j] == b) {
+          const float v = zc[j];
+          mem.push_back({v, i0 + j, KEY == 0 ? static_cast<double>(m) - v : std::fabs(v - c)});
+        }
       }
+    }
+    if (KEY == 0) {
+      std::sort(mem.begin(), mem.end(),
+                [](const Member& x, const Member& y) { return x.z != y.z ? x.z > y.z : x.idx < y.idx; });
+    } else {
+      std::sort(mem.begin(), mem.end(),
+                [](const Member& x, const Member& y) { return x.key != y.key ? x.key < y.key : x.idx < y.idx; });
     }
   }
 
-  void collect_typical(int b, double c) {
-    auto& mem = ws_.members;
-    mem.clear();
-    const float lo = lo_;
-    const double iw = inv_wt_;
-    for (int64_t i = 0; i < V_; ++i) {
-      const float v = z_[i];
-      if (!(v >= lo)) continue;
-      const double key = std::fabs(static_cast<double>(v) - c);
-      const int32_t bb = static_cast<int32_t>(std::min(key * iw, static_cast<double>(kBins)));
-      if (bb == b) mem.push_back({v, i, key});
-    }
-    std::sort(mem.begin(), mem.end(),
-              [](const Member& a, const Member& d) { return a.key != d.key ? a.key < d.key : a.idx < d.idx; });
+  template <bool MASS, bool ENT>
+  void histogram_desc() {
+    bin_setup_desc();
+    histogram<0, MASS, ENT>(0.0f, inv_w_);
   }
+
+  void collect_desc(int b) { collect<0>(b, 0.0f, inv_w_); }
+
+  void histogram_typical(float c) {
+    const float kmax = std::max(std::fabs(m_ - c), std::fabs(zmin_ - c));
+    const float range = std::min(kmax, static_cast<float>(kRange));
+    inv_wt_ = range > 1e-20f ? static_cast<float>(kBins) / range : 1e20f;
+    histogram<1, true, false>(c, inv_wt_);
+  }
+
+  void collect_typical(int b, float c) { collect<1>(b, c, inv_wt_); }
 
   float* z_;
   int64_t V_;
   Workspace& ws_;
   float m_ = -kInf, zmin_ = kInf, lo_ = kLowest;
   float inv_w_ = 1.0f;
-  double inv_wt_ = 1.0;
+  float inv_wt_ = 1.0f;
   Stats st_;
   bool stats_ok_ = false, moments_ok_ = false;
 };

@@ -26,14 +26,23 @@ then draws ``torch.multinomial(softmax(scores))`` (or takes the argmax).
    default), just before the fused call (``"pre_warp"``: after penalties and
    constraints), or last (``"processed"``: the distribution actually sampled from).
 
-Hugging Face's ``_sample`` still draws the token (softmax + ``torch.multinomial`` on
-the global RNG), so with the same seed the patched and the stock model pick the same
-tokens whenever the kept sets agree (everywhere but float rounding ties), and greedy
-decoding is unchanged. ``generate`` itself is also wrapped while the patch is active,
-only to reset the recorder before the call and call ``recorder.finalize(sequences)``
-after it, so ``recorder.trace()`` is ready when ``generate`` returns. On exit both
-instance attributes are removed again (the class methods show through), also when
-the block raises. Only decoder loops that call the processors once per step with the
+By default (``sampler="hf"``) Hugging Face's ``_sample`` still draws the token
+(softmax + ``torch.multinomial`` on the global RNG), so with the same seed the
+patched and the stock model pick the same tokens whenever the kept sets agree
+(everywhere but float rounding ties), and greedy decoding is unchanged. That draw
+costs a full-vocabulary softmax and an exponential variate per token (about 10 ms
+a row at V = 262,144 on a CPU core); ``sampler="fuq"`` removes it: one
+``fuq.sample`` call (:class:`fuq.processors.FusedSampler`) truncates and draws by
+inverse CDF from a single uniform, returns scores that are finite only at the drawn
+token, and the wrapper turns ``do_sample`` off in ``generate``'s private copy of
+the config so the loop takes the argmax. Same distribution, another random stream
+(reproducible with ``torch.manual_seed`` or ``generator=``).
+
+``generate`` itself is also wrapped while the patch is active, only to reset the
+recorder before the call and call ``recorder.finalize(sequences)`` after it, so
+``recorder.trace()`` is ready when ``generate`` returns. On exit both instance
+attributes are removed again (the class methods show through), also when the block
+raises. Only decoder loops that call the processors once per step with the
 growing ``input_ids`` are supported for recording (greedy and sampling; not beam
 search or assisted decoding, which raise ``ValueError`` when a recorder is given).
 
@@ -68,11 +77,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
         "fuq.hf needs Hugging Face transformers, which is not installed: `pip install fuq[hf]`"
     ) from exc
 
-from .processors import FusedLogitsWarper, UncertaintyRecorder
+from .processors import FusedLogitsWarper, FusedSampler, UncertaintyRecorder
 
 __all__ = ["fused_logits_processor", "patch", "sampling_knobs"]
 
 _RECORD_ON = ("raw", "pre_warp", "processed")
+_SAMPLERS = ("hf", "fuq")
 
 
 def _min_tokens_to_keep(generation_config: GenerationConfig) -> int:
@@ -171,6 +181,8 @@ def patch(
     record: UncertaintyRecorder | None = None,
     *,
     record_on: str = "raw",
+    sampler: str = "hf",
+    generator: torch.Generator | None = None,
     top_n_sigma: float | None = None,
     p_less: bool = False,
     backend: str = "auto",
@@ -182,7 +194,16 @@ def patch(
         record: an :class:`~fuq.processors.UncertaintyRecorder` to run at every step, or None.
         record_on: where the recorder sits: ``"raw"`` (first: the model's logits),
             ``"pre_warp"`` (after penalties / constraints, before temperature and
-            truncation) or ``"processed"`` (last: the distribution sampled from).
+            truncation) or ``"processed"`` (last: the distribution sampled from; not
+            with ``sampler="fuq"``).
+        sampler: who draws the token when ``do_sample`` is set. ``"hf"`` (default):
+            Hugging Face's ``softmax`` + ``torch.multinomial`` on fuq's truncated scores,
+            the same tokens as the stock model for the same seed. ``"fuq"``: one
+            ``fuq.sample`` call truncates and draws (:class:`~fuq.processors.FusedSampler`)
+            and ``generate``'s loop runs greedy on its one-hot output: no full-vocabulary
+            softmax and multinomial (the fastest; same distribution, another random
+            stream, reproducible with ``torch.manual_seed`` or ``generator``).
+        generator: the ``torch.Generator`` of ``sampler="fuq"`` (None: the default one).
         top_n_sigma, p_less: fuq-only knobs added to the fused call when sampling.
         backend: as for ``fuq.truncate``.
 
@@ -191,6 +212,11 @@ def patch(
     """
     if record_on not in _RECORD_ON:
         raise ValueError(f"record_on must be one of {_RECORD_ON}, got {record_on!r}")
+    if sampler not in _SAMPLERS:
+        raise ValueError(f"sampler must be one of {_SAMPLERS}, got {sampler!r}")
+    if sampler == "fuq" and record is not None and record_on == "processed":
+        raise ValueError("record_on='processed' needs sampler='hf': with sampler='fuq' the truncated scores are "
+                         "never materialised (use record_on='raw' or 'pre_warp')")
     if record is not None and not isinstance(record, UncertaintyRecorder):
         raise TypeError(f"record must be a fuq.processors.UncertaintyRecorder, got {type(record).__name__}")
     if not hasattr(model, "_get_logits_processor") or not hasattr(model, "generate"):
@@ -214,7 +240,20 @@ def patch(
             generation_config.renormalize_logits is True
         )
         at = len(processors) - tail
-        fused = fused_logits_processor(generation_config, top_n_sigma=top_n_sigma, p_less=p_less, backend=backend)
+        if sampler == "fuq" and generation_config.do_sample:
+            if (generation_config.num_beams or 1) > 1:
+                raise ValueError("fuq.hf.patch(sampler='fuq') supports num_beams=1 only; use sampler='hf'")
+            if generation_config.watermarking_config is not None:
+                raise ValueError("fuq.hf.patch(sampler='fuq') cannot honour watermarking_config; use sampler='hf'")
+            knobs = sampling_knobs(generation_config)
+            fused: FusedLogitsWarper | None = FusedSampler(
+                **knobs, top_n_sigma=top_n_sigma, p_less=p_less, backend=backend, generator=generator
+            )
+            # generate() gave us its own copy of the config; _sample reads do_sample from it after this
+            # call: greedy argmax over the sampler's one-hot output picks the drawn token.
+            generation_config.do_sample = False
+        else:
+            fused = fused_logits_processor(generation_config, top_n_sigma=top_n_sigma, p_less=p_less, backend=backend)
         if fused is not None:
             processors.insert(at, fused)
         if record is not None:

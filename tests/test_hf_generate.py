@@ -175,3 +175,45 @@ def test_fused_logits_processor_from_config():
                                     eta_cutoff=2e-3, top_h=0.5), top_n_sigma=2.0)
     want = dict(temperature=1.0, top_h=0.5, top_k=10, min_p=0.1, typical_p=0.9, epsilon=1e-3, eta=2e-3)
     assert p._knobs() == dict(want, top_n_sigma=2.0, min_tokens_to_keep=1)
+
+
+def test_fuq_sampler_draws_what_fuq_sample_draws(model, prompt):
+    """sampler='fuq': each token is fuq.sample's draw on the step's scores, reproducibly; greedy unchanged."""
+    kw = dict(do_sample=True, top_k=0, top_p=0.9, temperature=0.7, return_dict_in_generate=True, output_logits=True)
+    with H.patch(model, sampler="fuq"):
+        out = _gen(model, prompt, seed=11, **kw)
+        again = _gen(model, prompt, seed=11, **kw)
+        greedy = _gen(model, prompt, do_sample=False)
+    _clean(model)
+    assert torch.equal(out.sequences, again.sequences)
+    assert torch.equal(greedy, _gen(model, prompt, do_sample=False))
+    new = out.sequences[:, prompt.shape[1]:]
+    torch.manual_seed(11)
+    for t, logits in enumerate(out.logits):
+        z = logits.clone()
+        z[:, model.generation_config.eos_token_id] = float("-inf")  # min_new_tokens masks EOS at every step
+        ids, _ = fuq.sample(z, top_p=0.9, temperature=0.7)
+        assert torch.equal(ids, new[:, t]), t
+    assert len({tuple(r) for r in new.tolist()}) > 1  # it really sampled
+
+
+def test_fuq_sampler_with_recorder_and_bad_combinations(model, prompt):
+    rec = P.UncertaintyRecorder(k=3)
+    with H.patch(model, record=rec, sampler="fuq"):
+        out = _gen(model, prompt, seed=12, do_sample=True, top_k=50, return_dict_in_generate=True, output_logits=True)
+    tr = rec.trace()
+    new = out.sequences[:, prompt.shape[1]:]
+    assert torch.equal(tr.token_ids, new)
+    want = fuq.logit_stats(out.logits[-1], k=3, tokens=new[:, -1])
+    torch.testing.assert_close(tr.entropy[:, -1], want.entropy)
+    torch.testing.assert_close(tr.token_logprob[:, -1], want.token_logprob, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="processed"):
+        with H.patch(model, record=rec, record_on="processed", sampler="fuq"):
+            pass
+    with pytest.raises(ValueError, match="sampler"):
+        with H.patch(model, sampler="torch"):
+            pass
+    with pytest.raises(ValueError, match="num_beams"):
+        with H.patch(model, sampler="fuq"):
+            _gen(model, prompt, num_beams=2, do_sample=True)
+    _clean(model)

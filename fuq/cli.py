@@ -141,9 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Needs the repository (an editable install); a wheel install has no bench/.",
     )
     be.add_argument("names", nargs="*", help="benchmarks to run, e.g. 'logit_stats' (default: all)")
-    be.add_argument(
-        "--quick", action="store_true", help="small shapes, few repeats (--quick, FUQ_BENCH_QUICK=1)"
-    )
+    be.add_argument("--quick", action="store_true", help="small shapes, few repeats (--quick, FUQ_BENCH_QUICK=1)")
     be.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     be.set_defaults(func=_cmd_bench)
     return parser
@@ -291,7 +289,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as exc:
         raise CLIError(str(exc)) from exc
-    trace.meta["chat"] = bool(args.chat)
+    if args.chat:
+        trace.meta["chat"] = True
     _show(trace, tokenizer, args)
     return 0
 

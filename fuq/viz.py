@@ -208,7 +208,8 @@ def terminal_text(trace: Trace, b: int = 0, *, metric: str = "prob", entropy_max
 def _legend(metric: str, entropy_max: float):
     from rich.text import Text
 
-    t = Text("confidence ", style="dim")
+    t = Text()
+    t.append("confidence ", style="dim")
     if metric == "prob":
         t.append("p(token): ", style="dim")
         stops = [(1.0, "1.0"), (0.75, ".75"), (0.5, ".5"), (0.25, ".25"), (0.0, "0")]
@@ -272,6 +273,7 @@ def render_terminal(
         if trace.batch_size > 1:
             items.append(Rule(Text(f"sequence {b}", style="bold"), align="left", style="dim"))
         items.append(terminal_text(trace, b, metric=metric, entropy_max=entropy_max, tokenizer=tokenizer))
+    items.append(Text())
     items.append(_legend(metric, entropy_max))
     meta = _meta_line(trace)
     if meta:

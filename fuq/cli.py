@@ -141,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Needs the repository (an editable install); a wheel install has no bench/.",
     )
     be.add_argument("names", nargs="*", help="benchmarks to run, e.g. 'logit_stats' (default: all)")
-    be.add_argument("--quick", action="store_true", help="small shapes, few repeats (--quick, FUQ_BENCH_QUICK=1)")
+    be.add_argument(
+        "--quick",
+        action="store_true",
+        help="small shapes, few repeats: passes --quick and FUQ_BENCH_QUICK=1; skips scripts with no quick mode",
+    )
     be.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     be.set_defaults(func=_cmd_bench)
     return parser
@@ -353,8 +357,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     failed = []
     for script in chosen:
         cmd = [sys.executable, str(script)]
-        if args.quick and "--quick" in script.read_text(encoding="utf-8", errors="replace"):
-            cmd.append("--quick")
+        if args.quick:
+            src = script.read_text(encoding="utf-8", errors="replace")
+            if "--quick" in src:
+                cmd.append("--quick")
+            elif "FUQ_BENCH_QUICK" not in src:
+                name = script.stem[len("bench_") :]
+                print(
+                    f"fuq bench: skipping {script.name}: it has no quick mode (`fuq bench {name}` runs it in full)",
+                    file=sys.stderr,
+                )
+                continue
         print(f"fuq bench: {' '.join(cmd)}", file=sys.stderr, flush=True)
         rc = subprocess.call(cmd, cwd=str(root.parent), env=env)
         if rc != 0:

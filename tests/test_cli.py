@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -276,20 +277,27 @@ def test_bench_runs_the_scripts(tmp_path, capsys, monkeypatch):
     bench = tmp_path / "bench"
     bench.mkdir()
     log = tmp_path / "log.txt"
-    for name, quick in (("bench_a.py", True), ("bench_b.py", False)):
+    scripts = {
+        "bench_a.py": "# accepts --quick\n",  # a --quick flag: gets it
+        "bench_b.py": "",  # no quick mode: skipped by --quick
+        "bench_e.py": "# reads FUQ_BENCH_QUICK\n",  # reads the variable: run without the flag
+    }
+    for name, quick in scripts.items():
         src = (
             "import os, sys\n"
             f"open({str(log)!r}, 'a').write(repr((os.path.basename(__file__), sys.argv[1:], "
-            "os.environ.get('FUQ_BENCH_QUICK'))) + '\\n')\n" + ("# accepts --quick\n" if quick else "")
+            "os.environ.get('FUQ_BENCH_' + 'QUICK'))) + '\\n')\n" + quick
         )
         (bench / name).write_text(src)
     monkeypatch.setattr(cli, "bench_dir", lambda: bench)
+    monkeypatch.delenv("FUQ_BENCH_QUICK", raising=False)
     rc, out, err = run(capsys, "bench", "--quick")
     assert rc == 0, err
     lines = log.read_text().splitlines()
-    assert lines == [repr(("bench_a.py", ["--quick"], "1")), repr(("bench_b.py", [], "1"))]
+    assert lines == [repr(("bench_a.py", ["--quick"], "1")), repr(("bench_e.py", [], "1"))]
+    assert "skipping bench_b.py" in err
     rc, out, _ = run(capsys, "bench", "--list")
-    assert out.split() == ["a", "b"]
+    assert out.split() == ["a", "b", "e"]
     log.unlink()
     assert run(capsys, "bench", "b")[0] == 0
     assert log.read_text().splitlines() == [repr(("bench_b.py", [], None))]
@@ -298,6 +306,12 @@ def test_bench_runs_the_scripts(tmp_path, capsys, monkeypatch):
     (bench / "bench_c.py").write_text("raise SystemExit(3)\n")
     rc, _, err = run(capsys, "bench", "c")
     assert rc == 1 and "bench_c.py (exit 3)" in err
+
+
+@pytest.mark.skipif(shutil.which("fuq") is None, reason="the fuq console script is not installed")
+def test_console_script_help():
+    r = subprocess.run(["fuq", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "generate" in r.stdout and "score" in r.stdout and "bench" in r.stdout
 
 
 def test_bench_without_checkout(tmp_path, capsys, monkeypatch):

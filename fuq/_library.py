@@ -122,8 +122,11 @@ SAMPLE_SCHEMA = (
 )
 LIB.define(TRUNCATE_SCHEMA)
 LIB.define(SAMPLE_SCHEMA)
+# The CUDA C++ truncation kernel, chosen with backend="cuda"; implemented by fuq._C_cuda.
+LIB.define(TRUNCATE_SCHEMA.replace("truncate(", "truncate_cuda(", 1))
 
 
+@torch.library.register_fake("fuq::truncate_cuda")
 @torch.library.register_fake("fuq::truncate")
 def _truncate_fake(logits, *knobs):
     return logits.new_empty(logits.shape, dtype=torch.float32)
@@ -172,16 +175,34 @@ def _sample_cpu_fallback(logits, uniform, k, *knobs):
     return reference.sample(logits, uniform, k, *knobs)
 
 
+def _triton_or_none(what: str):
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        warn_once(f"triton-{what}", f"fuq: Triton is not available ({exc}); fuq.{what} falls back to the "
+                  "PyTorch reference on CUDA.")
+        return None
+    from . import _truncate
+
+    return _truncate
+
+
 def _truncate_cuda(logits, *knobs):
-    warn_once("cuda-truncate", "fuq: fuq.truncate has no CUDA kernel registered yet; it runs the PyTorch "
-              "reference on CUDA (backend='triton' selects the Triton kernel).")
-    return reference.truncate(logits, *knobs)
+    tr = _triton_or_none("truncate")
+    if tr is None:
+        return reference.truncate(logits, *knobs)
+    return tr._triton_truncate(logits, knobs)
 
 
 def _sample_cuda(logits, uniform, k, *knobs):
-    warn_once("cuda-sample", "fuq: fuq.sample has no CUDA kernel registered yet; it runs the PyTorch "
-              "reference on CUDA.")
-    return reference.sample(logits, uniform, k, *knobs)
+    """Triton truncation, the reference's inverse-CDF draw (same ids as every backend), Triton stats."""
+    tr = _triton_or_none("sample")
+    if tr is None:
+        return reference.sample(logits, uniform, k, *knobs)
+    from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
+
+    ids = reference.sample_from(tr._triton_truncate(logits, knobs), uniform)
+    return (ids, *triton_logit_stats(logits, k, ids, knobs[0]))
 
 
 HAS_CPP_TRUNCATE = HAS_CPP and _has_kernel("truncate", "CPU")

@@ -183,7 +183,11 @@ def truncate(
     elif backend == "triton":
         out = _triton_truncate(rows, knobs)
     else:
-        raise RuntimeError("backend='cuda': fuq.truncate has no CUDA C++ kernel yet; use 'auto' or 'triton'")
+        if rows.device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs a CUDA tensor, logits is on {rows.device}")
+        if not _library.HAS_CUDA_CPP:
+            raise RuntimeError(f"backend='cuda' asked for, but fuq._C_cuda could not be loaded: {_library.C_CUDA_ERROR}")
+        out = torch.ops.fuq.truncate_cuda(rows, *knobs)
     return out.reshape(shape)
 
 
@@ -259,8 +263,15 @@ def sample(
         ids = reference.sample_from(_triton_truncate(rows, knobs), u)
         st = logit_stats(rows, k=k, tokens=ids, temperature=knobs[0], backend="triton")
         return ids.reshape(lead), LogitStats(*(None if f is None else f.reshape(*lead, *f.shape[1:]) for f in st))
-    else:
-        raise RuntimeError("backend='cuda': fuq.sample has no CUDA C++ kernel yet; use 'auto' or 'triton'")
+    else:  # cuda: the CUDA C++ truncation and stats kernels around the reference's draw
+        from .ops import logit_stats
+
+        ids = reference.sample_from(truncate(rows, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                             typical_p=typical_p, epsilon=epsilon, eta=eta, top_h=top_h,
+                                             top_n_sigma=top_n_sigma, p_less=p_less,
+                                             min_tokens_to_keep=min_tokens_to_keep, backend="cuda"), u)
+        st = logit_stats(rows, k=k, tokens=ids, temperature=knobs[0], backend="cuda")
+        return ids.reshape(lead), LogitStats(*(None if f is None else f.reshape(*lead, *f.shape[1:]) for f in st))
     ids, lse, ent, var, mx, am, tkl, tki, tkm, tl = out
     return ids.reshape(lead), LogitStats(
         lse.reshape(lead),

@@ -36,13 +36,30 @@ def _key(z):
 
 
 @triton.jit
-def _scale_kernel(x_ptr, out_ptr, x_stride, out_stride, V, inv_t, T, BLOCK: tl.constexpr):
+def _scale_kernel(x_ptr, out_ptr, bad_ptr, x_stride, out_stride, V, T, BLOCK: tl.constexpr):
+    """out = x / T in float32; a row holding NaN or +inf is flagged and zeroed (NaN at the end)."""
     row = tl.program_id(0).to(tl.int64)
+    badv = tl.zeros([BLOCK], dtype=tl.int32)
+    for start in range(0, V, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(x_ptr + row * x_stride + cols, mask=cols < V, other=0.0).to(tl.float32) / T
+        badv = badv | ((z != z) | (z == float("inf"))).to(tl.int32)
+    bad = tl.max(badv, axis=0)
+    tl.store(bad_ptr + row, bad)
     for start in range(0, V, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         msk = cols < V
-        x = tl.load(x_ptr + row * x_stride + cols, mask=msk, other=0.0).to(tl.float32)
-        tl.store(out_ptr + row * out_stride + cols, x / T, mask=msk)
+        z = tl.load(x_ptr + row * x_stride + cols, mask=msk, other=0.0).to(tl.float32) / T
+        tl.store(out_ptr + row * out_stride + cols, tl.where(bad != 0, 0.0, z), mask=msk)
+
+
+@triton.jit
+def _nan_rows_kernel(out_ptr, bad_ptr, out_stride, V, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    if tl.load(bad_ptr + row) != 0:
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            tl.store(out_ptr + row * out_stride + cols, tl.full([BLOCK], float("nan"), tl.float32), mask=cols < V)
 
 
 @triton.jit
@@ -133,7 +150,7 @@ def _knob_kernel(
                 z = tl.load(ptr + cols, mask=cols < V, other=float("-inf"))
                 d = tl.where(z > float("-inf"), z - zmean, 0.0)
                 dv += d * d
-            zvar = tl.sum(dv, axis=0) / n  # population variance, as torch.std(unbiased=False)
+            zvar = tl.sum(dv, axis=0) / tl.maximum(n - 1.0, 1.0)  # (N - 1)-normalised, as torch.std
 
     # -- the threshold: keep key(z) >= K_keep (or, for typical, key(shift) <= K_typ) --
     K_top = _key(m).to(tl.int64)  # keeps at least the max
@@ -231,6 +248,9 @@ def truncate(
 ) -> torch.Tensor:
     """``[B, V]`` logits (last dim contiguous) -> float32 ``logits / T`` with removed tokens at -inf.
 
+    Same contract as ``fuq.reference.truncate``: a row holding NaN or +inf comes back all
+    NaN, an all -inf row stays all -inf.
+
     Knobs that are None (or top_k 0 / p_less False) are off; arguments are assumed
     validated by ``fuq.truncate``.
     """
@@ -240,7 +260,8 @@ def truncate(
         return out
     BLOCK = _block(V)
     T = float(temperature)
-    _scale_kernel[(B,)](logits, out, logits.stride(0), out.stride(0), V, 1.0 / T, T, BLOCK=BLOCK)
+    bad = torch.empty((B,), dtype=torch.int32, device=logits.device)
+    _scale_kernel[(B,)](logits, out, bad, logits.stride(0), out.stride(0), V, T, BLOCK=BLOCK)
     mk = int(min_tokens_to_keep)
     plan = [
         (TOP_H, top_h, 1),
@@ -257,4 +278,5 @@ def truncate(
         if param is None:
             continue
         _knob_kernel[(B,)](out, out.stride(0), V, float(param), min(keep, V), KNOB=knob, BLOCK=BLOCK, num_warps=8)
+    _nan_rows_kernel[(B,)](out, bad, out.stride(0), V, BLOCK=BLOCK)
     return out

@@ -152,7 +152,7 @@ __device__ void apply_knob(float* z, int V, int knob, float param, int min_keep,
         float d = z[i] > -INFINITY ? z[i] - zmean : 0.f;
         dv += d * d;
       }
-      zvar = block_sum<BLOCK>(dv, sm) / n;  // population variance
+      zvar = block_sum<BLOCK>(dv, sm) / fmaxf(n - 1.f, 1.f);  // (N - 1)-normalised, as torch.std
     }
   }
 
@@ -214,8 +214,16 @@ __global__ void __launch_bounds__(BLOCK) truncate_kernel(const T* __restrict__ x
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
   float* z = out + row * out_stride;
-  for (int i = threadIdx.x; i < V; i += BLOCK) z[i] = to_float<T>(xr[i]) / P.temperature;
+  // A row holding NaN or +inf comes back all NaN (as fuq.reference.truncate).
+  float badv = 0.f;
+  for (int i = threadIdx.x; i < V; i += BLOCK) {
+    float v = to_float<T>(xr[i]) / P.temperature;
+    badv = (v != v || v == INFINITY) ? 1.f : badv;
+  }
+  const bool bad = block_max<BLOCK>(badv, sm) > 0.f;
+  for (int i = threadIdx.x; i < V; i += BLOCK) z[i] = bad ? NAN : to_float<T>(xr[i]) / P.temperature;
   __syncthreads();
+  if (bad) return;
   const int mk = P.min_tokens_to_keep < V ? P.min_tokens_to_keep : V;
   if (P.top_h >= 0.f) apply_knob<BLOCK>(z, V, kTopH, P.top_h, 1, sm);
   if (P.top_k > 0) {

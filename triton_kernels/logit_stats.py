@@ -342,9 +342,10 @@ def logit_stats(
         HAS_T=has_t,
         HAS_TOKENS=tokens is not None,
         MODE=mode,
-        SPLITS_PAD=max(2, _p2(splits)),
-        CAND_PAD=max(2, _p2(n_cand)) if mode != 2 else 2,
-        KB=max(2, min(1024, _p2(k))),
+        # pads rounded up to a few sizes: fewer distinct compilations on the GPU
+        SPLITS_PAD=max(16, _p2(splits)),
+        CAND_PAD=max(128, _p2(n_cand)) if mode != 2 else 2,
+        KB=max(16, min(1024, _p2(k))),
         num_warps=4,
     )
     return lse, ent, var, maxlp, amax, tkl, tki, mass, toklp

@@ -178,3 +178,62 @@ def test_extension_is_built():
     if os.environ.get("FUQ_NO_EXT") == "1":
         pytest.skip("built without the extension on purpose")
     assert _library.HAS_CPP, _library.C_ERROR
+
+
+def _cpp_only():
+    if not _library.HAS_CPP:
+        pytest.skip("fuq._C not built")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpp_split_rows(threads, dtype):
+    """Few rows, huge V: the C++ kernel splits each row across threads and merges the parts.
+
+    The max sits in the last segment, an equal max in the first (argmax = the first), top-k
+    ties straddle segment boundaries, one row is -inf but for its last entries, one row has a
+    NaN only in its last segment.
+    """
+    _cpp_only()
+    V = 200_003  # not a multiple of any block or chunk size
+    x = make_logits(3, V, dtype, "normal", seed=3)
+    x[0, V - 1] = 30.0  # the max, in the last segment
+    x[0, 5] = 30.0  # an equal max, first segment: argmax must be 5
+    x[0, [17, 70_000, 140_000, 199_999]] = 20.0  # ties across segments
+    x[1, : V - 3] = float("-inf")
+    x[2, V - 2] = float("nan")
+    tokens = torch.tensor([V - 1, V - 2, 0])
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = fuq.logit_stats(x, k=6, tokens=tokens, temperature=0.9, backend="cpp")
+    finally:
+        torch.set_num_threads(old)
+    want = reference.logit_stats(x, 6, tokens, 0.9)
+    assert got.argmax[0].item() == 5
+    assert got.topk_ids[0].tolist() == [5, V - 1, 17, 70_000, 140_000, 199_999]
+    assert torch.isnan(got.lse[2]) and torch.isnan(got.entropy[2]) and torch.isnan(got.token_logprob[2])
+    assert ((got.topk_ids[2] >= 0) & (got.topk_ids[2] < V)).all() and 0 <= got.argmax[2].item() < V
+    ok = torch.tensor([0, 1])
+    assert_stats_close(fuq.LogitStats(*(t[ok] for t in got)), tuple(t[ok] for t in want), V, dtype)
+
+
+def test_cpp_many_small_rows():
+    """B large, V small: rows are batched per task; k = V sorts every row."""
+    _cpp_only()
+    for V in (1, 3, 65):
+        x = make_logits(4099, V, torch.float32, "masked" if V > 1 else "normal", seed=V)
+        tokens = torch.randint(0, V, (4099,))
+        got = fuq.logit_stats(x, k=V, tokens=tokens, temperature=1.7, backend="cpp")
+        assert_stats_close(got, reference.logit_stats(x, V, tokens, 1.7), V, torch.float32)
+
+
+def test_cpp_op_token_out_of_range_is_nan():
+    """Through the op directly (the public function rejects them): NaN, never an out-of-bounds read."""
+    _cpp_only()
+    x = make_logits(4, 33, torch.float32)
+    tokens = torch.tensor([-1, 33, 1 << 40, 5])
+    got = torch.ops.fuq.logit_stats(x, 2, tokens, 1.0)
+    want = reference.logit_stats(x, 2, tokens, 1.0)
+    assert torch.isnan(got[8][:3]).all()
+    torch.testing.assert_close(got[8][3], want[8][3])

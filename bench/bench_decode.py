@@ -19,7 +19,9 @@ processor at the head of the list stamps the clock), so the prefill is excluded
 and every interval is one full decode step: forward pass, processors, sampling.
 A second probe at the tail gives the time spent in the processors. Cases are
 interleaved round by round so that drift on a shared machine spreads over all of
-them; the figure is the median over all steps of all rounds. ``min_new_tokens``
+them; the figure is the median over all steps of all rounds. Both the wall clock and
+the CPU time of the process are reported: on a shared, oversubscribed machine the
+CPU time (with ``--threads 1``) is the steadier measure of the work a step costs. ``min_new_tokens``
 equals ``max_new_tokens`` so EOS never cuts a generation short.
 
 Usage::
@@ -113,13 +115,15 @@ def load(name: str) -> tuple[Any, Any, str]:
 
 
 class _Probe:
-    """A no-op logits processor that stamps the clock each time it runs."""
+    """A no-op logits processor that stamps the wall clock and the process CPU clock each time it runs."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.cpu: list[float] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
         return scores
 
 
@@ -148,7 +152,7 @@ def _probed(model):
 
 
 def run_case(model, ids, kw: dict[str, Any], new_tokens: int, sampler: str | None, seed: int):
-    """One generation (``sampler`` None: stock HF); returns (step intervals, processor times), in ms."""
+    """One generation (``sampler`` None: stock HF); returns ms lists: step wall, step CPU, processors wall, CPU."""
     fused = sampler is not None
     rec = UncertaintyRecorder(k=5) if fused else None
     patch = fuq.hf.patch(model, record=rec, sampler=sampler) if fused else contextlib.nullcontext()
@@ -162,9 +166,11 @@ def run_case(model, ids, kw: dict[str, Any], new_tokens: int, sampler: str | Non
     if rec is not None:
         tr = rec.trace()
         assert tr.num_tokens == new_tokens and torch.isfinite(tr.entropy).all()
-    steps = [(b - a) * 1e3 for a, b in zip(head.times, head.times[1:], strict=False)]
-    procs = [(b - a) * 1e3 for a, b in zip(head.times, tail.times, strict=True)]
-    return steps, procs
+    def gaps(a: list[float], b: list[float]) -> list[float]:
+        return [(y - x) * 1e3 for x, y in zip(a, b, strict=False)]
+
+    return gaps(head.times, head.times[1:]), gaps(head.cpu, head.cpu[1:]), gaps(head.times, tail.times), gaps(
+        head.cpu, tail.cpu)
 
 
 def bench_model(name: str, new_tokens: int, rounds: int) -> dict[str, Any]:
@@ -182,26 +188,28 @@ def bench_model(name: str, new_tokens: int, rounds: int) -> dict[str, Any]:
         variants += [(f"fuq[hf draw] {c} + rec", "hf", kw), (f"fuq[fuq draw] {c} + rec", "fuq", kw)]
     for _label, sampler, kw in variants:  # warm-up: one short run each
         run_case(model, ids, kw, 4, sampler, seed=0)
-    steps: dict[str, list[float]] = {v[0]: [] for v in variants}
-    procs: dict[str, list[float]] = {v[0]: [] for v in variants}
+    keys = ("wall", "cpu", "procs_wall", "procs_cpu")
+    got: dict[str, dict[str, list[float]]] = {v[0]: {k: [] for k in keys} for v in variants}
     for r in range(rounds):
         order = variants if r % 2 == 0 else variants[::-1]
         for label, sampler, kw in order:
-            s, p = run_case(model, ids, kw, new_tokens, sampler, seed=r + 1)
-            steps[label].extend(s)
-            procs[label].extend(p)
-    base = statistics.median(steps["hf greedy"])
+            for k, vals in zip(keys, run_case(model, ids, kw, new_tokens, sampler, seed=r + 1), strict=True):
+                got[label][k].extend(vals)
+    med = {label: {k: statistics.median(v) for k, v in d.items()} for label, d in got.items()}
+    base = med["hf greedy"]
     rows = []
     for label, _, _ in variants:
-        med = statistics.median(steps[label])
+        m = med[label]
         rows.append(
             dict(
                 case=label,
-                ms_per_token=round(med, 3),
-                ms_per_token_mean=round(statistics.fmean(steps[label]), 3),
-                processors_ms=round(statistics.median(procs[label]), 3),
-                overhead_vs_greedy_pct=round(100.0 * (med - base) / base, 2),
-                steps=len(steps[label]),
+                ms_per_token=round(m["wall"], 3),
+                cpu_ms_per_token=round(m["cpu"], 3),
+                processors_ms=round(m["procs_wall"], 3),
+                processors_cpu_ms=round(m["procs_cpu"], 3),
+                overhead_vs_greedy_pct=round(100.0 * (m["wall"] - base["wall"]) / base["wall"], 2),
+                cpu_overhead_vs_greedy_pct=round(100.0 * (m["cpu"] - base["cpu"]) / base["cpu"], 2),
+                steps=len(got[label]["wall"]),
             )
         )
     return dict(model=name, source=source, vocab=V, prompt_tokens=ids.shape[1], new_tokens=new_tokens,
@@ -211,10 +219,12 @@ def bench_model(name: str, new_tokens: int, rounds: int) -> dict[str, Any]:
 def _print(res: dict[str, Any]) -> None:
     print(f"\n{res['model']}  (V = {res['vocab']}, {res['source']}, B = 1, {res['new_tokens']} new tokens x "
           f"{res['rounds']} rounds, prompt {res['prompt_tokens']} tokens)")
-    print(f"{'case':<40}{'ms/token':>10}{'mean':>10}{'procs ms':>10}{'vs greedy':>11}")
+    print(f"{'':<40}{'----- wall clock -----':>32}{'------ process CPU ------':>34}")
+    cols = ("ms/token", 10), ("procs ms", 10), ("vs greedy", 12), ("ms/token", 12), ("procs ms", 10), ("vs greedy", 12)
+    print(f"{'case':<40}" + "".join(f"{c:>{w}}" for c, w in cols))
     for r in res["rows"]:
-        print(f"{r['case']:<40}{r['ms_per_token']:>10.2f}{r['ms_per_token_mean']:>10.2f}{r['processors_ms']:>10.3f}"
-              f"{r['overhead_vs_greedy_pct']:>+10.1f}%")
+        print(f"{r['case']:<40}{r['ms_per_token']:>10.2f}{r['processors_ms']:>10.3f}{r['overhead_vs_greedy_pct']:>+11.1f}%"
+              f"{r['cpu_ms_per_token']:>12.2f}{r['processors_cpu_ms']:>10.3f}{r['cpu_overhead_vs_greedy_pct']:>+11.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ with NaN gives NaN ``lse`` (``+inf`` without NaN gives ``lse = +inf``, as
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -266,6 +267,11 @@ def logit_stats(
     if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
     B, V = logits.shape
+    if logits.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"the Triton kernel needs a CUDA tensor (logits is on {logits.device}), or TRITON_INTERPRET=1 "
+            "set before fuq is imported to run it interpreted on the CPU"
+        )
     if not 0 <= k <= V:
         raise ValueError(f"k must be in [0, V] = [0, {V}], got k = {k}")
     if logits.stride(1) != 1 and V > 1:

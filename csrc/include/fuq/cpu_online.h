@@ -1,14 +1,17 @@
 // CPU-side building blocks shared by fuq's C++ kernels (torch-free, header-only).
 //
-//   * load_chunk      : bf16 / fp16 / fp32 -> float32, vectorised, optional division by T
-//   * fast_exp        : a vectorisable exp for x <= 0 (Cody-Waite + degree-6 polynomial, ~2 ulp)
+//   * bf16_to_float, fp16_to_float, to_float*: bf16 / fp16 / fp32 -> float32 (vectorised
+//                       for arrays; F32 / BF16 / F16 tags let kernels template on the dtype)
+//   * fast_exp_nonpos : a vectorisable exp for d <= 0 (Cody-Waite + degree-6 polynomial,
+//                       ~2 ulp), exactly 0 below -87 (so -inf gives 0)
 //   * OnlineStats     : the online (m, s, t, u) recurrence of log-sum-exp, entropy, varentropy
 //   * order_key       : an order-preserving uint32 key of a float (total order, NaN included)
 //   * TopCandidate    : (z, index) with the order "z descending, then index ascending"
 //   * gt_mask8        : which of 8 floats exceed a threshold (top-k candidate scans)
 //
 // The loops here are written for the compiler to vectorise (`#pragma omp simd`, branch-free
-// selects; build with -fno-trapping-math so GCC if-converts them), so they work on any ISA
+// selects; build with -fopenmp or -fopenmp-simd so the simd reductions may reassociate, and
+// with -fno-trapping-math so GCC if-converts the selects), so they work on any ISA
 // and use AVX2/FMA when built with -march=native (or -mavx2 -mfma -mf16c). The only
 // intrinsics, each with a scalar fallback, are the F16C conversion and an 8-lane compare mask.
 #pragma once

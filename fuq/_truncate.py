@@ -168,8 +168,9 @@ def truncate(
         [[3.0, 2.0, -inf, -inf]]
     """
     _check_logits(logits)
-    knobs = _knobs(temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
-                   min_tokens_to_keep)
+    knobs = _knobs(
+        temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep
+    )
     _check_backend(backend)
     shape = logits.shape
     rows = _as_rows(logits)
@@ -186,7 +187,9 @@ def truncate(
         if rows.device.type != "cuda":
             raise ValueError(f"backend='cuda' needs a CUDA tensor, logits is on {rows.device}")
         if not _library.HAS_CUDA_CPP:
-            raise RuntimeError(f"backend='cuda' asked for, but fuq._C_cuda could not be loaded: {_library.C_CUDA_ERROR}")
+            raise RuntimeError(
+                f"backend='cuda' asked for, but fuq._C_cuda could not be loaded: {_library.C_CUDA_ERROR}"
+            )
         out = torch.ops.fuq.truncate_cuda(rows, *knobs)
     return out.reshape(shape)
 
@@ -242,8 +245,9 @@ def sample(
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 0 or k > V:
         raise ValueError(f"k must be in [0, V] = [0, {V}], got k = {k}")
-    knobs = _knobs(temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
-                   min_tokens_to_keep)
+    knobs = _knobs(
+        temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep
+    )
     _check_backend(backend)
     lead = logits.shape[:-1]
     rows = _as_rows(logits)
@@ -266,10 +270,24 @@ def sample(
     else:  # cuda: the CUDA C++ truncation and stats kernels around the reference's draw
         from .ops import logit_stats
 
-        ids = reference.sample_from(truncate(rows, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                             typical_p=typical_p, epsilon=epsilon, eta=eta, top_h=top_h,
-                                             top_n_sigma=top_n_sigma, p_less=p_less,
-                                             min_tokens_to_keep=min_tokens_to_keep, backend="cuda"), u)
+        ids = reference.sample_from(
+            truncate(
+                rows,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_p=min_p,
+                typical_p=typical_p,
+                epsilon=epsilon,
+                eta=eta,
+                top_h=top_h,
+                top_n_sigma=top_n_sigma,
+                p_less=p_less,
+                min_tokens_to_keep=min_tokens_to_keep,
+                backend="cuda",
+            ),
+            u,
+        )
         st = logit_stats(rows, k=k, tokens=ids, temperature=knobs[0], backend="cuda")
         return ids.reshape(lead), LogitStats(*(None if f is None else f.reshape(*lead, *f.shape[1:]) for f in st))
     ids, lse, ent, var, mx, am, tkl, tki, tkm, tl = out

@@ -34,8 +34,18 @@ def test_reproducible_and_same_on_every_backend(backend):
 @pytest.mark.parametrize("V", [32000, 262144])
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(top_k=50), dict(top_p=0.9, temperature=0.7), dict(min_p=0.05), dict(typical_p=0.9),
-     dict(eta=1e-3), dict(top_h=0.5), dict(top_n_sigma=1.0), dict(p_less=True), dict(epsilon=3e-4)],
+    [
+        dict(),
+        dict(top_k=50),
+        dict(top_p=0.9, temperature=0.7),
+        dict(min_p=0.05),
+        dict(typical_p=0.9),
+        dict(eta=1e-3),
+        dict(top_h=0.5),
+        dict(top_n_sigma=1.0),
+        dict(p_less=True),
+        dict(epsilon=3e-4),
+    ],
     ids=str,
 )
 def test_cpp_draws_equal_reference(kw, V):
@@ -62,8 +72,16 @@ def test_stats_are_those_of_the_untruncated_step(dtype, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "kw",
-    [dict(), dict(temperature=0.5), dict(top_k=5), dict(top_p=0.7), dict(typical_p=0.6), dict(min_p=0.2),
-     dict(top_h=0.6), dict(p_less=True, temperature=2.0)],
+    [
+        dict(),
+        dict(temperature=0.5),
+        dict(top_k=5),
+        dict(top_p=0.7),
+        dict(typical_p=0.6),
+        dict(min_p=0.2),
+        dict(top_h=0.6),
+        dict(p_less=True, temperature=2.0),
+    ],
     ids=str,
 )
 def test_chi_square(backend, kw):
@@ -84,8 +102,17 @@ def _args(kw: dict) -> tuple:
     from fuq._truncate import _knobs
 
     return _knobs(
-        kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), kw.get("min_p"), kw.get("typical_p"),
-        kw.get("epsilon"), kw.get("eta"), kw.get("top_h"), kw.get("top_n_sigma"), kw.get("p_less", False), 1,
+        kw.get("temperature", 1.0),
+        kw.get("top_k"),
+        kw.get("top_p"),
+        kw.get("min_p"),
+        kw.get("typical_p"),
+        kw.get("epsilon"),
+        kw.get("eta"),
+        kw.get("top_h"),
+        kw.get("top_n_sigma"),
+        kw.get("p_less", False),
+        1,
     )
 
 

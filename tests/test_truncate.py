@@ -70,8 +70,16 @@ def _op_args(kw: dict) -> tuple:
     from fuq._truncate import _knobs
 
     return _knobs(
-        kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), kw.get("min_p"), kw.get("typical_p"),
-        kw.get("epsilon"), kw.get("eta"), kw.get("top_h"), kw.get("top_n_sigma"), kw.get("p_less", False),
+        kw.get("temperature", 1.0),
+        kw.get("top_k"),
+        kw.get("top_p"),
+        kw.get("min_p"),
+        kw.get("typical_p"),
+        kw.get("epsilon"),
+        kw.get("eta"),
+        kw.get("top_h"),
+        kw.get("top_n_sigma"),
+        kw.get("p_less", False),
         kw.get("min_tokens_to_keep", 1),
     )
 
@@ -135,9 +143,7 @@ def test_matches_hf_warper(kw, V):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize(
-    "kw", [dict(top_k=40), dict(min_p=0.1), dict(epsilon=1e-4), dict(eta=2e-3)], ids=str
-)
+@pytest.mark.parametrize("kw", [dict(top_k=40), dict(min_p=0.1), dict(epsilon=1e-4), dict(eta=2e-3)], ids=str)
 def test_low_precision_matches_hf(dtype, kw):
     """bf16 / fp16 input at T = 0.7: HF sees the logits upcast to float32 (as generate does)."""
     kw = dict(kw, temperature=0.7)
@@ -159,8 +165,16 @@ def test_low_precision_ties_against_reference(dtype, kw):
 @pytest.mark.parametrize("mtk", [1, 3])
 def test_chain_matches_hf_processor_list(mtk):
     """All HF knobs at once, in generate()'s order, each on the previous one's output."""
-    kw = dict(temperature=0.7, top_k=400, top_p=0.95, min_p=0.01, typical_p=0.97, epsilon=1e-5, eta=1e-4,
-              min_tokens_to_keep=mtk)
+    kw = dict(
+        temperature=0.7,
+        top_k=400,
+        top_p=0.95,
+        min_p=0.01,
+        typical_p=0.97,
+        epsilon=1e-5,
+        eta=1e-4,
+        min_tokens_to_keep=mtk,
+    )
     x = make_logits(4, 32000, torch.float32, "llm", seed=11)
     got = fuq.truncate(x, **kw)
     want = _run_hf(kw, x)
@@ -222,11 +236,31 @@ def test_cpp_matches_reference_new_knobs(kw, V):
 def test_cpp_matches_reference(dtype, kind):
     """Every knob, one at a time and all together, on hard inputs."""
     x = make_logits(3, 4099, dtype, kind, seed=1)
-    cases = [dict(top_k=7), dict(top_k=4099), dict(top_p=0.9, min_tokens_to_keep=2), dict(min_p=0.1),
-             dict(typical_p=0.6, min_tokens_to_keep=3), dict(epsilon=1e-3), dict(eta=1e-2), dict(top_h=0.7),
-             dict(top_n_sigma=1.2), dict(p_less=True),
-             dict(temperature=0.5, top_h=0.95, top_k=300, top_p=0.97, min_p=1e-3, typical_p=0.98, epsilon=1e-6,
-                  eta=1e-5, top_n_sigma=3.0, p_less=True, min_tokens_to_keep=2)]
+    cases = [
+        dict(top_k=7),
+        dict(top_k=4099),
+        dict(top_p=0.9, min_tokens_to_keep=2),
+        dict(min_p=0.1),
+        dict(typical_p=0.6, min_tokens_to_keep=3),
+        dict(epsilon=1e-3),
+        dict(eta=1e-2),
+        dict(top_h=0.7),
+        dict(top_n_sigma=1.2),
+        dict(p_less=True),
+        dict(
+            temperature=0.5,
+            top_h=0.95,
+            top_k=300,
+            top_p=0.97,
+            min_p=1e-3,
+            typical_p=0.98,
+            epsilon=1e-6,
+            eta=1e-5,
+            top_n_sigma=3.0,
+            p_less=True,
+            min_tokens_to_keep=2,
+        ),
+    ]
     for kw in cases:
         got = fuq.truncate(x, backend="cpp", **kw)
         want = fuq.truncate(x, backend="reference", **kw)
@@ -246,8 +280,9 @@ def test_min_tokens_to_keep_is_honoured():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_edge_rows(backend):
     one = torch.tensor([[2.5]])
-    every = dict(top_k=1, top_p=0.5, min_p=0.9, typical_p=0.5, epsilon=0.9, eta=0.9, top_h=0.1, top_n_sigma=0.0,
-                 p_less=True)
+    every = dict(
+        top_k=1, top_p=0.5, min_p=0.9, typical_p=0.5, epsilon=0.9, eta=0.9, top_h=0.1, top_n_sigma=0.0, p_less=True
+    )
     assert fuq.truncate(one, backend=backend, **every).tolist() == [[2.5]]
     x = torch.tensor([[NEG, NEG, NEG], [1.0, float("nan"), 0.0], [0.0, 0.0, 0.0], [NEG, 3.0, NEG]])
     got = fuq.truncate(x, top_p=0.9, top_k=2, typical_p=0.9, backend=backend)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DTYPES, TRITON_RUNS, assert_stats_close, make_logits
+from helpers import DTYPES, HAS_TRITON, TRITON_RUNS, assert_stats_close, make_logits
 
 import fuq
 from fuq import _library, reference
@@ -184,6 +184,22 @@ def test_64bit_row_offsets(backend):
     want = reference.logit_stats(last.cpu(), 4, None, 1.0)
     assert_stats_close(fuq.LogitStats(*(t[-1:] for t in got)), want, V, torch.bfloat16)
     del x
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_triton_plan_spreads_small_batches():
+    """B = 1 with a 262k vocabulary is split over many programs; segments tile the row."""
+    from fuq.triton_kernels.logit_stats import _plan
+
+    cases = ((1, 262144, 50, 264), (1, 262144, 0, 264), (64, 262144, 50, 528), (3, 7, 7, 4), (1, 1, 1, 4))
+    for B, V, k, target in cases:
+        k_pad, block, splits, seg = _plan(B, V, k, target)
+        assert seg % block == 0 and block >= max(k_pad, 16) and (k == 0 or k_pad >= k)
+        assert (splits - 1) * seg < V <= splits * seg  # every program has work, the row is covered
+        if V >= 262144 and B == 1:
+            assert splits >= 128
+        assert B * splits < target + B  # about the target, no more
+    assert _plan(1, 50257, 1025, 4)[0] == 0  # k > K_MAX: the candidate-free route
 
 
 @pytest.mark.triton_interp

@@ -251,6 +251,15 @@ def _p2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _plan(B: int, V: int, k: int, target_programs: int) -> tuple[int, int, int, int]:
+    """``(K_PAD, BLOCK, SPLITS, seg)``: SPLITS programs per row, each over ``seg`` entries (a multiple of BLOCK)."""
+    k_pad = 0 if k == 0 or k > K_MAX else max(2, _p2(k))
+    block = max(k_pad, 16, min(1024, _p2(V)))
+    splits = max(1, min(triton.cdiv(V, block), triton.cdiv(target_programs, max(B, 1))))
+    seg = triton.cdiv(triton.cdiv(V, splits), block) * block
+    return k_pad, block, triton.cdiv(V, seg), seg
+
+
 def logit_stats(
     logits: Tensor, k: int, tokens: Tensor | None, temperature: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -293,11 +302,7 @@ def logit_stats(
     has_t = T != 1.0  # x / 1.0 == x exactly
     stride = logits.stride(0)
 
-    k_pad = 0 if k == 0 or k > K_MAX else max(2, _p2(k))
-    block = max(k_pad, 16, min(1024, _p2(V)))
-    splits = max(1, min(triton.cdiv(V, block), triton.cdiv(_target_programs(dev, k), B)))
-    seg = triton.cdiv(triton.cdiv(V, splits), block) * block
-    splits = triton.cdiv(V, seg)
+    k_pad, block, splits, seg = _plan(B, V, k, _target_programs(dev, k))
     kc = max(k_pad, 1)
     state = torch.empty(B, splits, 6, **f32)
     cand = torch.empty(B, splits, kc, device=dev, dtype=torch.int64)

@@ -241,8 +241,9 @@ def _sm_count(index: int) -> int:
 
 def _target_programs(device: torch.device, k: int) -> int:
     if device.type == "cuda":
-        # top-k merges make pass 1 partly compute-bound: more, smaller programs help
-        per_sm = 4 if k > 0 else 2
+        # enough programs in flight per SM to cover the memory latency (a program holds one
+        # BLOCK of loads at a time); with top-k, fewer, since the candidates to merge grow
+        per_sm = 4 if k > 0 else 8
         return per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 4  # interpreter: a few splits, enough to exercise the merge
 

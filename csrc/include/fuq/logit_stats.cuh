@@ -79,7 +79,8 @@ inline LogitStatsPlan logit_stats_plan(int64_t B, int V, int k, int num_sms) {
   p.k_pad = (k == 0 || p.needs_sel) ? 0 : logit_stats_pow2(k < 2 ? 2 : k);
   p.cap = p.k_pad > 0 ? logit_stats_pow2(p.k_pad + 2 * kLogitStatsChunk) : 0;
   const int64_t chunks = (V + kLogitStatsChunk - 1) / kLogitStatsChunk;
-  const int64_t target = 4LL * (num_sms > 0 ? num_sms : 1);
+  // ~8 blocks per SM in flight (256 threads, 4 loads each) to cover the memory latency
+  const int64_t target = 8LL * (num_sms > 0 ? num_sms : 1);
   int64_t splits = B > 0 ? (target + B - 1) / B : 1;
   if (splits > chunks) splits = chunks;
   if (splits < 1) splits = 1;

@@ -150,6 +150,8 @@ def logit_stats(
     rows = _as_rows(logits)
     out = _dispatch_logit_stats(rows, k, tok, t, backend)
     lse, ent, var, mx, am, tkl, tki, tkm, tl = out
+    if logits.dim() == 2:  # already [B, ...]: skip nine reshapes (~3 µs each, the cost of the door at B = 1)
+        return LogitStats(lse, ent, var, mx, am, tkl, tki, tkm, None if tokens is None else tl)
     return LogitStats(
         lse.reshape(lead),
         ent.reshape(lead),

@@ -173,6 +173,60 @@ def run_case(model, ids, kw: dict[str, Any], new_tokens: int, sampler: str | Non
         head.cpu, tail.cpu)
 
 
+def _median_ms(fn, repeats: int) -> tuple[float, float]:
+    """Median wall and process-CPU ms of ``fn()`` over ``repeats`` calls (after two warm-up calls)."""
+    fn()
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - w) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def components(model, ids, repeats: int) -> dict[str, tuple[float, float]]:
+    """Per-step cost of each case's processors + token choice alone, on the model's real next-token logits.
+
+    The forward pass is the same in every case, so the difference from ``hf greedy`` here is the
+    overhead of the case, measured without the model's noise.
+    """
+    from transformers.generation import logits_process as hl
+
+    from fuq.processors import FusedLogitsWarper, FusedSampler
+
+    with torch.inference_mode():
+        x = model(ids).logits[:, -1].to(torch.float32)
+    rec = UncertaintyRecorder(k=5)
+
+    def hf_draw(scores):
+        return torch.multinomial(torch.softmax(scores, -1), 1).squeeze(1)
+
+    def pipeline(procs, draw):
+        return lambda: draw(procs(ids, x.clone()))
+
+    hf_tp = hl.LogitsProcessorList([hl.TemperatureLogitsWarper(0.7), hl.TopPLogitsWarper(0.9)])
+    hf_typ = hl.LogitsProcessorList([hl.TypicalLogitsWarper(0.9)])
+    argmax = lambda s: s.argmax(-1)  # noqa: E731
+    fuq_tp = dict(temperature=0.7, top_p=0.9)
+    fuq_typ = dict(typical_p=0.9)
+    cases = {
+        "hf greedy": pipeline(hl.LogitsProcessorList(), argmax),
+        "hf top-p 0.9 + T 0.7": pipeline(hf_tp, hf_draw),
+        "hf typical 0.9": pipeline(hf_typ, hf_draw),
+        "fuq greedy + rec": pipeline(hl.LogitsProcessorList([rec]), argmax),
+        "fuq[hf draw] top-p 0.9 + T 0.7 + rec": pipeline(hl.LogitsProcessorList([rec, FusedLogitsWarper(**fuq_tp)]),
+                                                         hf_draw),
+        "fuq[fuq draw] top-p 0.9 + T 0.7 + rec": pipeline(hl.LogitsProcessorList([rec, FusedSampler(**fuq_tp)]),
+                                                          argmax),
+        "fuq[hf draw] typical 0.9 + rec": pipeline(hl.LogitsProcessorList([rec, FusedLogitsWarper(**fuq_typ)]),
+                                                   hf_draw),
+        "fuq[fuq draw] typical 0.9 + rec": pipeline(hl.LogitsProcessorList([rec, FusedSampler(**fuq_typ)]), argmax),
+    }
+    return {label: _median_ms(fn, repeats) for label, fn in cases.items()}
+
+
 def bench_model(name: str, new_tokens: int, rounds: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, tok, source = load(name)
@@ -212,6 +266,16 @@ def bench_model(name: str, new_tokens: int, rounds: int) -> dict[str, Any]:
                 steps=len(got[label]["wall"]),
             )
         )
+    comp = components(model, ids, repeats=30)
+    for row in rows:
+        w, c = comp[row["case"]]
+        w0, c0 = comp["hf greedy"]
+        row.update(
+            alone_ms=round(w, 3),
+            alone_cpu_ms=round(c, 3),
+            # the case's extra per-step work, as a share of a greedy step (CPU time)
+            alone_overhead_vs_greedy_pct=round(100.0 * (c - c0) / base["cpu"], 2),
+        )
     return dict(model=name, source=source, vocab=V, prompt_tokens=ids.shape[1], new_tokens=new_tokens,
                 rounds=rounds, load_s=round(load_s, 1), rows=rows)
 
@@ -225,6 +289,10 @@ def _print(res: dict[str, Any]) -> None:
     for r in res["rows"]:
         print(f"{r['case']:<40}{r['ms_per_token']:>10.2f}{r['processors_ms']:>10.3f}{r['overhead_vs_greedy_pct']:>+11.1f}%"
               f"{r['cpu_ms_per_token']:>12.2f}{r['processors_cpu_ms']:>10.3f}{r['cpu_overhead_vs_greedy_pct']:>+11.1f}%")
+    print("\nprocessors + token choice alone, on the model's real logits (median of 30; the forward pass is common):")
+    print(f"{'case':<40}{'wall ms':>10}{'CPU ms':>10}{'extra / greedy step (CPU)':>28}")
+    for r in res["rows"]:
+        print(f"{r['case']:<40}{r['alone_ms']:>10.3f}{r['alone_cpu_ms']:>10.3f}{r['alone_overhead_vs_greedy_pct']:>+27.2f}%")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,28 @@ def online_update(m, s, t, u, z):
 
 
 @triton.jit
+def online_update_rows(m, s, t, u, z):
+    """Fold a 2-D block ``z`` [R, E] into per-row states ``(m, s, t, u)`` [R]; returns the new state.
+
+    Each row (a thread's few contiguous values, in the usual layout) moves its max once per
+    block, so there is one exp per value and the state is per row, not per value. NaN values
+    must already be replaced by ``-inf`` (the caller counts them); ``-inf`` values weigh 0.
+    """
+    m_new = tl.maximum(m, tl.max(z, axis=1))
+    old = m > float("-inf")  # an empty row state (m = -inf) has s = t = u = 0
+    d = tl.where(old, m - m_new, 0.0)
+    r = tl.where(old, tl.exp(d), 0.0)
+    live = z > float("-inf")
+    dz = tl.where(live, z - m_new[:, None], 0.0)
+    e = tl.where(live, tl.exp(dz), 0.0)
+    ed = e * dz
+    s2 = r * s + tl.sum(e, axis=1)
+    t2 = r * (t + d * s) + tl.sum(ed, axis=1)
+    u2 = r * (u + 2.0 * d * t + d * d * s) + tl.sum(ed * dz, axis=1)
+    return m_new, s2, t2, u2
+
+
+@triton.jit
 def merge_states(m, s, t, u):
     """Reduce lane (or partial) states of a 1-D block to one ``(M, S, T, U)``, relative to ``M``."""
     M = tl.max(m, axis=0)

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import KEY_MIN, empty_topk, merge_states, online_update, pack_key, topk_insert, unpack_key
+from ._common import KEY_MIN, empty_topk, merge_states, online_update_rows, pack_key, topk_insert, unpack_key
 
 __all__ = ["logit_stats"]
 
@@ -48,6 +48,8 @@ def _logit_stats_partial_kernel(
     BLOCK: tl.constexpr,
     K_PAD: tl.constexpr,
     BITONIC: tl.constexpr,
+    E: tl.constexpr,  # entries per row of a chunk
+    R: tl.constexpr,  # rows of a chunk: BLOCK = R * E
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -55,18 +57,20 @@ def _logit_stats_partial_kernel(
     x_row = x_ptr + row.to(tl.int64) * stride_row  # 64-bit row offset: B*V may pass 2^31
     lo = split * seg
     hi = tl.minimum(lo + seg, V)
-    lanes = tl.arange(0, BLOCK)
+    # A chunk is [R, E]: R rows of E contiguous entries (a thread's vector load); the online
+    # state is kept per row.
+    lanes = tl.arange(0, R)[:, None] * E + tl.arange(0, E)[None, :]
 
-    m = tl.full([BLOCK], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK], tl.float32)
-    t = tl.zeros([BLOCK], tl.float32)
-    u = tl.zeros([BLOCK], tl.float32)
-    n_nan = tl.zeros([BLOCK], tl.int32)
-    n_inf = tl.zeros([BLOCK], tl.int32)
+    m = tl.full([R], float("-inf"), tl.float32)
+    s = tl.zeros([R], tl.float32)
+    t = tl.zeros([R], tl.float32)
+    u = tl.zeros([R], tl.float32)
+    n_nan = tl.zeros([R], tl.int32)
+    n_inf = tl.zeros([R], tl.int32)
     if K_PAD > 0:
         best = empty_topk(K_PAD)  # the segment's K_PAD largest keys so far, unordered
     else:
-        kmax = tl.full([BLOCK], KEY_MIN, tl.int64)
+        kmax = tl.full([R], KEY_MIN, tl.int64)
 
     for start in range(lo, hi, BLOCK):
         idx = start + lanes
@@ -77,14 +81,15 @@ def _logit_stats_partial_kernel(
             z = tl.math.div_rn(x, temperature)  # IEEE division, as the reference's z = x / T
         else:
             z = x
-        m, s, t, u = online_update(m, s, t, u, z)
-        n_nan += (z != z).to(tl.int32)
-        n_inf += (z == float("inf")).to(tl.int32)
+        is_nan = z != z
+        n_nan += tl.sum(is_nan.to(tl.int32), axis=1)
+        n_inf += tl.sum((z == float("inf")).to(tl.int32), axis=1)
+        m, s, t, u = online_update_rows(m, s, t, u, tl.where(is_nan, float("-inf"), z))
         keys = tl.where(mask, pack_key(z, idx), KEY_MIN)
         if K_PAD > 0:
-            best = topk_insert(best, keys, K_PAD, BITONIC)
+            best = topk_insert(best, tl.reshape(keys, [BLOCK]), K_PAD, BITONIC)
         else:
-            kmax = tl.maximum(kmax, keys)
+            kmax = tl.maximum(kmax, tl.max(keys, axis=1))
 
     M, S, T, U = merge_states(m, s, t, u)
     st = state_ptr + (row.to(tl.int64) * n_splits + split) * 6
@@ -311,7 +316,7 @@ def logit_stats(
     bitonic = (dev.type == "cuda") if BITONIC is None else BITONIC
     _logit_stats_partial_kernel[(B, splits)](
         logits, stride, V, seg, T, state, cand,
-        HAS_T=has_t, BLOCK=block, K_PAD=k_pad, BITONIC=bitonic and k_pad >= 16, num_warps=num_warps,
+        HAS_T=has_t, BLOCK=block, K_PAD=k_pad, BITONIC=bitonic and k_pad >= 16, E=8, R=block // 8, num_warps=num_warps,
     )  # fmt: skip
 
     n_cand = splits * kc

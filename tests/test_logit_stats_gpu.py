@@ -214,3 +214,52 @@ def test_triton_bitonic_path_interpreted(monkeypatch):
         x = make_logits(B, V, torch.float32, "llm", device=dev)
         got = fuq.LogitStats(*tk.logit_stats(x, k, None, T))
         assert_stats_close(got, reference.logit_stats(x.cpu(), k, None, T), V, torch.float32)
+
+
+_AOT_SCRIPT = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fuq.triton_kernels.logit_stats as L
+
+target = GPUTarget("cuda", int(sys.argv[1]), 32)
+
+
+def comp(fn, sig, consts):
+    sig = dict(sig, **{k: "constexpr" for k in consts})
+    triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target, options={"num_warps": 4})
+
+
+P = dict(x_ptr="*bf16", stride_row="i64", V="i32", seg="i32", temperature="fp32", state_ptr="*fp32", cand_ptr="*i64")
+for kp, bit in ((0, False), (4, False), (64, True)):
+    comp(L._logit_stats_partial_kernel, P, dict(HAS_T=True, BLOCK=1024, K_PAD=kp, BITONIC=bit, E=8, R=128))
+F = dict(x_ptr="*fp32", stride_row="i64", V="i32", temperature="fp32", tokens_ptr="*i64", state_ptr="*fp32",
+         cand_ptr="*i64", sel_ptr="*i64", n_splits="i32", n_cand="i32", k="i32", lse_ptr="*fp32", ent_ptr="*fp32",
+         var_ptr="*fp32", maxlp_ptr="*fp32", argmax_ptr="*i64", tkl_ptr="*fp32", tki_ptr="*i64", mass_ptr="*fp32",
+         toklp_ptr="*fp32")
+for mode in (0, 1, 2):
+    comp(L._logit_stats_finalize_kernel, F, dict(HAS_T=True, HAS_TOKENS=True, MODE=mode, SPLITS_PAD=16, CAND_PAD=256,
+                                                 KB=16))
+comp(L._row_keys_kernel, dict(x_ptr="*fp16", stride_row="i64", V="i32", temperature="fp32", keys_ptr="*i64"),
+     dict(HAS_T=True, BLOCK=1024))
+print("compiled")
+"""
+
+
+@pytest.mark.triton_interp
+@pytest.mark.skipif(HAS_CUDA or not HAS_TRITON, reason="a GPU runs the kernels instead; needs triton")
+def test_triton_kernels_compile_for_sm90(tmp_path):
+    """Without a GPU the interpreter never compiles the kernels: compile them for sm_90 (needs ptxas)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    ptxas = os.environ.get("TRITON_PTXAS_PATH") or shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
+    if not os.path.exists(ptxas):
+        pytest.skip("no ptxas to compile Triton kernels with")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_PTXAS_PATH=ptxas, TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, "90"], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-4000:]

@@ -19,6 +19,7 @@ Usage::
     python bench/bench_logit_stats.py              # B {1, 8, 64} x V {32000, 128256, 262144} x {fp32, bf16}
     python bench/bench_logit_stats.py --quick      # B {1, 8} x V {262144} x fp32, short runs
     python bench/bench_logit_stats.py --B 8 --V 262144 --dtypes float32 --k 50 --repeats 5
+    python bench/bench_logit_stats.py --clock cpu      # one thread, CPU time: stable on a shared machine
 
 Writes the tables to stdout and JSON to ``bench/results/bench_logit_stats[_<device>].json``.
 """
@@ -68,7 +69,7 @@ def make_logits(B: int, V: int, dtype: torch.dtype, device: torch.device, seed: 
 
 def bench_one(x: torch.Tensor, tokens: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
     """Times of fuq (each backend), naive and logsumexp on one input, in ms."""
-    t = dict(device=x.device, min_run_time=args.min_run_time, repeats=args.repeats)
+    t = dict(device=x.device, min_run_time=args.min_run_time, repeats=args.repeats, clock=args.clock)
     row = {
         f"fuq_{be}_ms": time_ms(lambda be=be: fuq.logit_stats(x, args.k, tokens, backend=be), **t)
         for be in args.backends
@@ -102,7 +103,7 @@ def bench_door(args: argparse.Namespace, device: torch.device) -> dict[str, floa
     x = make_logits(1, 128, torch.float32, device)
     tok = torch.zeros(1, dtype=torch.int64, device=device)
     op = torch.ops.fuq.logit_stats
-    t = dict(device=device, min_run_time=args.min_run_time, repeats=max(3, args.repeats))
+    t = dict(device=device, min_run_time=args.min_run_time, repeats=max(3, args.repeats), clock=args.clock)
     res = {
         "op_us": time_ms(lambda: op(x, 5, None, 1.0), **t) * 1e3,
         "op_default_us": time_ms(lambda: op.default(x, 5, None, 1.0), **t) * 1e3,
@@ -126,12 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-run-time", type=float, default=0.3, help="seconds per measurement")
     p.add_argument("--repeats", type=int, default=3, help="CPU: minimum over this many medians")
     p.add_argument("--quick", action="store_true", help="B {1, 8}, V 262144, float32, short runs")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: median wall time; cpu: median thread CPU time (fair on a loaded machine; sets --threads 1)",
+    )
     p.add_argument("--no-door", action="store_true", help="skip the per-call overhead table")
     p.add_argument("--out", default=None, help="JSON name under bench/results/ (default from the device)")
     args = p.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.quick:
         args.B, args.V, args.dtypes, args.min_run_time, args.repeats = [1, 8], [262144], ["float32"], 0.15, 2
+    if args.clock == "cpu":
+        if args.device != "cpu":
+            p.error("--clock cpu times CPU work only")
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -139,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: fuq._C is not built ({_library.C_ERROR}); 'auto' times the reference", file=sys.stderr)
 
     bw = read_bandwidth_gbps(device, mib=256 if device.type == "cuda" else 128)
-    print(f"fuq.logit_stats on {device} ({torch.get_num_threads()} threads), k={args.k}; read bandwidth {bw:.1f} GB/s")
+    print(
+        f"fuq.logit_stats on {device} ({torch.get_num_threads()} threads, {args.clock} clock), k={args.k}; "
+        f"read bandwidth {bw:.1f} GB/s"
+    )
     rows = bench_cases(args, device)
 
     cols = ["case"]

@@ -4,7 +4,7 @@ Each ``bench_X.py`` declares its cases and baselines and leaves the rest here:
 
 * :func:`time_ms` times a callable properly: warm-up, then the median of repeats
   (``torch.utils.benchmark`` on the CPU, ``triton.testing.do_bench`` on CUDA, CUDA
-  events if Triton is missing);
+  events if Triton is missing; ``clock="cpu"``: thread CPU time, for loaded machines);
 * :func:`read_bandwidth_gbps` measures the machine's read bandwidth (a large ``sum``),
   the yardstick for the GB/s columns;
 * :func:`print_table` prints a rich table; :func:`write_json` writes the results, with a
@@ -43,6 +43,7 @@ def time_ms(
     min_run_time: float = 0.5,
     warmup: int = 3,
     repeats: int = 1,
+    clock: str = "wall",
 ) -> float:
     """Median wall time of ``fn()`` in milliseconds.
 
@@ -54,11 +55,15 @@ def time_ms(
         warmup: calls before timing (compilation, caches, allocator).
         repeats: the CPU figure is the minimum over this many medians (a shared
             machine inflates some of them; the minimum is the least disturbed one).
+        clock: ``"wall"``, or ``"cpu"``: :func:`cpu_time_ms` (CPU only, fair on a
+            loaded machine; meaningful with ``torch.set_num_threads(1)``).
     """
     device = torch.device(device)
     for _ in range(warmup):
         fn()
     _sync(device)
+    if clock == "cpu":
+        return cpu_time_ms(fn, min_run_time=min_run_time)
     if device.type == "cuda":
         try:
             from triton.testing import do_bench
@@ -74,6 +79,23 @@ def time_ms(
         m = timer.blocked_autorange(min_run_time=min_run_time)
         best = min(best, m.median)
     return best * 1e3
+
+
+def cpu_time_ms(fn: Callable[[], Any], min_run_time: float = 0.5) -> float:
+    """Median CPU time of ``fn()`` in ms, on this thread's clock (``time.thread_time``).
+
+    Time spent waiting for a core on a shared machine is not counted, so the figure
+    is stable under load; it counts only the calling thread, so use it single-threaded
+    (``torch.set_num_threads(1)``).
+    """
+    times: list[float] = []
+    deadline = time.perf_counter() + min_run_time
+    while time.perf_counter() < deadline or len(times) < 5:
+        t0 = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t0)
+    times.sort()
+    return times[len(times) // 2] * 1e3
 
 
 def _cuda_event_ms(fn: Callable[[], Any], device: torch.device, min_run_time: float) -> float:

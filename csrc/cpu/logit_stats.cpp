@@ -1,7 +1,8 @@
 // fuq::logit_stats on the CPU: one memory pass per row.
 //
 // Each row of z = logits / T is read once, in L1-sized chunks. Per chunk: convert to
-// float32 (and divide by T) into a scratch buffer, keeping per-block maxima; fold the
+// float32 (and divide by T) into a scratch buffer (float32 with T = 1 is used in place),
+// keeping per-block maxima and a NaN flag; fold the
 // chunk into the online (m, s, t, u) state (fuq/cpu_online.h); update the argmax; and
 // offer the chunk to a top-k candidate list whose running threshold (the k-th best value
 // so far) lets whole blocks be skipped. Rows are spread over threads with

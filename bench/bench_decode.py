@@ -21,7 +21,12 @@ A second probe at the tail gives the time spent in the processors. Cases are
 interleaved round by round so that drift on a shared machine spreads over all of
 them; the figure is the median over all steps of all rounds. Both the wall clock and
 the CPU time of the process are reported: on a shared, oversubscribed machine the
-CPU time (with ``--threads 1``) is the steadier measure of the work a step costs. ``min_new_tokens``
+CPU time (with ``--threads 1``) is the steadier measure of the work a step costs.
+
+A second table times each case's processors + token choice alone (median of 30
+calls on the model's real next-token logits, B = 1): the forward pass is common to
+all cases, so ``(case - hf greedy) / greedy step`` there is the overhead of a case
+without the model's run-to-run noise. ``min_new_tokens``
 equals ``max_new_tokens`` so EOS never cuts a generation short.
 
 Usage::

@@ -61,21 +61,27 @@ void check_knobs(const char* op, const at::Tensor& logits, double temperature, i
 
 // z[i] = float(x[i]) / T, and the row's scan for RowTruncator::init_known, in one pass.
 template <typename Tag>
-bool load_row(const typename Tag::storage* x, int64_t V, float t, float* z, cpu::RowTruncator& row) {
+bool load_row(const typename Tag::storage* x, int64_t V, float t, float* z, cpu::RowTruncator<cpu::F32>& row) {
   float mx = -kInf, mn = kInf;
   bool nan = false;
   for (int64_t i0 = 0; i0 < V; i0 += cpu::kChunk) {
     const int64_t n = std::min(cpu::kChunk, V - i0);
     float* zc = z + i0;
     cpu::to_float(x + i0, n, zc, Tag{});
-#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(|| : nan)
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = t != 1.0f ? zc[j] / t : zc[j];
-      zc[j] = v;
-      nan = nan || (v != v);
-      mx = v > mx ? v : mx;
-      mn = (v > -kInf && v < mn) ? v : mn;
+    if (t != 1.0f) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) zc[j] = zc[j] / t;
     }
+    int32_t cn = 0;  // (a bool || reduction would not vectorise)
+#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(+ : cn)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = zc[j];
+      cn += v != v ? 1 : 0;
+      mx = v > mx ? v : mx;
+      const float w = v > -kInf ? v : kInf;
+      mn = w < mn ? w : mn;
+    }
+    nan = nan || cn > 0;
   }
   return row.init_known(mx, mn, nan);
 }
@@ -88,11 +94,13 @@ void truncate_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, a
   float* obase = out.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
     cpu::Workspace ws;
+    // The knobs whose first step needs the row's stats get them from the first scan.
+    const bool stats_first = knobs.top_h == 0.0 && knobs.top_k == 0 && knobs.top_p >= 1.0 && knobs.min_p <= 0.0 &&
+                             (knobs.typical_p < 1.0 || knobs.epsilon > 0.0 || knobs.eta > 0.0 || knobs.p_less);
     for (int64_t r = r0; r < r1; ++r) {
-      float* z = obase + r * V;
-      cpu::RowTruncator row(z, V, ws);
-      if (!load_row<Tag>(base + r * stride, V, t, z, row)) {
-        std::fill(z, z + V, kNaN);
+      cpu::RowTruncator<Tag> row(base + r * stride, t, obase + r * V, V, ws);
+      if (!row.init(stats_first)) {
+        row.finish_nan();
         continue;
       }
       row.apply(knobs);
@@ -173,7 +181,7 @@ void sample_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, con
     for (int64_t r = r0; r < r1; ++r) {
       const S* x = base + r * stride;
       float* z = buf.data();
-      cpu::RowTruncator row(z, V, ws);
+      cpu::RowTruncator<cpu::F32> row(z, 1.0f, z, V, ws);
       const bool ok = load_row<Tag>(x, V, t, z, row);
       const float m = row.max();
       // untruncated stats

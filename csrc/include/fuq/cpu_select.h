@@ -26,6 +26,7 @@
 #include <functional>
 #include <limits>
 #include <queue>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -76,6 +77,7 @@ struct Workspace {
   std::vector<double> ment = std::vector<double>(kBins + 2);
   std::vector<Member> members;
   std::vector<float> heap;
+  alignas(64) float zbuf[kChunk];
   alignas(64) float e[kChunk];
   alignas(64) int32_t bin[kChunk];
 };
@@ -86,27 +88,83 @@ struct Stats {
   double A = 0, A2 = 0;                // Σ(z - m), Σ(z - m)² (top-nσ)
 };
 
+// Tag: the element type of the input row (cpu::F32, BF16, F16). The row z = float(x) / T is
+// never stored whole: every pass converts the chunk it reads (L1-resident), and only
+// finish() (or typical, which must) writes float32 z to the output row.
+template <typename Tag>
 class RowTruncator {
- public:
-  RowTruncator(float* z, int64_t V, Workspace& ws) : z_(z), V_(V), ws_(ws) {}
+  using Src = typename Tag::storage;
 
-  // Scan the row once: the max (m) and the min of the finite values; false if the row holds a
-  // NaN or +inf (then nothing else may be called).
-  bool init() {
+ public:
+  RowTruncator(const Src* x, float t, float* z, int64_t V, Workspace& ws) : x_(x), t_(t), z_(z), V_(V), ws_(ws) {}
+
+  // Scan the row once: its max (m), the min of its finite values and, when `with_stats`,
+  // the stats of the whole row by the online recurrence (rescaled when m grows). False if
+  // the row holds a NaN or +inf (then nothing else may be called but finish_nan).
+  bool init(bool with_stats) {
     float mx = -kInf, mn = kInf;
     bool nan = false;
-#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(|| : nan)
-    for (int64_t i = 0; i < V_; ++i) {
-      const float v = z_[i];
-      nan = nan || (v != v);
-      mx = v > mx ? v : mx;
-      mn = (v > -kInf && v < mn) ? v : mn;
-    }
+    double S = 0, D = 0, U = 0, E2 = 0;  // Σe, Σe·d, Σe·d², Σe² relative to mx
+    for_chunks([&](const float* zc, int64_t, int64_t n) {
+      float cmx = -kInf, cmn = kInf;
+      int32_t cn = 0;
+#pragma omp simd reduction(max : cmx) reduction(min : cmn) reduction(+ : cn)
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        cn += v != v ? 1 : 0;
+        cmx = v > cmx ? v : cmx;
+        const float w = v > -kInf ? v : kInf;
+        cmn = w < cmn ? w : cmn;
+      }
+      const bool cnan = cn > 0;
+      nan = nan || cnan;
+      mn = std::min(mn, cmn);
+      if (!with_stats || cnan || cmx == kInf) {
+        mx = std::max(mx, cmx);
+        return;
+      }
+      if (cmx > mx) {
+        if (mx > -kInf) {  // move the reference point: d -> d + delta, e -> e * exp(-delta)
+          const double delta = static_cast<double>(cmx) - static_cast<double>(mx);
+          const double a = std::exp(-delta);
+          U = a * (U + 2 * delta * D + delta * delta * S);
+          D = a * (D + delta * S);
+          S = a * S;
+          E2 = a * a * E2;
+        }
+        mx = cmx;
+      }
+      if (mx == -kInf) return;
+      const float m = mx;
+      float s = 0, dd = 0, uu = 0, e2 = 0;
+#pragma omp simd reduction(+ : s, dd, uu, e2)
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        const bool live = v > -kInf;
+        const float d = live ? m - v : 0.0f;
+        const float e = live ? fast_exp_nonpos(v - m) : 0.0f;
+        const float ed = e * d;
+        s += e;
+        dd += ed;
+        uu += ed * d;
+        e2 += e * e;
+      }
+      S += s, D += dd, U += uu, E2 += e2;
+    });
     m_ = mx;
     zmin_ = mn;
     lo_ = kLowest;
+    if (with_stats && !nan && mx > -kInf && mx < kInf) {
+      st_ = Stats();
+      st_.S = S, st_.D = D, st_.U = U, st_.E2 = E2;
+      stats_ok_ = true;
+      moments_ok_ = false;
+    }
     return !nan && mx != kInf;
   }
+
+  // A row holding NaN or +inf: all NaN out.
+  void finish_nan() { std::fill(z_, z_ + V_, kNaN); }
 
   float max() const { return m_; }
   bool empty() const { return m_ == -kInf; }
@@ -143,25 +201,29 @@ class RowTruncator {
       auto& h = ws_.heap;
       h.clear();
       const float lo = lo_;
-      int64_t i = 0;
-      for (; i < V_ && static_cast<int64_t>(h.size()) < k; ++i) {
-        if (z_[i] >= lo) {
-          h.push_back(z_[i]);
-          std::push_heap(h.begin(), h.end(), std::greater<float>());
+      float thr = lo;  // below it nothing enters; the heap's min once it holds k values
+      for_chunks([&](const float* zc, int64_t, int64_t n) {
+        float cmx = -kInf;
+#pragma omp simd reduction(max : cmx)
+        for (int64_t j = 0; j < n; ++j) cmx = zc[j] > cmx ? zc[j] : cmx;
+        if (!(cmx >= thr)) return;  // nothing in this chunk enters the heap
+        for (int64_t j = 0; j < n; ++j) {
+          const float v = zc[j];
+          if (!(v >= thr)) continue;
+          if (static_cast<int64_t>(h.size()) < k) {
+            h.push_back(v);
+            std::push_heap(h.begin(), h.end(), std::greater<float>());
+            if (static_cast<int64_t>(h.size()) == k) thr = std::nextafter(h.front(), kInf);
+          } else {
+            std::pop_heap(h.begin(), h.end(), std::greater<float>());
+            h.back() = v;
+            std::push_heap(h.begin(), h.end(), std::greater<float>());
+            thr = std::nextafter(h.front(), kInf);
+          }
         }
-      }
+      });
       if (static_cast<int64_t>(h.size()) < k) return kLowest;
-      float thr = h.front();
-      for (; i < V_; ++i) {
-        const float v = z_[i];
-        if (v > thr) {
-          std::pop_heap(h.begin(), h.end(), std::greater<float>());
-          h.back() = v;
-          std::push_heap(h.begin(), h.end(), std::greater<float>());
-          thr = h.front();
-        }
-      }
-      return thr;
+      return h.front();
     }
     histogram_desc<false, false>();
     int64_t c = 0;
@@ -289,14 +351,20 @@ class RowTruncator {
     // write the band out; the new max is that of the band
     const float lo = lo_;
     float mx = -kInf;
-#pragma omp simd reduction(max : mx)
-    for (int64_t i = 0; i < V_; ++i) {
-      const float v = z_[i];
-      const bool keep = v >= lo && std::fabs(v - c) <= key_cut;
-      const float w = keep ? v : -kInf;
-      z_[i] = w;
-      mx = w > mx ? w : mx;
-    }
+    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
+      float* o = z_ + i0;
+      float cmx = -kInf;
+#pragma omp simd reduction(max : cmx)
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        const bool keep = v >= lo && std::fabs(v - c) <= key_cut;
+        const float w = keep ? v : -kInf;
+        o[j] = w;
+        cmx = w > cmx ? w : cmx;
+      }
+      mx = std::max(mx, cmx);
+    });
+    mat_ = true;
     m_ = mx;
     lo_ = kLowest;
     stats_ok_ = false;
@@ -350,9 +418,12 @@ class RowTruncator {
   // Write -inf over the removed tokens.
   void finish() {
     const float lo = lo_;
-    if (lo == kLowest) return;
+    if (mat_ && lo == kLowest) return;
+    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
+      float* o = z_ + i0;
 #pragma omp simd
-    for (int64_t i = 0; i < V_; ++i) z_[i] = z_[i] >= lo ? z_[i] : -kInf;
+      for (int64_t j = 0; j < n; ++j) o[j] = zc[j] >= lo ? zc[j] : -kInf;
+    });
   }
 
   // Inverse-CDF draw over the live set in index order: the first live token whose
@@ -371,17 +442,16 @@ class RowTruncator {
       ps = big.data();
     }
     double total = 0;
-    for (int64_t c = 0; c < nch; ++c) {
-      const int64_t i0 = c * kChunk, i1 = std::min(V_, i0 + kChunk);
+    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
       float s = 0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t i = i0; i < i1; ++i) {
-        const float v = z_[i];
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
         s += v >= lo ? fast_exp_nonpos(v - m) : 0.0f;
       }
-      ps[c] = s;
+      ps[i0 / kChunk] = s;
       total += s;
-    }
+    });
     const double target = u * total;
     double cum = 0;
     int64_t last = -1;
@@ -389,9 +459,10 @@ class RowTruncator {
       if (ps[c] > 0) last = c;
       if (cum + ps[c] > target) {
         const int64_t i0 = c * kChunk, i1 = std::min(V_, i0 + kChunk);
+        const float* zc = chunk(i0, i1 - i0);
         int64_t lastlive = -1;
         for (int64_t i = i0; i < i1; ++i) {
-          const float v = z_[i];
+          const float v = zc[i - i0];
           if (!(v >= lo)) continue;
           lastlive = i;
           cum += static_cast<double>(fast_exp_nonpos(v - m));
@@ -405,8 +476,10 @@ class RowTruncator {
     }
     // u * total rounded up to total: the last live token
     if (last < 0) return 0;
-    for (int64_t i = std::min(V_, (last + 1) * kChunk) - 1; i >= last * kChunk; --i) {
-      if (z_[i] >= lo) return i;
+    const int64_t l0 = last * kChunk, l1 = std::min(V_, l0 + kChunk);
+    const float* zc = chunk(l0, l1 - l0);
+    for (int64_t i = l1 - 1; i >= l0; --i) {
+      if (zc[i - l0] >= lo) return i;
     }
     return 0;
   }
@@ -424,14 +497,13 @@ class RowTruncator {
     const float m = m_, lo = lo_;
     double S = 0, D = 0, U = 0, E2 = 0, A = 0, A2 = 0;
     int64_t n = 0;
-    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
-      const int64_t i1 = std::min(V_, i0 + kChunk);
+    for_chunks([&](const float* zc, int64_t, int64_t nn) {
       float s = 0, dd = 0, uu = 0, e2 = 0;
       double a = 0, a2 = 0;  // top-nσ: float64, the variance is a difference of moments
       int32_t c = 0;
 #pragma omp simd reduction(+ : s, dd, uu, e2, a, a2, c)
-      for (int64_t i = i0; i < i1; ++i) {
-        const float v = z_[i];
+      for (int64_t j = 0; j < nn; ++j) {
+        const float v = zc[j];
         const bool live = v >= lo;
         const float d = live ? m - v : 0.0f;
         const float e = live ? fast_exp_nonpos(v - m) : 0.0f;
@@ -448,7 +520,7 @@ class RowTruncator {
         }
       }
       S += s, D += dd, U += uu, E2 += e2, A -= a, A2 += a2, n += c;
-    }
+    });
     st_.S = S, st_.D = D, st_.U = U, st_.E2 = E2, st_.n = n, st_.A = A, st_.A2 = A2;
   }
 
@@ -495,9 +567,7 @@ class RowTruncator {
     int64_t* cnt = ws_.cnt.data();
     double* mass = ws_.mass.data();
     double* ment = ws_.ment.data();
-    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
-      const int64_t n = std::min(kChunk, V_ - i0);
-      const float* zc = z_ + i0;
+    for_chunks([&](const float* zc, int64_t, int64_t n) {
       float* e = ws_.e;
       int32_t* bn = ws_.bin;
 #pragma omp simd
@@ -513,7 +583,7 @@ class RowTruncator {
         if (MASS) mass[b] += static_cast<double>(e[j]);
         if (ENT) ment[b] += static_cast<double>(e[j]) * (static_cast<double>(m) - static_cast<double>(zc[j]));
       }
-    }
+    });
   }
 
   // The live members of bin b, sorted by their key (then index).
@@ -522,9 +592,7 @@ class RowTruncator {
     auto& mem = ws_.members;
     mem.clear();
     const float m = m_, lo = lo_;
-    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
-      const int64_t n = std::min(kChunk, V_ - i0);
-      const float* zc = z_ + i0;
+    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
       int32_t* bn = ws_.bin;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
@@ -537,7 +605,7 @@ class RowTruncator {
           mem.push_back({v, i0 + j, KEY == 0 ? static_cast<double>(m) - v : std::fabs(v - c)});
         }
       }
-    }
+    });
     if (KEY == 0) {
       std::sort(mem.begin(), mem.end(),
                 [](const Member& x, const Member& y) { return x.z != y.z ? x.z > y.z : x.idx < y.idx; });
@@ -564,7 +632,36 @@ class RowTruncator {
 
   void collect_typical(int b, float c) { collect<1>(b, c, inv_wt_); }
 
+  // Calls f(zc, i0, n) for each chunk z[i0, i0 + n) of the row as float32.
+  template <class F>
+  inline void for_chunks(F&& f) {
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      const int64_t n = std::min(kChunk, V_ - i0);
+      f(chunk(i0, n), i0, n);
+    }
+  }
+
+  // z[i0, i0 + n): from the output row once a knob wrote it (typical), else converted from
+  // the input (straight from it for float32 at T = 1).
+  inline const float* chunk(int64_t i0, int64_t n) {
+    if (mat_) return z_ + i0;
+    if constexpr (std::is_same_v<Tag, F32>) {
+      if (t_ == 1.0f) return x_ + i0;
+    }
+    float* b = ws_.zbuf;
+    to_float(x_ + i0, n, b, Tag{});
+    if (t_ != 1.0f) {
+      const float t = t_;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) b[j] = b[j] / t;
+    }
+    return b;
+  }
+
+  const Src* x_;
+  float t_;
   float* z_;
+  bool mat_ = false;
   int64_t V_;
   Workspace& ws_;
   float m_ = -kInf, zmin_ = kInf, lo_ = kLowest;

@@ -245,3 +245,27 @@ def test_recorder_masks_after_eos_and_restarts():
     assert rec2.num_steps == 2
     with pytest.raises(RuntimeError, match="finalize"):
         rec2.trace()
+
+
+def test_transformers_is_optional():
+    """``import fuq`` does not import transformers; fuq.processors / fuq.hf say how to install it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "import fuq; assert fuq.truncate is not None\n"
+        "for mod in ('fuq.processors', 'fuq.hf'):\n"
+        "    try:\n"
+        "        __import__(mod)\n"
+        "    except ImportError as e:\n"
+        "        assert 'pip install fuq[hf]' in str(e), e\n"
+        "    else:\n"
+        "        raise AssertionError(mod + ' imported without transformers')\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", "import sys, fuq; print('transformers' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

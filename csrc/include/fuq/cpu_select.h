@@ -163,21 +163,52 @@ class RowTruncator {
     return !nan && mx != kInf;
   }
 
+  // The first index of the max (call after init; 0 for a row of -inf).
+  int64_t argmax() {
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      const int64_t n = std::min(kChunk, V_ - i0);
+      const float* zc = chunk(i0, n);
+      for (int64_t j = 0; j < n; ++j) {
+        if (zc[j] == m_) return i0 + j;
+      }
+    }
+    return 0;
+  }
+
+  // The k best (z, index) of the row before any knob, z descending then index ascending
+  // (cpu::before); a chunk whose max cannot enter the list is skipped after one vector max.
+  void top_candidates(int64_t k, std::vector<TopCandidate>& h) {
+    h.clear();
+    if (k == 0) return;
+    auto worse_on_top = [](const TopCandidate& a, const TopCandidate& b) { return before(a, b); };
+    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
+      if (static_cast<int64_t>(h.size()) == k) {
+        float cmx = -kInf;
+#pragma omp simd reduction(max : cmx)
+        for (int64_t j = 0; j < n; ++j) cmx = zc[j] > cmx ? zc[j] : cmx;
+        if (!(cmx > h.front().z)) return;  // a later index never beats an equal value
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        if (static_cast<int64_t>(h.size()) < k) {
+          h.push_back({v, i0 + j});
+          std::push_heap(h.begin(), h.end(), worse_on_top);
+        } else if (v > h.front().z) {
+          std::pop_heap(h.begin(), h.end(), worse_on_top);
+          h.back() = {v, i0 + j};
+          std::push_heap(h.begin(), h.end(), worse_on_top);
+        }
+      }
+    });
+    std::sort(h.begin(), h.end(), [](const TopCandidate& a, const TopCandidate& b) { return before(a, b); });
+  }
+
   // A row holding NaN or +inf: all NaN out.
   void finish_nan() { std::fill(z_, z_ + V_, kNaN); }
 
   float max() const { return m_; }
   bool empty() const { return m_ == -kInf; }
   float lo() const { return lo_; }
-
-  // The row was scanned by the caller (see load_row in truncate.cpp): its max, the min
-  // of its finite values, and whether it holds a NaN or +inf.
-  bool init_known(float mx, float mn, bool nan) {
-    m_ = mx;
-    zmin_ = mn;
-    lo_ = kLowest;
-    return !nan && mx != kInf;
-  }
 
   // Stats of the live set (one pass). Sums run in float over chunks of kChunk tokens and
   // in float64 across chunks.

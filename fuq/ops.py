@@ -75,11 +75,13 @@ def _check_tokens(tokens: Tensor, lead: torch.Size, V: int, device: torch.device
     if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
         raise TypeError(f"tokens must be an integer tensor, got {tokens.dtype}")
     if tuple(tokens.shape) != tuple(lead):
-        raise ValueError(f"tokens must have shape {tuple(lead)} (the leading dims of logits), got {tuple(tokens.shape)}")
+        raise ValueError(
+            f"tokens must have shape {tuple(lead)} (the leading dims of logits), got {tuple(tokens.shape)}"
+        )
     if tokens.device != device:
         raise ValueError(f"tokens is on {tokens.device} but logits is on {device}")
     if not torch.compiler.is_compiling() and tokens.numel() > 0:
-        lo, hi = int(tokens.min()), int(tokens.max())
+        lo, hi = (int(v) for v in torch.aminmax(tokens))
         if lo < 0 or hi >= V:
             raise ValueError(f"tokens must be in [0, {V}) (V = {V}), got values in [{lo}, {hi}]")
     return tokens.reshape(-1).to(torch.int64)

@@ -106,7 +106,7 @@ class Trace:
         for name in _STEP_FIELDS:
             out[name] = getattr(self, name)[b][keep].tolist()
         if self.tokens is not None:
-            out["tokens"] = [t for t, k in zip(self.tokens[b], keep.tolist()) if k]
+            out["tokens"] = [t for t, k in zip(self.tokens[b], keep.tolist(), strict=False) if k]
         if self.prompt is not None:
             out["prompt"] = self.prompt[b]
         if self.text is not None:

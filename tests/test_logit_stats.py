@@ -62,7 +62,7 @@ def test_leading_dims_and_strides(backend):
     got = fuq.logit_stats(xt, k=5, tokens=tokens, backend=backend)
     want = fuq.logit_stats(xt.contiguous(), k=5, tokens=tokens, backend="reference")
     assert got.topk_ids.shape == (3, 2, 2, 5) and got.entropy.shape == (3, 2, 2)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=False):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
     # a strided view of a wider buffer, last dim contiguous
     wide = make_logits(4, 2000, torch.float32, device=dev)
@@ -161,7 +161,7 @@ def test_torch_compile_fullgraph():
     x = make_logits(3, 1000, torch.float32)
     t = torch.tensor([1, 2, 3])
     compiled = torch.compile(step, fullgraph=True)
-    for a, b in zip(compiled(x, t), step(x, t)):
+    for a, b in zip(compiled(x, t), step(x, t), strict=False):
         torch.testing.assert_close(a, b)
 
 

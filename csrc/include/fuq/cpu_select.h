@@ -1,5 +1,5 @@
-// Sort-free truncation of one row of logits (torch-free, header-only): the CPU core of
-// fuq::truncate and fuq::sample.
+// Sort-free truncation of one row of logits (header-only; torch only for at::parallel_for):
+// the CPU core of fuq::truncate and fuq::sample.
 //
 // A row z (float32, already divided by T) is truncated in place, knob after knob, in
 // Hugging Face's order. The live tokens are always {z >= lo} (lo > -inf, so masked -inf
@@ -16,7 +16,10 @@
 //     target is the only place the cut can be; its few members are collected and sorted
 //     (by z, then index), and the exact cut is resolved inside it.
 //   * typical: the same, binned on the key |z - c| ascending, c = lse - H.
-// Sums are float64; exp is cpu::fast_exp_nonpos (~2 ulp). Ties at a cut are all kept,
+// Sums are float64; exp is cpu::fast_exp_nonpos (~2 ulp). The first scan and the draw's
+// per-chunk sums spread a row's chunks over threads (at::parallel_for; serial inside a
+// parallel region, i.e. when rows are already spread): each chunk's float partials are
+// stored and merged in chunk order afterwards, so the result is bit-identical to one thread. Ties at a cut are all kept,
 // except for top-h whose bound is an upper bound (ties at the cut dropped together).
 #pragma once
 
@@ -29,6 +32,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <ATen/Parallel.h>
 
 #include "fuq/cpu_online.h"
 
@@ -54,6 +59,7 @@ constexpr int kBins = 2048;         // histogram resolution
 constexpr double kRange = 40.0;     // nats covered by the bins; beyond: one overflow bin
 constexpr int64_t kHeapMax = 2048;  // top-k by heap up to this k, by histogram beyond
 constexpr int64_t kChunk = 256;
+constexpr int64_t kParGrain = 64;  // chunks per task of a row split over threads
 constexpr float kLowest = -std::numeric_limits<float>::max();
 
 // The smallest float f with (double) f >= t (a threshold "z >= t" as "z >= f" on floats).
@@ -77,6 +83,13 @@ struct Workspace {
   std::vector<double> ment = std::vector<double>(kBins + 2);
   std::vector<Member> members;
   std::vector<float> heap;
+  // Per chunk of the row (index i0 / kChunk), filled by init: the max (NaN ignored) and the
+  // min of the finite values. Every later pass skips a chunk these prove irrelevant; after
+  // typical writes the row, cmax is the band's max and cmin a lower bound.
+  std::vector<float> cmax, cmin;
+  std::vector<float> part;     // per-chunk float partials of a split pass (4 per chunk)
+  std::vector<uint8_t> cnan;   // per chunk: holds a NaN
+  std::vector<float> pmax;     // per chunk: the max of the row up to it
   alignas(64) float zbuf[kChunk];
   alignas(64) float e[kChunk];
   alignas(64) int32_t bin[kChunk];
@@ -98,14 +111,21 @@ class RowTruncator {
  public:
   RowTruncator(const Src* x, float t, float* z, int64_t V, Workspace& ws) : x_(x), t_(t), z_(z), V_(V), ws_(ws) {}
 
-  // Scan the row once: its max (m), the min of its finite values and, when `with_stats`,
-  // the stats of the whole row by the online recurrence (rescaled when m grows). False if
-  // the row holds a NaN or +inf (then nothing else may be called but finish_nan).
+  // Scan the row: its max (m), the min of its finite values (both per chunk too, kept for
+  // the later passes' skips) and, when `with_stats`, the stats of the whole row by the
+  // online recurrence (rescaled when m grows; a second split scan takes each chunk's sums
+  // relative to the max up to it, merged in chunk order). False if the row holds a NaN or
+  // +inf (then nothing else may be called but finish_nan).
   bool init(bool with_stats) {
-    float mx = -kInf, mn = kInf;
-    bool nan = false;
-    double S = 0, D = 0, U = 0, E2 = 0;  // Σe, Σe·d, Σe·d², Σe² relative to mx
-    for_chunks([&](const float* zc, int64_t, int64_t n) {
+    const int64_t nch = (V_ + kChunk - 1) / kChunk;
+    ws_.cmax.resize(nch);
+    ws_.cmin.resize(nch);
+    ws_.cnan.resize(nch);
+    float* cmaxs = ws_.cmax.data();
+    float* cmins = ws_.cmin.data();
+    uint8_t* cnans = ws_.cnan.data();
+    // 1. per chunk: max (NaN ignored), min of the finite values, NaN present
+    par_chunks([&](const float* zc, int64_t i0, int64_t n) {
       float cmx = -kInf, cmn = kInf;
       int32_t cn = 0;
 #pragma omp simd reduction(max : cmx) reduction(min : cmn) reduction(+ : cn)
@@ -116,56 +136,82 @@ class RowTruncator {
         const float w = v > -kInf ? v : kInf;
         cmn = w < cmn ? w : cmn;
       }
-      const bool cnan = cn > 0;
-      nan = nan || cnan;
-      mn = std::min(mn, cmn);
-      if (!with_stats || cnan || cmx == kInf) {
-        mx = std::max(mx, cmx);
-        return;
-      }
-      if (cmx > mx) {
-        if (mx > -kInf) {  // move the reference point: d -> d + delta, e -> e * exp(-delta)
-          const double delta = static_cast<double>(cmx) - static_cast<double>(mx);
-          const double a = std::exp(-delta);
-          U = a * (U + 2 * delta * D + delta * delta * S);
-          D = a * (D + delta * S);
-          S = a * S;
-          E2 = a * a * E2;
-        }
-        mx = cmx;
-      }
-      if (mx == -kInf) return;
-      const float m = mx;
-      float s = 0, dd = 0, uu = 0, e2 = 0;
-#pragma omp simd reduction(+ : s, dd, uu, e2)
-      for (int64_t j = 0; j < n; ++j) {
-        const float v = zc[j];
-        const bool live = v > -kInf;
-        const float d = live ? m - v : 0.0f;
-        const float e = live ? fast_exp_nonpos(v - m) : 0.0f;
-        const float ed = e * d;
-        s += e;
-        dd += ed;
-        uu += ed * d;
-        e2 += e * e;
-      }
-      S += s, D += dd, U += uu, E2 += e2;
+      cmaxs[i0 / kChunk] = cmx;
+      cmins[i0 / kChunk] = cmn;
+      cnans[i0 / kChunk] = cn > 0;
     });
+    float mx = -kInf, mn = kInf;
+    bool nan = false;
+    for (int64_t c = 0; c < nch; ++c) {
+      mx = std::max(mx, cmaxs[c]);
+      mn = std::min(mn, cmins[c]);
+      nan = nan || cnans[c];
+    }
     m_ = mx;
     zmin_ = mn;
     lo_ = kLowest;
-    if (with_stats && !nan && mx > -kInf && mx < kInf) {
+    const bool ok = !nan && mx != kInf;
+    if (with_stats && ok && mx > -kInf) {
+      // 2. per chunk: float sums relative to the running max after that chunk (the prefix
+      // max), as the online recurrence of one serial scan takes them
+      ws_.part.resize(4 * nch);
+      float* pt = ws_.part.data();
+      std::vector<float>& pmax = ws_.pmax;
+      pmax.resize(nch);
+      float run = -kInf;
+      for (int64_t c = 0; c < nch; ++c) pmax[c] = run = std::max(run, cmaxs[c]);
+      const float* pm = pmax.data();
+      par_chunks([&](const float* zc, int64_t i0, int64_t n) {
+        const int64_t c = i0 / kChunk;
+        const float m = pm[c];
+        float s = 0, dd = 0, uu = 0, e2 = 0;
+        if (m > -kInf) {
+#pragma omp simd reduction(+ : s, dd, uu, e2)
+          for (int64_t j = 0; j < n; ++j) {
+            const float v = zc[j];
+            const bool live = v > -kInf;
+            const float d = live ? m - v : 0.0f;
+            const float e = live ? fast_exp_nonpos(v - m) : 0.0f;
+            const float ed = e * d;
+            s += e;
+            dd += ed;
+            uu += ed * d;
+            e2 += e * e;
+          }
+        }
+        pt[4 * c] = s, pt[4 * c + 1] = dd, pt[4 * c + 2] = uu, pt[4 * c + 3] = e2;
+      });
+      // 3. the recurrence, rescaled when the max grows
+      double S = 0, D = 0, U = 0, E2 = 0;  // Σe, Σe·d, Σe·d², Σe² relative to the running max
+      float rm = -kInf;
+      for (int64_t c = 0; c < nch; ++c) {
+        const float cmx = cmaxs[c];
+        if (cmx > rm) {
+          if (rm > -kInf) {  // move the reference point: d -> d + delta, e -> e * exp(-delta)
+            const double delta = static_cast<double>(cmx) - static_cast<double>(rm);
+            const double a = std::exp(-delta);
+            U = a * (U + 2 * delta * D + delta * delta * S);
+            D = a * (D + delta * S);
+            S = a * S;
+            E2 = a * a * E2;
+          }
+          rm = cmx;
+        }
+        if (rm == -kInf) continue;
+        S += pt[4 * c], D += pt[4 * c + 1], U += pt[4 * c + 2], E2 += pt[4 * c + 3];
+      }
       st_ = Stats();
       st_.S = S, st_.D = D, st_.U = U, st_.E2 = E2;
       stats_ok_ = true;
       moments_ok_ = false;
     }
-    return !nan && mx != kInf;
+    return ok;
   }
 
   // The first index of the max (call after init; 0 for a row of -inf).
   int64_t argmax() {
     for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      if (!(ws_.cmax[i0 / kChunk] == m_)) continue;
       const int64_t n = std::min(kChunk, V_ - i0);
       const float* zc = chunk(i0, n);
       for (int64_t j = 0; j < n; ++j) {
@@ -181,13 +227,12 @@ class RowTruncator {
     h.clear();
     if (k == 0) return;
     auto worse_on_top = [](const TopCandidate& a, const TopCandidate& b) { return before(a, b); };
-    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
-      if (static_cast<int64_t>(h.size()) == k) {
-        float cmx = -kInf;
-#pragma omp simd reduction(max : cmx)
-        for (int64_t j = 0; j < n; ++j) cmx = zc[j] > cmx ? zc[j] : cmx;
-        if (!(cmx > h.front().z)) return;  // a later index never beats an equal value
-      }
+    const float* cmaxs = ws_.cmax.data();
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      // a later index never beats an equal value
+      if (static_cast<int64_t>(h.size()) == k && !(cmaxs[i0 / kChunk] > h.front().z)) continue;
+      const int64_t n = std::min(kChunk, V_ - i0);
+      const float* zc = chunk(i0, n);
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
         if (static_cast<int64_t>(h.size()) < k) {
@@ -199,7 +244,7 @@ class RowTruncator {
           std::push_heap(h.begin(), h.end(), worse_on_top);
         }
       }
-    });
+    }
     std::sort(h.begin(), h.end(), [](const TopCandidate& a, const TopCandidate& b) { return before(a, b); });
   }
 
@@ -233,11 +278,11 @@ class RowTruncator {
       h.clear();
       const float lo = lo_;
       float thr = lo;  // below it nothing enters; the heap's min once it holds k values
-      for_chunks([&](const float* zc, int64_t, int64_t n) {
-        float cmx = -kInf;
-#pragma omp simd reduction(max : cmx)
-        for (int64_t j = 0; j < n; ++j) cmx = zc[j] > cmx ? zc[j] : cmx;
-        if (!(cmx >= thr)) return;  // nothing in this chunk enters the heap
+      const float* cmaxs = ws_.cmax.data();
+      for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+        if (!(cmaxs[i0 / kChunk] >= thr)) continue;  // nothing in this chunk enters the heap
+        const int64_t n = std::min(kChunk, V_ - i0);
+        const float* zc = chunk(i0, n);
         for (int64_t j = 0; j < n; ++j) {
           const float v = zc[j];
           if (!(v >= thr)) continue;
@@ -252,7 +297,7 @@ class RowTruncator {
             thr = std::nextafter(h.front(), kInf);
           }
         }
-      });
+      }
       if (static_cast<int64_t>(h.size()) < k) return kLowest;
       return h.front();
     }
@@ -393,6 +438,7 @@ class RowTruncator {
         o[j] = w;
         cmx = w > cmx ? w : cmx;
       }
+      ws_.cmax[i0 / kChunk] = cmx;
       mx = std::max(mx, cmx);
     });
     mat_ = true;
@@ -450,11 +496,11 @@ class RowTruncator {
   void finish() {
     const float lo = lo_;
     if (mat_ && lo == kLowest) return;
-    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
+    for_chunks_live([&](const float* zc, int64_t i0, int64_t n) {
       float* o = z_ + i0;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) o[j] = zc[j] >= lo ? zc[j] : -kInf;
-    });
+    }, [&](int64_t i0, int64_t n) { std::fill(z_ + i0, z_ + i0 + n, -kInf); });
   }
 
   // Inverse-CDF draw over the live set in index order: the first live token whose
@@ -472,8 +518,8 @@ class RowTruncator {
       big.resize(nch);
       ps = big.data();
     }
-    double total = 0;
-    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
+    const float* cmaxs = ws_.cmax.data();
+    par_chunks([&, m, lo](const float* zc, int64_t i0, int64_t n) {
       float s = 0;
 #pragma omp simd reduction(+ : s)
       for (int64_t j = 0; j < n; ++j) {
@@ -481,8 +527,9 @@ class RowTruncator {
         s += v >= lo ? fast_exp_nonpos(v - m) : 0.0f;
       }
       ps[i0 / kChunk] = s;
-      total += s;
-    });
+    }, [&](int64_t c) { return cmaxs[c] >= lo; }, [&](int64_t c) { ps[c] = 0; });
+    double total = 0;
+    for (int64_t c = 0; c < nch; ++c) total += ps[c];
     const double target = u * total;
     double cum = 0;
     int64_t last = -1;
@@ -528,7 +575,7 @@ class RowTruncator {
     const float m = m_, lo = lo_;
     double S = 0, D = 0, U = 0, E2 = 0, A = 0, A2 = 0;
     int64_t n = 0;
-    for_chunks([&](const float* zc, int64_t, int64_t nn) {
+    for_chunks_live([&](const float* zc, int64_t, int64_t nn) {
       float s = 0, dd = 0, uu = 0, e2 = 0;
       double a = 0, a2 = 0;  // top-nσ: float64, the variance is a difference of moments
       int32_t c = 0;
@@ -551,7 +598,7 @@ class RowTruncator {
         }
       }
       S += s, D += dd, U += uu, E2 += e2, A -= a, A2 += a2, n += c;
-    });
+    }, [](int64_t, int64_t) {});
     st_.S = S, st_.D = D, st_.U = U, st_.E2 = E2, st_.n = n, st_.A = A, st_.A2 = A2;
   }
 
@@ -598,7 +645,7 @@ class RowTruncator {
     int64_t* cnt = ws_.cnt.data();
     double* mass = ws_.mass.data();
     double* ment = ws_.ment.data();
-    for_chunks([&](const float* zc, int64_t, int64_t n) {
+    for_chunks_live([&](const float* zc, int64_t, int64_t n) {
       float* e = ws_.e;
       int32_t* bn = ws_.bin;
 #pragma omp simd
@@ -614,7 +661,7 @@ class RowTruncator {
         if (MASS) mass[b] += static_cast<double>(e[j]);
         if (ENT) ment[b] += static_cast<double>(e[j]) * (static_cast<double>(m) - static_cast<double>(zc[j]));
       }
-    });
+    }, [&](int64_t, int64_t n) { cnt[kBins + 1] += n; });
   }
 
   // The live members of bin b, sorted by their key (then index).
@@ -623,7 +670,22 @@ class RowTruncator {
     auto& mem = ws_.members;
     mem.clear();
     const float m = m_, lo = lo_;
-    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
+    const float* cmaxs = ws_.cmax.data();
+    const float* cmins = ws_.cmin.data();
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      // bin_of is monotone in the key: a chunk whose live keys' bins all miss b holds no member
+      const float cmx = cmaxs[i0 / kChunk], cmn = cmins[i0 / kChunk];
+      if (!(cmx >= lo)) continue;
+      if (KEY == 0) {
+        if (bin_of(m - cmx, true, iw) > b || bin_of(m - std::max(cmn, lo), true, iw) < b) continue;
+      } else {
+        const float klo = (c >= std::max(cmn, lo) && c <= cmx) ? 0.0f
+                                                                : std::min(std::fabs(cmx - c), std::fabs(std::max(cmn, lo) - c));
+        const float khi = std::max(std::fabs(cmx - c), std::fabs(std::max(cmn, lo) - c));
+        if (bin_of(klo, true, iw) > b || bin_of(khi, true, iw) < b) continue;
+      }
+      const int64_t n = std::min(kChunk, V_ - i0);
+      const float* zc = chunk(i0, n);
       int32_t* bn = ws_.bin;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
@@ -636,7 +698,7 @@ class RowTruncator {
           mem.push_back({v, i0 + j, KEY == 0 ? static_cast<double>(m) - v : std::fabs(v - c)});
         }
       }
-    });
+    }
     if (KEY == 0) {
       std::sort(mem.begin(), mem.end(),
                 [](const Member& x, const Member& y) { return x.z != y.z ? x.z > y.z : x.idx < y.idx; });
@@ -674,14 +736,56 @@ class RowTruncator {
     }
   }
 
+  // Calls f(zc, i0, n) for each chunk with want(c) (else skip(c)), the chunks spread over
+  // threads: f may write only its chunk's own slots.
+  template <class F, class W, class K>
+  void par_chunks(F&& f, W&& want, K&& skip) {
+    const int64_t nch = (V_ + kChunk - 1) / kChunk;
+    at::parallel_for(0, nch, kParGrain, [&](int64_t c0, int64_t c1) { run_chunks(c0, c1, f, want, skip); });
+  }
+  template <class F>
+  void par_chunks(F&& f) {
+    par_chunks(f, [](int64_t) { return true; }, [](int64_t) {});
+  }
+  template <class F, class W, class K>
+  __attribute__((flatten)) void run_chunks(int64_t c0, int64_t c1, F& f, W& want, K& skip) {
+    alignas(64) float buf[kChunk];
+    for (int64_t c = c0; c < c1; ++c) {
+      if (!want(c)) {
+        skip(c);
+        continue;
+      }
+      const int64_t i0 = c * kChunk, n = std::min(kChunk, V_ - i0);
+      f(chunk_to(i0, n, buf), i0, n);
+    }
+  }
+
+  // As for_chunks, but a chunk with no live token (its max below lo) goes to dead(i0, n)
+  // unread.
+  template <class F, class G>
+  __attribute__((flatten)) inline void for_chunks_live(F&& f, G&& dead) {
+    const float lo = lo_;
+    const float* cmaxs = ws_.cmax.data();
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      const int64_t n = std::min(kChunk, V_ - i0);
+      if (!(cmaxs[i0 / kChunk] >= lo)) {
+        dead(i0, n);
+        continue;
+      }
+      f(chunk(i0, n), i0, n);
+    }
+  }
+
   // z[i0, i0 + n): from the output row once a knob wrote it (typical), else converted from
   // the input (straight from it for float32 at T = 1).
-  inline const float* chunk(int64_t i0, int64_t n) {
+  inline const float* chunk(int64_t i0, int64_t n) { return chunk_to(i0, n, ws_.zbuf); }
+
+  // The same, converting into b when it must.
+  inline const float* chunk_to(int64_t i0, int64_t n, float* b) {
     if (mat_) return z_ + i0;
     if constexpr (std::is_same_v<Tag, F32>) {
       if (t_ == 1.0f) return x_ + i0;
     }
-    float* b = ws_.zbuf;
     to_float(x_ + i0, n, b, Tag{});
     if (t_ != 1.0f) {
       const float t = t_;

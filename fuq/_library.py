@@ -89,17 +89,22 @@ if not HAS_CPP:
     LIB.impl("logit_stats", _logit_stats_cpu_fallback, "CPU")
 
 
-def _logit_stats_cuda(logits, k, tokens, temperature):
+def _triton(op: str):
+    """The Triton kernel modules ``(logit_stats, truncate)``, or None (one warning) without Triton."""
     try:
-        from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
+        from .triton_kernels import logit_stats, truncate
     except ImportError as exc:
-        warn_once(
-            "triton",
-            f"fuq: Triton is not available ({exc}); fuq.logit_stats falls back to "
-            "the PyTorch reference on CUDA.",
-        )
+        warn_once(f"triton-{op}", f"fuq: Triton is not available ({exc}); fuq.{op} falls back to the "
+                  "PyTorch reference on CUDA.")
+        return None
+    return logit_stats, truncate
+
+
+def _logit_stats_cuda(logits, k, tokens, temperature):
+    kernels = _triton("logit_stats")
+    if kernels is None:
         return reference.logit_stats(logits, k, tokens, temperature)
-    return triton_logit_stats(logits, k, tokens, temperature)
+    return kernels[0].logit_stats(logits, k, tokens, temperature)
 
 
 LIB.impl("logit_stats", _logit_stats_cuda, "CUDA")
@@ -175,34 +180,28 @@ def _sample_cpu_fallback(logits, uniform, k, *knobs):
     return reference.sample(logits, uniform, k, *knobs)
 
 
-def _triton_or_none(what: str):
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        warn_once(f"triton-{what}", f"fuq: Triton is not available ({exc}); fuq.{what} falls back to the "
-                  "PyTorch reference on CUDA.")
-        return None
-    from . import _truncate
-
-    return _truncate
-
-
 def _truncate_cuda(logits, *knobs):
-    tr = _triton_or_none("truncate")
-    if tr is None:
+    kernels = _triton("truncate")
+    if kernels is None:
         return reference.truncate(logits, *knobs)
-    return tr._triton_truncate(logits, knobs)
+    return kernels[1].truncate(logits, *knobs)
 
 
 def _sample_cuda(logits, uniform, k, *knobs):
-    """Triton truncation, the reference's inverse-CDF draw (same ids as every backend), Triton stats."""
-    tr = _triton_or_none("sample")
-    if tr is None:
+    kernels = _triton("sample")
+    if kernels is None:
         return reference.sample(logits, uniform, k, *knobs)
-    from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
+    return sample_composed(logits, uniform, k, knobs, kernels[1].truncate, kernels[0].logit_stats)
 
-    ids = reference.sample_from(tr._triton_truncate(logits, knobs), uniform)
-    return (ids, *triton_logit_stats(logits, k, ids, knobs[0]))
+
+def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn):
+    """``fuq::sample`` from a truncation kernel and a stats kernel (the Triton and CUDA C++ routes).
+
+    The draw is the reference's inverse CDF, so the ids equal every other backend's; it is not
+    one fused kernel (the CPU C++ kernel is).
+    """
+    ids = reference.sample_from(truncate_fn(logits, *knobs), uniform)
+    return (ids, *stats_fn(logits, k, ids, knobs[0]))
 
 
 HAS_CPP_TRUNCATE = HAS_CPP and _has_kernel("truncate", "CPU")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _library, reference
-from .ops import LogitStats, _as_rows, _check_backend, _check_logits, _check_temperature
+from .ops import LogitStats, _as_rows, _check_backend, _check_cuda_cpp, _check_logits, _check_temperature
 
 __all__ = ["truncate", "sample"]
 
@@ -91,26 +91,6 @@ def _cpp_ok(rows: Tensor, op: str) -> None:
         raise RuntimeError(f"backend='cpp' asked for, but fuq._C has no fuq::{op} kernel ({_library.C_ERROR})")
 
 
-def _triton_truncate(rows: Tensor, knobs: tuple) -> Tensor:
-    from .triton_kernels.truncate import truncate as triton_truncate
-
-    t, k, p, mp, typ, eps, eta, th, ns, pl, mtk = knobs
-    return triton_truncate(
-        rows,
-        temperature=t,
-        top_k=k or None,
-        top_p=None if p >= 1.0 else p,
-        min_p=mp or None,
-        typical_p=None if typ >= 1.0 else typ,
-        epsilon=eps or None,
-        eta=eta or None,
-        top_h=th or None,
-        top_n_sigma=None if ns < 0 else ns,
-        p_less=pl,
-        min_tokens_to_keep=mtk,
-    )
-
-
 def truncate(
     logits: Tensor,
     *,
@@ -182,14 +162,11 @@ def truncate(
         _cpp_ok(rows, "truncate")
         out = torch.ops.fuq.truncate(rows, *knobs)
     elif backend == "triton":
-        out = _triton_truncate(rows, knobs)
+        from .triton_kernels.truncate import truncate as triton_truncate
+
+        out = triton_truncate(rows, *knobs)
     else:
-        if rows.device.type != "cuda":
-            raise ValueError(f"backend='cuda' needs a CUDA tensor, logits is on {rows.device}")
-        if not _library.HAS_CUDA_CPP:
-            raise RuntimeError(
-                f"backend='cuda' asked for, but fuq._C_cuda could not be loaded: {_library.C_CUDA_ERROR}"
-            )
+        _check_cuda_cpp(rows)
         out = torch.ops.fuq.truncate_cuda(rows, *knobs)
     return out.reshape(shape)
 
@@ -262,34 +239,13 @@ def sample(
         _cpp_ok(rows, "sample")
         out = torch.ops.fuq.sample(rows, u, k, *knobs)
     elif backend == "triton":
-        from .ops import logit_stats
+        from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
+        from .triton_kernels.truncate import truncate as triton_truncate
 
-        ids = reference.sample_from(_triton_truncate(rows, knobs), u)
-        st = logit_stats(rows, k=k, tokens=ids, temperature=knobs[0], backend="triton")
-        return ids.reshape(lead), LogitStats(*(None if f is None else f.reshape(*lead, *f.shape[1:]) for f in st))
-    else:  # cuda: the CUDA C++ truncation and stats kernels around the reference's draw
-        from .ops import logit_stats
-
-        ids = reference.sample_from(
-            truncate(
-                rows,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                typical_p=typical_p,
-                epsilon=epsilon,
-                eta=eta,
-                top_h=top_h,
-                top_n_sigma=top_n_sigma,
-                p_less=p_less,
-                min_tokens_to_keep=min_tokens_to_keep,
-                backend="cuda",
-            ),
-            u,
-        )
-        st = logit_stats(rows, k=k, tokens=ids, temperature=knobs[0], backend="cuda")
-        return ids.reshape(lead), LogitStats(*(None if f is None else f.reshape(*lead, *f.shape[1:]) for f in st))
+        out = _library.sample_composed(rows, u, k, knobs, triton_truncate, triton_logit_stats)
+    else:
+        _check_cuda_cpp(rows)
+        out = _library.sample_composed(rows, u, k, knobs, torch.ops.fuq.truncate_cuda, torch.ops.fuq.logit_stats_cuda)
     ids, lse, ent, var, mx, am, tkl, tki, tkm, tl = out
     return ids.reshape(lead), LogitStats(
         lse.reshape(lead),

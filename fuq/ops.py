@@ -87,6 +87,14 @@ def _check_tokens(tokens: Tensor, lead: torch.Size, V: int, device: torch.device
     return tokens.reshape(-1).to(torch.int64)
 
 
+def _check_cuda_cpp(rows: Tensor) -> None:
+    """backend="cuda": a CUDA tensor and a loaded fuq._C_cuda, or a clear error."""
+    if rows.device.type != "cuda":
+        raise ValueError(f"backend='cuda' needs a CUDA tensor, logits is on {rows.device}")
+    if not _library.HAS_CUDA_CPP:
+        raise RuntimeError(f"backend='cuda' asked for, but fuq._C_cuda could not be loaded: {_library.C_CUDA_ERROR}")
+
+
 def _dispatch_logit_stats(rows: Tensor, k: int, tok: Tensor | None, t: float, backend: str):
     if backend == "auto":
         return torch.ops.fuq.logit_stats(rows, k, tok, t)
@@ -102,11 +110,7 @@ def _dispatch_logit_stats(rows: Tensor, k: int, tok: Tensor | None, t: float, ba
         from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
 
         return triton_logit_stats(rows, k, tok, t)
-    # backend == "cuda"
-    if rows.device.type != "cuda":
-        raise ValueError(f"backend='cuda' needs a CUDA tensor, logits is on {rows.device}")
-    if not _library.HAS_CUDA_CPP:
-        raise RuntimeError(f"backend='cuda' asked for, but fuq._C_cuda could not be loaded: {_library.C_CUDA_ERROR}")
+    _check_cuda_cpp(rows)  # backend == "cuda"
     return torch.ops.fuq.logit_stats_cuda(rows, k, tok, t)
 
 

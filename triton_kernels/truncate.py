@@ -235,24 +235,24 @@ def _block(V: int) -> int:
 def truncate(
     logits: torch.Tensor,
     temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    typical_p: float | None = None,
-    epsilon: float | None = None,
-    eta: float | None = None,
-    top_h: float | None = None,
-    top_n_sigma: float | None = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    typical_p: float = 1.0,
+    epsilon: float = 0.0,
+    eta: float = 0.0,
+    top_h: float = 0.0,
+    top_n_sigma: float = -1.0,
     p_less: bool = False,
     min_tokens_to_keep: int = 1,
 ) -> torch.Tensor:
     """``[B, V]`` logits (last dim contiguous) -> float32 ``logits / T`` with removed tokens at -inf.
 
-    Same contract as ``fuq.reference.truncate``: a row holding NaN or +inf comes back all
-    NaN, an all -inf row stays all -inf.
-
-    Knobs that are None (or top_k 0 / p_less False) are off; arguments are assumed
-    validated by ``fuq.truncate``.
+    Same arguments, off-values and contract as ``fuq.reference.truncate`` (and the
+    ``fuq::truncate`` schema): top_k 0, top_p 1, min_p 0, typical_p 1, epsilon 0, eta 0,
+    top_h 0, top_n_sigma < 0 and p_less False are off; a row holding NaN or +inf comes
+    back all NaN, an all -inf row stays all -inf. Arguments are assumed validated by
+    ``fuq.truncate``.
     """
     B, V = logits.shape
     out = torch.empty((B, V), dtype=torch.float32, device=logits.device)
@@ -264,14 +264,14 @@ def truncate(
     _scale_kernel[(B,)](logits, out, bad, logits.stride(0), out.stride(0), V, T, BLOCK=BLOCK)
     mk = int(min_tokens_to_keep)
     plan = [
-        (TOP_H, top_h, 1),
-        (TOP_K, None if not top_k else float(min(max(int(top_k), mk), V)), mk),
-        (TOP_P, None if top_p is None else 1.0 - float(top_p), mk),
-        (MIN_P, min_p, mk),
-        (TYPICAL, typical_p, mk),
-        (EPSILON, epsilon, mk),
-        (ETA, eta, mk),
-        (TOP_N_SIGMA, top_n_sigma, 1),
+        (TOP_H, top_h if top_h > 0.0 else None, 1),
+        (TOP_K, float(min(max(int(top_k), mk), V)) if top_k > 0 else None, mk),
+        (TOP_P, 1.0 - float(top_p) if top_p < 1.0 else None, mk),
+        (MIN_P, min_p if min_p > 0.0 else None, mk),
+        (TYPICAL, typical_p if typical_p < 1.0 else None, mk),
+        (EPSILON, epsilon if epsilon > 0.0 else None, mk),
+        (ETA, eta if eta > 0.0 else None, mk),
+        (TOP_N_SIGMA, top_n_sigma if top_n_sigma >= 0.0 else None, 1),
         (P_LESS, 1.0 if p_less else None, 1),
     ]
     for knob, param, keep in plan:

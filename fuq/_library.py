@@ -94,8 +94,10 @@ def _triton(op: str):
     try:
         from .triton_kernels import logit_stats, truncate
     except ImportError as exc:
-        warn_once(f"triton-{op}", f"fuq: Triton is not available ({exc}); fuq.{op} falls back to the "
-                  "PyTorch reference on CUDA.")
+        warn_once(
+            f"triton-{op}",
+            f"fuq: Triton is not available ({exc}); fuq.{op} falls back to the PyTorch reference on CUDA.",
+        )
         return None
     return logit_stats, truncate
 
@@ -169,14 +171,20 @@ def _sample_reference(logits, uniform, k, *knobs):
 
 
 def _truncate_cpu_fallback(logits, *knobs):
-    warn_once("cpp-truncate", f"fuq: fuq._C has no CPU kernel of fuq::truncate ({C_ERROR or 'stale build'}); "
-              "falling back to the slow PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.")
+    warn_once(
+        "cpp-truncate",
+        f"fuq: fuq._C has no CPU kernel of fuq::truncate ({C_ERROR or 'stale build'}); "
+        "falling back to the slow PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.",
+    )
     return reference.truncate(logits, *knobs)
 
 
 def _sample_cpu_fallback(logits, uniform, k, *knobs):
-    warn_once("cpp-sample", f"fuq: fuq._C has no CPU kernel of fuq::sample ({C_ERROR or 'stale build'}); "
-              "falling back to the slow PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.")
+    warn_once(
+        "cpp-sample",
+        f"fuq: fuq._C has no CPU kernel of fuq::sample ({C_ERROR or 'stale build'}); "
+        "falling back to the slow PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.",
+    )
     return reference.sample(logits, uniform, k, *knobs)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _library, reference
-from .ops import LogitStats, _as_rows, _check_backend, _check_cuda_cpp, _check_logits, _check_temperature
+from .ops import LogitStats, _as_rows, _check_backend, _check_cpp, _check_cuda_cpp, _check_logits, _check_temperature
 
 __all__ = ["truncate", "sample"]
 
@@ -82,13 +82,6 @@ def _knobs(
         p_less,
         int(min_tokens_to_keep),
     )
-
-
-def _cpp_ok(rows: Tensor, op: str) -> None:
-    if rows.device.type != "cpu":
-        raise ValueError(f"backend='cpp' needs a CPU tensor, logits is on {rows.device}")
-    if not (_library.HAS_CPP_TRUNCATE if op == "truncate" else _library.HAS_CPP_SAMPLE):
-        raise RuntimeError(f"backend='cpp' asked for, but fuq._C has no fuq::{op} kernel ({_library.C_ERROR})")
 
 
 def truncate(
@@ -159,7 +152,7 @@ def truncate(
     elif backend == "reference":
         out = reference.truncate(rows, *knobs)
     elif backend == "cpp":
-        _cpp_ok(rows, "truncate")
+        _check_cpp(rows, "truncate", _library.HAS_CPP_TRUNCATE)
         out = torch.ops.fuq.truncate(rows, *knobs)
     elif backend == "triton":
         from .triton_kernels.truncate import truncate as triton_truncate
@@ -236,7 +229,7 @@ def sample(
     elif backend == "reference":
         out = reference.sample(rows, u, k, *knobs)
     elif backend == "cpp":
-        _cpp_ok(rows, "sample")
+        _check_cpp(rows, "sample", _library.HAS_CPP_SAMPLE)
         out = torch.ops.fuq.sample(rows, u, k, *knobs)
     elif backend == "triton":
         from .triton_kernels.logit_stats import logit_stats as triton_logit_stats

@@ -87,6 +87,14 @@ def _check_tokens(tokens: Tensor, lead: torch.Size, V: int, device: torch.device
     return tokens.reshape(-1).to(torch.int64)
 
 
+def _check_cpp(rows: Tensor, op: str, available: bool) -> None:
+    """backend="cpp": a CPU tensor and a fuq._C that holds the op's kernel, or a clear error."""
+    if rows.device.type != "cpu":
+        raise ValueError(f"backend='cpp' needs a CPU tensor, logits is on {rows.device}")
+    if not available:
+        raise RuntimeError(f"backend='cpp' asked for, but fuq._C has no fuq::{op} kernel ({_library.C_ERROR})")
+
+
 def _check_cuda_cpp(rows: Tensor) -> None:
     """backend="cuda": a CUDA tensor and a loaded fuq._C_cuda, or a clear error."""
     if rows.device.type != "cuda":
@@ -101,10 +109,7 @@ def _dispatch_logit_stats(rows: Tensor, k: int, tok: Tensor | None, t: float, ba
     if backend == "reference":
         return reference.logit_stats(rows, k, tok, t)
     if backend == "cpp":
-        if rows.device.type != "cpu":
-            raise ValueError(f"backend='cpp' needs a CPU tensor, logits is on {rows.device}")
-        if not _library.HAS_CPP:
-            raise RuntimeError(f"backend='cpp' asked for, but fuq._C could not be loaded: {_library.C_ERROR}")
+        _check_cpp(rows, "logit_stats", _library.HAS_CPP)
         return torch.ops.fuq.logit_stats(rows, k, tok, t)
     if backend == "triton":
         from .triton_kernels.logit_stats import logit_stats as triton_logit_stats

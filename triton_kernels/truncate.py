@@ -103,8 +103,13 @@ def _kth_largest_key(ptr, V, k, BLOCK: tl.constexpr):
 
 @triton.jit
 def _knob_kernel(
-    out_ptr, out_stride, V, param, min_keep,
-    KNOB: tl.constexpr, BLOCK: tl.constexpr,
+    out_ptr,
+    out_stride,
+    V,
+    param,
+    min_keep,
+    KNOB: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     ptr = out_ptr + row * out_stride

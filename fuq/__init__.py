@@ -8,10 +8,10 @@ log-prob).
 from . import adaptive, models, reference, scores
 from ._truncate import sample, truncate
 from .generate import generate
-from .ops import LogitStats, logit_stats
+from .ops import AttentionStats, LogitStats, attention_stats, hidden_stats, logit_stats
 from .scores import score_text
 
 __version__ = "0.1.0"
 
 __all__ = ["LogitStats", "logit_stats", "truncate", "sample", "reference", "scores", "score_text", "__version__"]
-__all__ += ["generate", "adaptive", "models"]
+__all__ += ["generate", "adaptive", "models", "hidden_stats", "attention_stats", "AttentionStats"]

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from . import _library, reference
 
-__all__ = ["LogitStats", "logit_stats", "BACKENDS"]
+__all__ = ["LogitStats", "logit_stats", "hidden_stats", "AttentionStats", "attention_stats", "BACKENDS"]
 
 BACKENDS = ("auto", "cpp", "triton", "cuda", "reference")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -174,3 +174,181 @@ def logit_stats(
         tkm.reshape(lead),
         None if tokens is None else tl.reshape(lead),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# hidden_stats: LogitStats of hidden @ weight.T without holding [T, V]
+
+
+def _check_float(x: Tensor, name: str, dims: tuple[int, ...]) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.dim() not in dims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got shape {tuple(x.shape)}")
+
+
+def hidden_stats(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    k: int = 0,
+    targets: Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    chunk: int | None = None,
+    backend: str = "auto",
+) -> LogitStats:
+    """:func:`logit_stats` of ``hidden @ weight.T (+ bias)`` without materialising ``[N, V]``.
+
+    Args:
+        hidden: ``[..., d]`` float32 | bfloat16 | float16 (the model's last hidden states).
+        weight: ``[V, d]`` (the output embedding / LM head), same device.
+        bias: ``[V]`` or None.
+        k: top tokens per position, ``0 <= k <= V``.
+        targets: ``[...]`` ids whose log-probability is wanted (teacher forcing), or None.
+        temperature: finite, > 0, applied after the soft-capping.
+        softcap: Gemma's final logit soft-capping ``cap · tanh(z / cap)``, or None.
+        chunk: how many vocabulary entries (columns of the logits) exist at once;
+            None picks one.
+        backend: as in :func:`logit_stats`.
+
+    Returns:
+        :class:`LogitStats` with leading dims ``[...]`` (those of ``hidden``).
+
+    Example:
+        >>> import torch, fuq
+        >>> h, W = torch.randn(5, 16), torch.randn(100, 16)
+        >>> s = fuq.hidden_stats(h, W, k=3, targets=torch.zeros(5, dtype=torch.long))
+        >>> s.entropy.shape, s.topk_ids.shape
+        (torch.Size([5]), torch.Size([5, 3]))
+    """
+    _check_float(hidden, "hidden", tuple(range(1, 9)))
+    _check_float(weight, "weight", (2,))
+    d = hidden.shape[-1]
+    V = weight.shape[0]
+    if weight.shape[1] != d:
+        raise ValueError(f"weight must be [V, d] with d = {d} (hidden's last dim), got {tuple(weight.shape)}")
+    if V == 0:
+        raise ValueError("weight has an empty vocabulary (V = 0)")
+    if weight.device != hidden.device:
+        raise ValueError(f"weight is on {weight.device} but hidden is on {hidden.device}")
+    if bias is not None:
+        _check_float(bias, "bias", (1,))
+        if bias.shape[0] != V or bias.device != hidden.device:
+            raise ValueError(f"bias must be [V] = [{V}] on {hidden.device}, got {tuple(bias.shape)} on {bias.device}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 0 or k > V:
+        raise ValueError(f"k must be in [0, V] = [0, {V}], got k = {k}")
+    t = _check_temperature(temperature)
+    if softcap is not None:
+        softcap = float(softcap)
+        if not math.isfinite(softcap) or softcap <= 0.0:
+            raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be None or an int >= 1, got {chunk!r}")
+    _check_backend(backend)
+    lead = hidden.shape[:-1]
+    tok = None if targets is None else _check_tokens(targets, lead, V, hidden.device)
+    h = hidden.reshape(-1, d)
+    # Interim implementation (row chunks through logit_stats); the fused kernels replace it.
+    rows = max(1, (1 << 24) // V)
+    parts = []
+    for s in range(0, h.shape[0], rows):
+        z = reference.hidden_logits(h[s : s + rows], weight, bias, softcap)
+        parts.append(
+            _dispatch_logit_stats(z, k, None if tok is None else tok[s : s + rows], t, backend)
+        )
+    if not parts:  # N == 0
+        z = torch.empty(0, V, device=hidden.device)
+        parts.append(_dispatch_logit_stats(z, k, None if tok is None else tok, t, "reference"))
+    out = [torch.cat(f) for f in zip(*parts, strict=True)]
+    lse, ent, var, mx, am, tkl, tki, tkm, tl = out
+    return LogitStats(
+        lse.reshape(lead),
+        ent.reshape(lead),
+        var.reshape(lead),
+        mx.reshape(lead),
+        am.reshape(lead),
+        tkl.reshape(*lead, k),
+        tki.reshape(*lead, k),
+        tkm.reshape(lead),
+        None if targets is None else tl.reshape(lead),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# attention_stats: per-key attention mass, per-row entropy and lse
+
+
+class AttentionStats(NamedTuple):
+    """Attention statistics of one step (nats)."""
+
+    mass: Tensor  #: float32 [B, Hkv, T]: attention summed over query rows and the GQA group
+    entropy: Tensor  #: float32 [B, Hq, Lq]: attention entropy of each query row
+    lse: Tensor  #: float32 [B, Hq, Lq]: log Σ exp(scale · q·k) over the allowed keys
+
+
+def attention_stats(
+    q: Tensor,
+    k: Tensor,
+    *,
+    scale: float | None = None,
+    mask: Tensor | None = None,
+    causal: bool = True,
+    window: int | None = None,
+    backend: str = "auto",
+) -> AttentionStats:
+    """Per-key attention mass and per-row attention entropy, from one online softmax over K.
+
+    Args:
+        q: ``[B, Hq, Lq, d]`` float32 | bfloat16 | float16 (the last ``Lq`` query positions).
+        k: ``[B, Hkv, T, d]``, ``Hq % Hkv == 0`` (GQA: query head ``h`` reads key head
+            ``h // (Hq // Hkv)``).
+        scale: softmax scale, default ``1 / sqrt(d)``.
+        mask: bool ``[B, T]`` or ``[B, Lq, T]``, True where a key may be attended, or None.
+        causal: query row ``i`` (position ``T - Lq + i``) sees keys ``j <= T - Lq + i``.
+        window: sliding window: also ``j > T - Lq + i - window``; None for no window.
+        backend: as in :func:`logit_stats`.
+
+    Returns:
+        :class:`AttentionStats`; see :func:`fuq.reference.attention_stats` for the maths.
+
+    Example:
+        >>> import torch, fuq
+        >>> a = fuq.attention_stats(torch.randn(1, 4, 2, 8), torch.randn(1, 2, 10, 8))
+        >>> a.mass.shape, a.entropy.shape
+        (torch.Size([1, 2, 10]), torch.Size([1, 4, 2]))
+    """
+    _check_float(q, "q", (4,))
+    _check_float(k, "k", (4,))
+    B, Hq, Lq, d = q.shape
+    if k.shape[0] != B or k.shape[3] != d:
+        raise ValueError(f"k must be [B, Hkv, T, d] = [{B}, Hkv, T, {d}], got {tuple(k.shape)}")
+    Hkv, T = k.shape[1], k.shape[2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"q's heads (Hq = {Hq}) must be a multiple of k's heads (Hkv = {Hkv})")
+    if k.device != q.device:
+        raise ValueError(f"k is on {k.device} but q is on {q.device}")
+    if T < Lq and causal:
+        raise ValueError(f"causal attention needs T >= Lq (the queries are the last Lq positions), got T={T}, Lq={Lq}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
+    scale = float(scale)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be None or an int >= 1, got {window!r}")
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError("mask must be a bool tensor (True = may attend)")
+        if tuple(mask.shape) not in ((B, T), (B, Lq, T)):
+            raise ValueError(f"mask must be [B, T] = [{B}, {T}] or [B, Lq, T], got {tuple(mask.shape)}")
+        if mask.device != q.device:
+            raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
+    _check_backend(backend)
+    # Interim implementation (the reference); the fused kernels replace it.
+    return AttentionStats(*reference.attention_stats(q, k, scale, mask, causal, window))

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["logit_stats", "log_softmax_t", "truncate", "sample", "sample_from"]
+__all__ = ["logit_stats", "log_softmax_t", "truncate", "sample", "sample_from", "hidden_stats", "attention_stats"]
 
 
 def log_softmax_t(logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -287,3 +287,100 @@ def sample(
                  min_tokens_to_keep)
     ids = sample_from(z, uniform)
     return (ids, *logit_stats(logits, k, ids, temperature))
+
+
+# ---------------------------------------------------------------------------------------------
+# hidden_stats: logit_stats of hidden @ weight.T (+ bias), soft-capped
+
+
+def hidden_logits(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None = None, softcap: float | None = None
+) -> Tensor:
+    """``[N, V]`` float32 logits of ``hidden [N, d] @ weight [V, d].T`` (+ ``bias``), then
+    ``softcap · tanh(z / softcap)`` when ``softcap`` is set (Gemma's final logit soft-capping)."""
+    z = hidden.float() @ weight.float().T
+    if bias is not None:
+        z = z + bias.float()
+    if softcap is not None:
+        z = torch.tanh(z / softcap) * softcap
+    return z
+
+
+def hidden_stats(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    k: int = 0,
+    targets: Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+):
+    """Reference for ``fuq::hidden_stats``: :func:`logit_stats` of :func:`hidden_logits`.
+
+    ``hidden: [N, d]``, ``weight: [V, d]``, ``bias: [V]``, ``targets: [N]``. The
+    soft-capping comes before the temperature: ``z = softcap·tanh((h·w + b)/softcap) / T``.
+    """
+    return logit_stats(hidden_logits(hidden, weight, bias, softcap), k, targets, temperature)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention_stats: the online softmax with the cached keys in the place of the vocabulary
+
+
+def attention_allowed(
+    Lq: int, T: int, mask: Tensor | None, causal: bool, window: int | None, device=None
+) -> Tensor:
+    """Bool ``[B or 1, Lq, T]``: may query row ``i`` attend to key ``j``?
+
+    Query row ``i`` sits at position ``T - Lq + i`` (the queries are the last ``Lq``
+    positions). ``causal``: ``j <= T - Lq + i``. ``window``: ``j > T - Lq + i - window``.
+    ``mask``: bool ``[B, T]`` or ``[B, Lq, T]``, True where the key may be attended.
+    """
+    pos = torch.arange(T - Lq, T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    ok = torch.ones(Lq, T, dtype=torch.bool, device=device)
+    if causal:
+        ok = ok & (j <= pos)
+    if window is not None:
+        ok = ok & (j > pos - window)
+    ok = ok[None]
+    if mask is not None:
+        m = mask[:, None, :] if mask.dim() == 2 else mask
+        ok = ok & m.to(torch.bool)
+    return ok
+
+
+def attention_stats(
+    q: Tensor,
+    k: Tensor,
+    scale: float,
+    mask: Tensor | None = None,
+    causal: bool = True,
+    window: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reference for ``fuq::attention_stats``.
+
+    ``q: [B, Hq, Lq, d]``, ``k: [B, Hkv, T, d]`` with ``Hq % Hkv == 0`` (query head
+    ``h`` reads key head ``h // (Hq // Hkv)``). With ``s = scale · q·kᵀ`` (float32) and
+    ``p = softmax(s)`` over the allowed keys of each query row (:func:`attention_allowed`):
+
+    * ``mass [B, Hkv, T]``: Σ of ``p`` over the ``Lq`` query rows and the ``Hq/Hkv``
+      query heads of the group (each key's total attention; a row with no allowed key
+      adds nothing);
+    * ``entropy [B, Hq, Lq]``: ``-Σ p log p`` in nats (NaN for a row with no allowed key);
+    * ``lse [B, Hq, Lq]``: ``log Σ exp(s)`` over the allowed keys (``-inf`` for none).
+    """
+    B, Hq, Lq, d = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
+    g = Hq // Hkv
+    kk = k.float().repeat_interleave(g, dim=1)  # [B, Hq, T, d]
+    s = torch.einsum("bhld,bhtd->bhlt", q.float(), kk) * scale
+    ok = attention_allowed(Lq, T, mask, causal, window, q.device)[:, None]  # [B|1, 1, Lq, T]
+    s = s.masked_fill(~ok, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    logp = s - lse[..., None]
+    p = logp.exp().nan_to_num(0.0)  # rows with no allowed key: 0
+    entropy = -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
+    entropy = torch.where(lse == float("-inf"), torch.full_like(entropy, float("nan")), entropy)
+    mass = p.sum(dim=2).reshape(B, Hkv, g, T).sum(dim=2)
+    return mass, entropy, lse

@@ -6,6 +6,7 @@
     fuq generate --html trace.html "Hello"                # a page: hover a token for its alternatives
     fuq score notes.txt                                    # teacher-forced stats of a given text
     fuq bench --quick                                      # the benchmarks in bench/
+    fuq prune notes.txt --rate 0.5 --unit word --html p.html   # compress a prompt (fuq.prune.compress)
 
 torch, transformers and rich are imported inside the commands, so ``fuq --help`` stays fast.
 """
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     be.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     be.set_defaults(func=_cmd_bench)
+    _add_prune(sub)
     return parser
 
 
@@ -375,6 +377,80 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if failed:
         print(f"fuq bench: failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# prune: prompt compression (fuq.prune.compress)
+
+
+def _add_prune(sub) -> None:
+    pr = sub.add_parser(
+        "prune",
+        help="compress a prompt: drop its least informative tokens, words or sentences",
+        description="Compress a text with fuq.prune.compress (Selective Context / LLMLingua self-information): "
+        "print the compressed text on stdout and a summary on stderr.",
+    )
+    pr.add_argument("file", help="the text file to compress, '-' for stdin")
+    pr.add_argument("--rate", type=float, default=None, help="fraction of the tokens to keep, in (0, 1) (0.5)")
+    pr.add_argument("--target-tokens", type=_positive_int, default=None, metavar="N", help="tokens to keep, not --rate")
+    pr.add_argument("--unit", choices=("token", "word", "sentence"), default="token", help="what is dropped (token)")
+    pr.add_argument("--method", choices=("self-info", "llmlingua"), default="self-info", help="scoring (self-info)")
+    pr.add_argument("--question", metavar="Q", help="condition the scores on a question (LongLLMLingua's contrast)")
+    pr.add_argument("--keep", action="append", default=[], metavar="TEXT", help="a string never dropped (repeatable)")
+    pr.add_argument("--segment", type=_positive_int, default=200, metavar="N", help="llmlingua segment tokens (200)")
+    pr.add_argument("--model", default=None, metavar="NAME|PATH", help="'gemma3' (default), 'smollm2' or a folder")
+    pr.add_argument("--json", action="store_true", help="print the whole result as JSON (per-token scores, kept mask)")
+    pr.add_argument("--html", metavar="FILE", help="also write an HTML page: dropped tokens struck through, shaded")
+    pr.add_argument("--show", action="store_true", help="print the original with dropped tokens struck through")
+    pr.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
+    pr.set_defaults(func=_cmd_prune)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    if args.file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"cannot read {args.file!r}: {exc}") from exc
+    if not text.strip():
+        raise CLIError(f"{args.file!r} is empty: nothing to compress")
+    if args.rate is not None and not (0.0 < args.rate < 1.0):
+        raise CLIError(f"--rate must be in (0, 1) (the fraction of tokens kept), got {args.rate}")
+    from . import prune, viz
+
+    model, tokenizer = _load(args)
+    try:
+        r = prune.compress(
+            text, model, tokenizer, rate=args.rate, target_tokens=args.target_tokens, unit=args.unit,
+            method=args.method, question=args.question, keep=args.keep, segment=args.segment,
+        )
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc)) from exc
+    if args.html:
+        try:
+            viz.render_prune_html(r, args.html)
+        except OSError as exc:
+            raise CLIError(f"cannot write --html {args.html!r}: {exc}") from exc
+    if args.json:
+        json.dump(_clean(r.to_dict()), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        if args.show:
+            from rich.console import Console
+
+            viz.render_prune_terminal(r, Console(stderr=True))
+        sys.stdout.write(r.text + ("" if r.text.endswith("\n") else "\n"))
+    print(
+        f"fuq prune: kept {int(r.kept.sum())} of {r.num_tokens} tokens (rate {r.rate:.3f}, asked {r.target_rate:.3f}; "
+        f"{r.compressed_tokens} when re-tokenized), method {r.method}, unit {r.unit}"
+        + (f", {r.windows} sliding windows" if r.windows > 1 else ""),
+        file=sys.stderr,
+    )
+    if args.html:
+        print(f"fuq: wrote {args.html}", file=sys.stderr)
     return 0
 
 

@@ -439,3 +439,113 @@ def _scores_html(summaries: list[dict[str, Any]]) -> str:
         out.append(f"<tr><td>{esc(label)}</td>{cells}<td class='m'>{esc(_SCORE_HELP.get(key, ''))}</td></tr>")
     out.append("</table>")
     return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# prompt compression (fuq.prune.compress)
+
+_PRUNE_CSS = """
+.ptok{border-radius:3px;padding:1px 0} .ptok:hover{outline:2px solid #333}
+s.ptok{opacity:.55;text-decoration:line-through;text-decoration-color:#a00;text-decoration-thickness:2px}
+.forced{box-shadow:inset 0 -2px 0 #36c}
+.out{font:14px/1.7 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:pre-wrap;
+     border:1px solid #ddd;border-radius:6px;padding:.8em 1em;background:#f7fff7}
+"""
+
+
+def prune_shades(result) -> list[float]:
+    """Per token of a :class:`fuq.prune.CompressResult`: 1 − its score's percentile among the text's tokens.
+
+    1 (green) for the lowest score, dropped first; 0 (red) for the highest, kept first; ``inf``
+    scores (always kept) count as the highest. Same scale as :func:`color`.
+    """
+    s = result.token_scores.tolist()
+    T = len(s)
+    if T == 1:
+        return [0.0]
+    order = sorted(range(T), key=lambda i: s[i])
+    out = [0.0] * T
+    for r, i in enumerate(order):
+        out[i] = 1.0 - r / (T - 1)
+    return out
+
+
+def render_prune_html(result, path: str | Path | None = None, *, title: str = "fuq — prompt compression") -> str:
+    """A self-contained HTML page of one or more compression results (``fuq.prune.compress``).
+
+    Every token is a ``<span class="ptok">`` (kept) or ``<s class="ptok">`` (dropped, struck
+    through), shaded by :func:`prune_shades` (red: high score, kept first; green: low score,
+    dropped first), with its score and unit in the ``title`` tooltip; tokens kept by ``keep=``
+    are underlined in blue. Then the compressed text.
+
+    Args:
+        result: a ``CompressResult`` or a list of them.
+        path: where to write the page (UTF-8), or None.
+        title: the page title.
+
+    Returns:
+        The page as a string.
+
+    Example:
+        >>> r = fuq.prune.compress(text, model, tok, rate=0.5)  # doctest: +SKIP
+        >>> fuq.viz.render_prune_html(r, "pruned.html")  # doctest: +SKIP
+    """
+    results = result if isinstance(result, (list, tuple)) else [result]
+    esc = html.escape
+    parts = [
+        "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>",
+        f"<title>{esc(title)}</title><style>{_CSS}{_PRUNE_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+    ]
+    legend = ["<div class='legend'>shade = score rank:"]
+    for c, label in ((0.0, "highest (kept first)"), (0.5, "median"), (1.0, "lowest (dropped first)")):
+        legend.append(f"<span class='sw' style='background:{_hex(color(c, 0.78, 0.8))}'></span>{label}")
+    legend.append(" — <s>struck through</s>: dropped; hover a token for its score</div>")
+    parts.append("".join(legend))
+    for n, r in enumerate(results):
+        what = "question contrast" if r.question else "self-information, nats"
+        info = (
+            f"method {r.method}, unit {r.unit}; kept {int(r.kept.sum())} of {r.num_tokens} tokens "
+            f"(rate {r.rate:.3f}, asked {r.target_rate:.3f}); {r.compressed_tokens} tokens when re-tokenized; "
+            f"score: {what}; windows {r.windows}"
+        )
+        if len(results) > 1:
+            parts.append(f"<h2>Text {n}</h2>")
+        parts.append(f"<p class='meta'>{esc(info)}</p>")
+        if r.question:
+            parts.append(f"<p class='meta'>question: {esc(r.question)}</p>")
+        parts.append("<div class='text'>")
+        shades = prune_shades(r)
+        rows = zip(r.tokens, r.kept.tolist(), r.token_scores.tolist(), r.unit_of_token.tolist(), r.forced.tolist(),
+                   shades, strict=True)
+        for i, (piece, kept, score, unit, forced, c) in enumerate(rows):
+            tag = "span" if kept else "s"
+            cls = "ptok forced" if forced else "ptok"
+            tip = f"token {i}, unit {unit}, score {_fmt(score)}" + (", kept by keep=" if forced else "")
+            parts.append(
+                f'<{tag} class="{cls}" title="{esc(tip, quote=True)}" '
+                f'style="background:{_hex(color(c, 0.82, 0.75))}">{_token_html(piece)}</{tag}>'
+            )
+        parts.append("</div><h2>Compressed text</h2>")
+        parts.append(f"<div class='out'>{esc(r.text)}</div>")
+    parts.append("</body></html>\n")
+    page = "".join(parts)
+    if path is not None:
+        Path(path).write_text(page, encoding="utf-8")
+    return page
+
+
+def render_prune_terminal(result, console=None) -> None:
+    """Print a compression result with rich: dropped tokens struck through and dimmed, shaded by score rank."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = console if console is not None else Console()
+    t = Text()
+    for piece, kept, c in zip(result.tokens, result.kept.tolist(), prune_shades(result), strict=True):
+        r, g, b = color(c)
+        t.append(piece, style=f"rgb({r},{g},{b})" + ("" if kept else " strike dim"))
+    console.print(t)
+
+__all__ += ["render_prune_html", "render_prune_terminal", "prune_shades"]

@@ -185,7 +185,9 @@ def test_llmlingua_never_recomputes_the_prefix(tiny):
     """Tokens fed to the model: each segment once, each kept token once more, one carried token per call."""
     model, tok, _ = tiny
     fed = []
-    hook = model.model.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    hook = model.model.register_forward_pre_hook(
+        lambda m, a, kw: fed.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         r = fuq.prune.compress(TEXT, model, tok, rate=0.5, method="llmlingua", segment=6)
     finally:
@@ -314,14 +316,20 @@ class _Spans(HTMLParser):
         self.toks: list[dict] = []
         self.cur = None
 
+        self.depth = 0
+
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag in ("span", "s") and "ptok" in (a.get("class") or ""):
+        if self.cur is not None:
+            self.depth += 1
+        elif tag in ("span", "s") and "ptok" in (a.get("class") or ""):
             self.cur = {**a, "tag": tag, "text": ""}
             self.toks.append(self.cur)
 
     def handle_endtag(self, tag):
-        if tag in ("span", "s"):
+        if self.depth:
+            self.depth -= 1
+        elif tag in ("span", "s"):
             self.cur = None
 
     def handle_data(self, data):
@@ -357,7 +365,7 @@ def test_cli_prune_json_and_html(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO(TEXT2))
     rc = cli.main(["prune", "-", "--model", path, "--rate", "0.5", "--method", "llmlingua"])
     out = capsys.readouterr()
-    assert rc == 0 and "rate" in out.out
+    assert rc == 0 and "rate" in out.err and out.out.strip()
     rc = cli.main(["prune", str(f), "--model", path, "--rate", "1.5"])
     assert rc == 2 and "rate" in capsys.readouterr().err
     (tmp_path / "empty.txt").write_text("", encoding="utf-8")

@@ -488,7 +488,7 @@ def _score_self_info(model, encs, prefixes, max_length: int, batch_size: int, ad
             att[r, : len(job[2])] = 1
         tgt = torch.roll(ids, -1, dims=1)
         lp = _token_logprobs(model, ids.to(dev), att.to(dev), tgt.to(dev))
-        for r, (t, p, inp, first, lo, hi) in enumerate(batch):
+        for r, (t, p, _, first, lo, hi) in enumerate(batch):
             # row first-1+j predicts input position first+j = text token lo+j
             rows = torch.arange(first - 1, first - 1 + hi - lo)
             vals = torch.where(rows >= 0, -lp[r, rows.clamp(min=0)], torch.tensor(math.nan))

@@ -117,6 +117,27 @@ def test_sentence_units_and_rate_for_self_info(tiny):
     assert kept_scores.numel() >= 1
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One thread: on a shared, loaded CPU two OpenMP threads make these small forwards ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_reselect_equals_compress_without_a_model_call(tiny):
+    model, tok, _ = tiny
+    base = fuq.prune.compress(TEXT, model, tok, rate=0.5, question="Who sat?", keep=["def"])
+    for unit, rate in (("token", 0.3), ("word", 0.7), ("sentence", 0.5)):
+        again = fuq.prune.reselect(base, tok, rate=rate, unit=unit)
+        want = fuq.prune.compress(TEXT, model, tok, rate=rate, unit=unit, question="Who sat?", keep=["def"])
+        assert again.text == want.text and torch.equal(again.kept, want.kept) and again.units == want.units
+        assert again.meta["model_calls"] == 0
+    with pytest.raises(ValueError, match="self-info"):
+        fuq.prune.reselect(fuq.prune.compress(TEXT, model, tok, method="llmlingua"), tok, rate=0.3)
+
+
 def test_target_tokens(tiny):
     model, tok, _ = tiny
     r = fuq.prune.compress(TEXT, model, tok, target_tokens=10)

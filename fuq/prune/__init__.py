@@ -5,7 +5,7 @@
 * :func:`eu_plane`: training-data pruning on the error–uncertainty plane (Q-Tuning).
 """
 
-from ._compress import CompressResult, compress
+from ._compress import CompressResult, compress, reselect
 from ._eu_plane import eu_plane
 
-__all__ = ["compress", "CompressResult", "eu_plane"]
+__all__ = ["compress", "reselect", "CompressResult", "eu_plane"]

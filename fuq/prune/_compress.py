@@ -63,7 +63,7 @@ from torch import Tensor
 
 from ..scores import _pieces_from_offsets, teacher_forced
 
-__all__ = ["compress", "CompressResult", "METHODS", "UNITS"]
+__all__ = ["compress", "reselect", "CompressResult", "METHODS", "UNITS"]
 
 METHODS = ("self-info", "llmlingua")
 UNITS = ("token", "word", "sentence")
@@ -252,6 +252,47 @@ def compress(
         for e, r, q in zip(encs, results, questions, strict=True)
     ]
     return out[0] if single else out
+
+
+def reselect(
+    result: CompressResult,
+    tokenizer,
+    *,
+    rate: float | None = None,
+    target_tokens: int | None = None,
+    unit: str | None = None,
+) -> CompressResult:
+    """The same ``"self-info"`` scores, another rate or unit: no model call.
+
+    Self-information does not depend on what is kept, so one scoring pass serves every
+    rate and unit (``keep=`` spans stay kept). ``"llmlingua"`` scores do depend on it
+    (each segment is scored on the compressed prefix): run :func:`compress` again.
+
+    Args:
+        result: a ``"self-info"`` result of :func:`compress`.
+        tokenizer: the tokenizer it was made with (to count ``compressed_tokens``).
+        rate, target_tokens: as in :func:`compress` (default rate 0.5).
+        unit: as in :func:`compress`; None keeps the result's unit.
+
+    Example:
+        >>> r = fuq.prune.compress(text, model, tok, rate=0.5)  # doctest: +SKIP
+        >>> fuq.prune.reselect(r, tok, rate=0.3, unit="word").text  # doctest: +SKIP
+    """
+    if not isinstance(result, CompressResult):
+        raise TypeError(f"result must be a CompressResult, got {type(result).__name__}")
+    if result.method != "self-info":
+        raise ValueError(f"reselect needs a 'self-info' result, got method {result.method!r}: run compress again")
+    unit = result.unit if unit is None else unit
+    _check_choice("unit", unit, UNITS)
+    rate = _check_rate(rate, target_tokens)
+    enc = _Enc(result.original, result.token_ids.tolist(), list(result.tokens),
+               [tuple(s) for s in result.meta["token_spans"]])
+    scored = {"si": None, "windows": result.windows, "calls": 0}
+    r = _select_global(enc, scored, _units(enc, unit), result.forced.tolist(), rate, target_tokens,
+                       scores=result.token_scores)
+    out = _result(enc, r, "self-info", unit, result.question, result.meta["max_length"], 0, tokenizer)
+    out.meta["model_calls"] = 0
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,9 +588,9 @@ def _unit_table(scores: Tensor, unit_of: list[int], forced: list[bool], n_units:
     return uo, us, sizes, uf
 
 
-def _select_global(enc: _Enc, scored: dict, units, forced: list[bool], rate, target_tokens) -> dict[str, Any]:
+def _select_global(enc: _Enc, scored: dict, units, forced: list[bool], rate, target_tokens, scores=None) -> dict:
     unit_of, uspans = units
-    scores = _token_scores(scored["si"])
+    scores = _token_scores(scored["si"]) if scores is None else scores
     uo, us, sizes, uf = _unit_table(scores, unit_of, forced, len(uspans))
     budget, target_rate = _budget(len(enc.ids), rate, target_tokens)
     ukept = torch.tensor(_pick(us.tolist(), sizes, uf, budget))
@@ -682,7 +723,7 @@ def _result(enc: _Enc, r: dict, method, unit, question, max_length, segment, tok
     kept = r["ukept"][r["unit_of"]]
     text = "".join(p for p, k in zip(enc.pieces, kept.tolist(), strict=True) if k)
     n_re = len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-    meta = {"max_length": max_length, "model_calls": r["calls"]}
+    meta = {"max_length": max_length, "model_calls": r["calls"], "token_spans": [list(x) for x in enc.spans]}
     if method == "llmlingua":
         meta["segment"] = r["segment"]
     return CompressResult(

@@ -454,12 +454,14 @@ s.ptok{opacity:.55;text-decoration:line-through;text-decoration-color:#a00;text-
 
 
 def prune_shades(result) -> list[float]:
-    """Per token of a :class:`fuq.prune.CompressResult`: 1 − its score's percentile among the text's tokens.
+    """Per token of a :class:`fuq.prune.CompressResult`: 1 − the percentile of the score that decided it.
 
-    1 (green) for the lowest score, dropped first; 0 (red) for the highest, kept first; ``inf``
-    scores (always kept) count as the highest. Same scale as :func:`color`.
+    The score that decided is the token's own for ``unit="token"``, its word's or sentence's
+    (the sum over the unit) otherwise, so a unit's tokens share one shade. 1 (green) for the
+    lowest, dropped first; 0 (red) for the highest, kept first; ``inf`` scores (always kept)
+    count as the highest. Same scale as :func:`color`.
     """
-    s = result.token_scores.tolist()
+    s = result.unit_scores[result.unit_of_token].tolist()
     T = len(s)
     if T == 1:
         return [0.0]
@@ -475,8 +477,8 @@ def render_prune_html(result, path: str | Path | None = None, *, title: str = "f
 
     Every token is a ``<span class="ptok">`` (kept) or ``<s class="ptok">`` (dropped, struck
     through), shaded by :func:`prune_shades` (red: high score, kept first; green: low score,
-    dropped first), with its score and unit in the ``title`` tooltip; tokens kept by ``keep=``
-    are underlined in blue. Then the compressed text.
+    dropped first; by unit score for words and sentences), with its score and unit in the
+    ``title`` tooltip; tokens kept by ``keep=`` are underlined in blue. Then the compressed text.
 
     Args:
         result: a ``CompressResult`` or a list of them.
@@ -522,7 +524,8 @@ def render_prune_html(result, path: str | Path | None = None, *, title: str = "f
         for i, (piece, kept, score, unit, forced, c) in enumerate(rows):
             tag = "span" if kept else "s"
             cls = "ptok forced" if forced else "ptok"
-            tip = f"token {i}, unit {unit}, score {_fmt(score)}" + (", kept by keep=" if forced else "")
+            tip = f"token {i}, score {_fmt(score)}; unit {unit}, score {_fmt(float(r.unit_scores[unit]))}"
+            tip += ", kept by keep=" if forced else ""
             parts.append(
                 f'<{tag} class="{cls}" title="{esc(tip, quote=True)}" '
                 f'style="background:{_hex(color(c, 0.82, 0.75))}">{_token_html(piece)}</{tag}>'

@@ -200,7 +200,8 @@ def compress(
         segment: tokens per segment for ``"llmlingua"`` (>= 1).
         max_length: the longest input the model reads at once (default: its
             ``max_position_embeddings``); longer texts are scored in sliding windows.
-        batch_size: texts / windows per model call for ``"self-info"``.
+        batch_size: texts / windows per model call for ``"self-info"`` (right-padded). ``"llmlingua"``
+            compresses the texts one after the other (each segment depends on that text's kept prefix).
         progress: show a rich progress bar on stderr; None: when the input holds more than
             :data:`PROGRESS_MIN_TOKENS` tokens and stderr is a terminal.
 

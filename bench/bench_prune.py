@@ -324,6 +324,29 @@ def print_model(res: dict) -> None:
                  for k, v in sp.items()])
 
 
+def long_speed(name: str, qa: list[dict], k: int, segment: int) -> dict:
+    """llmlingua with the cropped cache vs the naive loop on one long text (k passages joined): CPU seconds."""
+    import fuq
+    import fuq.prune
+
+    model, tok = fuq.models.load(name)
+    text = "\n\n".join(ex["passage"] for ex in qa[:k])
+    T = len(tok(text, add_special_tokens=False)["input_ids"])
+    out = {"model": name, "tokens": T, "segment": segment}
+    t = _clock()
+    r = fuq.prune.compress(text, model, tok, rate=0.5, method="llmlingua", segment=segment)
+    out["fuq_wall_s"], out["fuq_cpu_s"] = _since(t)
+    t = _clock()
+    kept = naive_llmlingua(model, tok, text, 0.5, segment)
+    out["naive_wall_s"], out["naive_cpu_s"] = _since(t)
+    out["same_kept"] = r.kept.tolist() == kept
+    out["speedup_cpu"] = out["naive_cpu_s"] / out["fuq_cpu_s"]
+    print(f"{name}: llmlingua on {T} tokens (segment {segment}): fuq {out['fuq_cpu_s']:.1f} s CPU "
+          f"({T / out['fuq_cpu_s']:.0f} tok/s), naive re-reading the prefix {out['naive_cpu_s']:.1f} s CPU "
+          f"({T / out['naive_cpu_s']:.0f} tok/s): {out['speedup_cpu']:.2f}x; same kept set: {out['same_kept']}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # peer: LLMLingua 0.2.2 (a subprocess under an older transformers)
 
@@ -493,6 +516,8 @@ def main() -> None:
     ap.add_argument("--peer", action="store_true", help="also run LLMLingua 0.2.2 on SmolLM2 (see the docstring)")
     ap.add_argument("--peer-pythonpath", default=os.environ.get("FUQ_LLMLINGUA_PYTHONPATH", ""))
     ap.add_argument("--peer-only", action="store_true", help="run only the peer comparison")
+    ap.add_argument("--long", type=int, default=0, metavar="K",
+                    help="only time llmlingua vs the naive loop on K passages joined (segment --segment)")
     ap.add_argument("--out", default=None, help="result name under bench/results/ (default bench_prune[_quick])")
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--peer-folder", default=None, help=argparse.SUPPRESS)
@@ -515,6 +540,10 @@ def main() -> None:
                "note": "CPU, one thread, on a shared machine under heavy load: tokens/s are indicative only "
                        "(the CPU-clock figures are the fairer ones); quality figures do not depend on load.",
                "models": {}}
+    if args.long:
+        payload["long_speed"] = [long_speed(m, load_qa(None), args.long, args.segment) for m in args.models.split(",")]
+        print(f"wrote {write_json(args.out or 'bench_prune_long', payload)}")
+        return
     if not args.peer_only:
         for name in args.models.split(","):
             print(f"{name}: {len(qa)} passages", file=sys.stderr, flush=True)

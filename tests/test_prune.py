@@ -392,3 +392,39 @@ def test_cli_prune_json_and_html(tiny, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty.txt").write_text("", encoding="utf-8")
     rc = cli.main(["prune", str(tmp_path / "empty.txt"), "--model", path])
     assert rc == 2 and "empty" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the QA set and the bench's helpers
+
+
+def _bench():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    return importlib.import_module("bench_prune")
+
+
+def test_qa_set_is_well_formed():
+    bp = _bench()
+    qa = bp.load_qa()
+    assert len(qa) >= 40 and len({ex["id"] for ex in qa}) == len(qa)
+    for ex in qa:
+        words = len(ex["passage"].split())
+        assert 100 <= words <= 300, (ex["id"], words)  # 170-210 tokens with the Gemma 3 / SmolLM2 tokenizers
+        core = re.sub(r"^(the|a|an|its) ", "", ex["answer"].lower())
+        assert core in ex["passage"].lower(), ex["id"]
+        assert ex["question"].endswith("?") and len(ex["answer"].split()) <= 3
+
+
+def test_bench_helpers(tiny):
+    bp = _bench()
+    assert bp.normalize("The Wenlow.\nmore") == "wenlow" == bp.normalize("  the wenlow ")
+    assert bp._align([5, 1, 5, 2], [5, 2]) == [True, False, False, True]
+    with pytest.raises(ValueError, match="subsequence"):
+        bp._align([1, 2], [3])
+    model, tok, _ = tiny
+    r = fuq.prune.compress(TEXT, model, tok, rate=0.4, method="llmlingua", segment=9)
+    assert bp.naive_llmlingua(model, tok, TEXT, 0.4, 9) == r.kept.tolist()

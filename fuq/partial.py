@@ -271,8 +271,9 @@ def hidden_stats_partial(
 # the merge
 
 
-def check_states(states: Sequence[StatsState]) -> int:
-    """Validate a set of states for one merge; returns the merged vocabulary size V."""
+def check_states(states: Sequence[StatsState], k: int | None = None) -> int:
+    """Validate a set of states for one merge (``k``: the top-k wanted, default the states' own);
+    returns the merged vocabulary size V."""
     if isinstance(states, StatsState) or not isinstance(states, Sequence) or len(states) == 0:
         raise TypeError("states must be a non-empty sequence (list/tuple) of fuq.StatsState")
     for i, s in enumerate(states):
@@ -293,7 +294,7 @@ def check_states(states: Sequence[StatsState]) -> int:
         if s.tokens is not None and not torch.equal(s.tokens, s0.tokens):
             raise ValueError(f"states[{i}] was computed with other tokens than states[0] (tokens are global ids)")
     V = _check_cover([(s.vocab_start, s.vocab_stop) for s in states])
-    k = s0.topk_ids.shape[-1]
+    k = s0.topk_ids.shape[-1] if k is None else k
     if k > V:
         raise ValueError(f"k must be <= the merged vocabulary size V = {V}, got k = {k}")
     if s0.tokens is not None and s0.tokens.numel() > 0 and int(s0.tokens.max()) >= V:

@@ -12,8 +12,11 @@ of a failed or hung collective), then one all-gather of the states. ``check=Fals
 the header; the rest (vocabulary ranges that overlap or leave a gap, temperatures, tokens,
 knobs) is checked on the gathered states either way, identically on every rank.
 
-The shards may have different widths and come in any rank order; every rank must call
-with the same batch, ``k``, temperature, tokens and knobs.
+Mismatched shards: the shards may have different widths (``k`` may exceed a shard's width,
+not V), come in any rank order, and hold different floating dtypes (states are float32
+whatever the input). Vocabulary ranges that overlap or leave a gap in ``[0, V)``, different
+batch sizes, ``k``, temperatures, tokens or sampling knobs raise a ``ValueError`` naming the
+mismatch, the same on every rank (after the collective, so no rank is left waiting).
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ def _merge(states: list[StatsState], k: int) -> LogitStats:
 
 
 def _shape(stats: LogitStats, lead: torch.Size, k: int) -> LogitStats:
-    return LogitStats(*(None if x is None else x.reshape(*lead, *([k] if x.dim() == 2 else [])) for x in stats))
+    return LogitStats(*(None if x is None else x.reshape(tuple(lead) + tuple(x.shape[1:])) for x in stats))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,9 +295,10 @@ def sample(
 
     * temperature only: exact in distribution (two-level draw, see above); the ids differ
       from those :func:`fuq.sample` draws with the same seed.
-    * ``top_k`` (<= ``candidates`` is not needed: ``K = max(candidates, top_k, k)`` values
-      per shard are gathered): exact, the same ids as ``fuq.sample`` with the same
-      generator state, unless exact ties at the k-th value spill past a shard's list.
+    * ``top_k``: ``K = max(candidates, top_k, k)`` values per shard are gathered, so the
+      global top-k is always among them: the same ids as ``fuq.sample`` with the same
+      generator state, unless exact ties at the k-th value spill past a shard's list
+      (then the row falls back).
     * ``top_p`` / ``min_p``: the same ids as ``fuq.sample`` (up to float rounding at the
       cut: the global ``lse`` comes from float32 shard sums) when the cut lies among the
       gathered candidates (min-p: always when ``min_p · p_max`` is above the shard floors;

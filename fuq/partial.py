@@ -350,7 +350,7 @@ def merge_stats(states: Sequence[StatsState]) -> LogitStats:
     topi = torch.stack([s.topk_ids.reshape(B, k) for s in states])
     tokv = None if states[0].tokens is None else torch.stack([s.token_value.reshape(-1) for s in states])
     out = merge_stacked(*fields, topv, topi, tokv, k)
-    return LogitStats(*(None if x is None else x.reshape(*lead, *x.shape[1:]) for x in out))
+    return LogitStats(*(None if x is None else x.reshape(tuple(lead) + tuple(x.shape[1:])) for x in out))
 
 
 def merge_stacked(

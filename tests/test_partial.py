@@ -198,3 +198,15 @@ def test_bad_input():
         fuq.merge_stats(a)
     with pytest.raises(TypeError, match=r"states\[1\]"):
         fuq.merge_stats([a, "b"])
+
+
+def test_one_row_without_batch_dim_and_empty_batch():
+    x = make_logits(1, 10, seed=6)[0]
+    t = torch.tensor(7)
+    got = fuq.merge_stats(_states(x, [(0, 4), (4, 10)], k=2, tokens=t))
+    want = fuq.logit_stats(x, k=2, tokens=t)
+    assert got.lse.shape == () and got.topk_ids.shape == (2,)
+    assert_stats_close(fuq.LogitStats(*(f[None] for f in got)), fuq.LogitStats(*(f[None] for f in want)), 10,
+                       torch.float32)
+    empty = fuq.merge_stats(_states(torch.empty(0, 10), [(0, 4), (4, 10)], k=2))
+    assert empty.lse.shape == (0,) and empty.topk_ids.shape == (0, 2)

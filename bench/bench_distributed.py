@@ -1,0 +1,196 @@
+"""Vocabulary-parallel statistics and sampling: all-gathering fuq states vs all-gathering the logits.
+
+Two gloo processes on 127.0.0.1 (one thread each) hold half of a ``[B, V]`` float32 logits row
+each. Side by side, per B (V = 262144 by default), rank 0 reports:
+
+* ``gather``        — ``dist.all_gather`` of the logit shards alone (what a serving engine does
+                      before sampling on one rank);
+* ``gather+stats``  — that, ``torch.cat`` and ``fuq.logit_stats`` on the whole row;
+* ``fuq``           — ``fuq.distributed.logit_stats`` (local pass, header + state all-gathers,
+                      merge), ``fuq nocheck`` the same with ``check=False`` (one all-gather);
+* ``state gather``  — the state all-gather alone (the collective ``fuq nocheck`` makes);
+* ``gather+sample`` vs ``fuq sample`` — the same for ``top_p = 0.9`` sampling
+  (``fuq.sample`` on the gathered row vs ``fuq.distributed.sample``), and how many rows of a
+  ``fuq sample`` call fell back to gathering their logits (the cut below the candidates);
+
+with the bytes each rank sends in each collective, and rank 0's CPU time per call of the two stats
+routes. Loopback gloo is not a network: the ratio of bytes is the portable figure, the times are
+those of this machine (a shared one: see the load average in the JSON; on an overloaded machine
+every collective waits for the peer process to get a core, which penalises the route that makes
+more collectives and does more Python between them).
+
+Usage::
+
+    python bench/bench_distributed.py                       # B {1, 8, 64}, V 262144, k 5, LLM-like logits
+    python bench/bench_distributed.py --logits flat --out bench_distributed_flat   # top-p falls back
+    python bench/bench_distributed.py --B 8 --iters 10 --V 131072
+
+Writes a table to stdout and ``bench/results/bench_distributed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import print_table, time_fixed_ms, write_json  # noqa: E402
+
+import fuq  # noqa: E402
+import fuq.distributed as fd  # noqa: E402
+from fuq.distributed import _pack  # noqa: E402
+
+WORLD = 2
+
+
+def _logits(B: int, V: int, kind: str, g: torch.Generator) -> torch.Tensor:
+    """``llm``: a heavy head of 20 tokens over a low tail (top-p 0.9 falls among the head, as for a
+    language model's step); ``flat``: N(0, 3^2) everywhere (top-p 0.9 needs ~10^5 tokens)."""
+    if kind == "flat":
+        return torch.randn(B, V, generator=g) * 3.0
+    x = torch.randn(B, V, generator=g) * 1.5 - 5.0
+    head = torch.randint(0, V, (B, 20), generator=g)
+    return x.scatter_(1, head, 10.0 + 4.0 * torch.rand(B, 20, generator=g))
+
+
+def _fallback_rows(fn) -> int:
+    """Rows of one ``fuq.distributed.sample`` call drawn from gathered logits (the cut fell below the candidates)."""
+    real, rows = fd._fallback, []
+
+    def counting(*a, **kw):
+        rows.append(int(a[6].sum()))
+        return real(*a, **kw)
+
+    fd._fallback = counting
+    try:
+        fn()
+    finally:
+        fd._fallback = real
+    return sum(rows)
+
+
+def _case(rank: int, B: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Time one batch size on this rank (every rank makes the same calls, in the same order)."""
+    Vs = args.V // WORLD
+    lo = rank * Vs
+    g = torch.Generator().manual_seed(B)
+    x = _logits(B, args.V, args.logits, g)
+    tokens = torch.randint(0, args.V, (B,), generator=g)
+    shard = x[:, lo : lo + Vs].contiguous()
+    parts = [torch.empty_like(shard) for _ in range(WORLD)]
+    gen = torch.Generator().manual_seed(0)
+    state = fuq.logit_stats_partial(shard, vocab_offset=lo, k=args.k, tokens=tokens)
+    buf = _pack(state, [], [])
+    bufs = [torch.empty_like(buf) for _ in range(WORLD)]
+
+    def gather():
+        dist.all_gather(parts, shard)
+
+    def gather_stats():
+        gather()
+        return fuq.logit_stats(torch.cat(parts, dim=-1), k=args.k, tokens=tokens)
+
+    def gather_sample():
+        gather()
+        return fuq.sample(torch.cat(parts, dim=-1), top_p=0.9, generator=gen, k=args.k)
+
+    def fuq_stats(check: bool = True):
+        return fd.logit_stats(shard, vocab_offset=lo, k=args.k, tokens=tokens, check=check)
+
+    def fuq_sample():
+        return fd.sample(shard, vocab_offset=lo, top_p=0.9, generator=gen, k=args.k)
+
+    it = args.iters
+    return {
+        "B": B,
+        "V": args.V,
+        "k": args.k,
+        "gather_ms": time_fixed_ms(gather, it),
+        "gather_stats_ms": time_fixed_ms(gather_stats, it),
+        "gather_stats_cpu_ms": time_fixed_ms(gather_stats, it, clock="cpu"),
+        "fuq_ms": time_fixed_ms(fuq_stats, it),
+        "fuq_cpu_ms": time_fixed_ms(fuq_stats, it, clock="cpu"),
+        "fuq_nocheck_ms": time_fixed_ms(lambda: fuq_stats(False), it),
+        "state_gather_ms": time_fixed_ms(lambda: dist.all_gather(bufs, buf), it),
+        "gather_sample_ms": time_fixed_ms(gather_sample, it),
+        "fuq_sample_ms": time_fixed_ms(fuq_sample, it),
+        "sample_rows_fallback": _fallback_rows(fuq_sample),
+        "logit_bytes_per_rank": shard.numel() * shard.element_size(),
+        "state_bytes_per_rank": buf.numel() * buf.element_size(),
+        "header_bytes_per_rank": 4 * 8,
+    }
+
+
+def _worker(rank: int, port: int, args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        rows = [_case(rank, B, args) for B in args.B]
+        if rank == 0:
+            _report(rows, args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    table = []
+    for r in rows:
+        table.append([
+            r["B"],
+            r["gather_ms"],
+            r["gather_stats_ms"],
+            r["fuq_ms"],
+            r["fuq_nocheck_ms"],
+            r["state_gather_ms"],
+            r["gather_stats_ms"] / r["fuq_ms"],
+            r["gather_stats_cpu_ms"],
+            r["fuq_cpu_ms"],
+            r["gather_sample_ms"],
+            r["fuq_sample_ms"],
+            r["gather_sample_ms"] / r["fuq_sample_ms"],
+            r["sample_rows_fallback"],
+            f"{r['logit_bytes_per_rank'] / 2**20:.3g} MiB",
+            f"{r['state_bytes_per_rank'] / 2**10:.3g} KiB",
+            r["logit_bytes_per_rank"] / r["state_bytes_per_rank"],
+        ])
+    print_table(
+        f"vocabulary-parallel stats and sampling, {WORLD} gloo ranks on loopback, V = {args.V}, k = {args.k}, "
+        f"{args.logits} logits (ms)",
+        ["B", "gather", "gather+stats", "fuq", "fuq nocheck", "state gather", "stats x",
+         "gather+stats cpu", "fuq cpu", "gather+sample",
+         "fuq sample", "sample x", "fell back", "logits/rank", "state/rank", "bytes x"],
+        table,
+        caption="x = gathered-logits route / fuq route (higher is better); wall clock on a shared, loaded CPU machine "
+        "(a collective waits for the peer to get a core); cpu = rank 0's CPU time per call",
+    )
+    path = write_json(args.out, {"args": {**vars(args)}, "world": WORLD, "backend": "gloo", "rows": rows})
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--B", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--V", type=int, default=262144)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--logits", choices=["llm", "flat"], default="llm", help="the logits' shape (see _logits)")
+    p.add_argument("--iters", type=int, default=20, help="timed calls per measurement (the same on each rank)")
+    p.add_argument("--out", default="bench_distributed", help="JSON name under bench/results/")
+    args = p.parse_args()
+    if args.V % WORLD:
+        p.error(f"--V must be a multiple of {WORLD}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, args), nprocs=WORLD, join=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,7 @@ logits, every rank computes its :class:`fuq.StatsState` (``O(B·k)`` numbers), t
 are all-gathered once, and every rank merges them (:func:`fuq.merge_stats`) into the same
 :class:`fuq.LogitStats`. :func:`sample` draws the same token on every rank the same way.
 
-Collectives per call: with ``check=True`` (the default) a 2-number header all-gather first
+Collectives per call: with ``check=True`` (the default) a 4-number header all-gather first
 (it turns mismatched batch sizes or ``k`` into a clear ``ValueError`` on every rank instead
 of a failed or hung collective), then one all-gather of the states. ``check=False`` skips
 the header; the rest (vocabulary ranges that overlap or leave a gap, temperatures, tokens,
@@ -160,7 +160,7 @@ def logit_stats(
         tokens: ``[...]`` global ids (the same on every rank), or None.
         temperature: finite, > 0, the same on every rank.
         group: the process group (None: the default one).
-        check: first all-gather a 2-number header, so that ranks with different batch
+        check: first all-gather a 4-number header, so that ranks with different batch
             sizes or ``k`` raise a ``ValueError`` rather than break the collective.
         backend: the local pass, as in :func:`fuq.logit_stats`.
 

@@ -178,3 +178,23 @@ def test_distributed_matches_unsharded(world):
     """logit_stats, hidden_stats and sample on `world` gloo ranks equal the unsharded ops on every rank;
     mismatched shards raise the same ValueError on every rank."""
     _spawn(_worker, world)
+
+
+def test_errors_before_any_collective():
+    """Without an initialised group, and for bad local arguments, the call fails at once (no hang)."""
+    x = make_logits(2, 10)
+    if not dist.is_initialized():
+        with pytest.raises(RuntimeError, match="init_process_group"):
+            fd.logit_stats(x, vocab_offset=0)
+    with pytest.raises(ValueError, match="exactly one of generator"):
+        fd.sample(x, vocab_offset=0, generator=torch.Generator(), seed=1)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        fd.sample(x, vocab_offset=0, generator=1)
+    with pytest.raises(ValueError, match="candidates"):
+        fd.sample(x, vocab_offset=0, top_p=0.5, candidates=0, seed=1)
+    with pytest.raises(ValueError, match="fallback"):
+        fd.sample(x, vocab_offset=0, top_p=0.5, fallback="maybe", seed=1)
+    with pytest.raises(ValueError, match="top_p"):
+        fd.sample(x, vocab_offset=0, top_p=1.5, seed=1)
+    with pytest.raises(TypeError, match="vocab_offset"):
+        fd.logit_stats(x, vocab_offset=None)

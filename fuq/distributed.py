@@ -327,17 +327,9 @@ def sample(
         >>> g = torch.Generator().manual_seed(step)
         >>> ids, st = fuq.distributed.sample(shard, vocab_offset=lo, top_p=0.9, generator=g)  # doctest: +SKIP
     """
-    ops._check_logits(logits_shard, "logits_shard")
-    offset = _check_vocab_offset(vocab_offset)
-    k = _check_k(k)
-    knobs = _truncate._knobs(temperature, top_k, top_p, min_p, None, None, None, None, None, False, 1)
+    offset, k, knobs, gen = _sample_args(logits_shard, vocab_offset, k, (temperature, top_k, top_p, min_p),
+                                         generator, seed, candidates, fallback, backend)
     t, tk, tp, mp = knobs[:4]
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise ValueError(f"candidates must be an int >= 1, got {candidates!r}")
-    if fallback not in ("gather", "error"):
-        raise ValueError(f"fallback must be 'gather' or 'error', got {fallback!r}")
-    ops._check_backend(backend)
-    gen = _generator(generator, seed, logits_shard.device)
     size = _group_size(group)
     lead = logits_shard.shape[:-1]
     rows = ops._as_rows(logits_shard)
@@ -364,6 +356,20 @@ def sample(
     ids = torch.where(dead, torch.zeros_like(ids), ids)
     token_lp = torch.where(dead, torch.full_like(lse, float("nan")), zid.double() - lse).float()
     return ids.reshape(lead), _shape(stats._replace(token_logprob=token_lp), lead, k)
+
+
+def _sample_args(logits_shard, vocab_offset, k, knobs4, generator, seed, candidates, fallback, backend):
+    """Validate :func:`sample`'s arguments (before any collective) -> (offset, k, the op's knobs, generator)."""
+    ops._check_logits(logits_shard, "logits_shard")
+    offset = _check_vocab_offset(vocab_offset)
+    k = _check_k(k)
+    knobs = _truncate._knobs(*knobs4, None, None, None, None, None, False, 1)
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"candidates must be an int >= 1, got {candidates!r}")
+    if fallback not in ("gather", "error"):
+        raise ValueError(f"fallback must be 'gather' or 'error', got {fallback!r}")
+    ops._check_backend(backend)
+    return offset, k, knobs, _generator(generator, seed, logits_shard.device)
 
 
 def _local_draw(rows: Tensor, u: Tensor, offset: int, k: int, t: float, backend: str):

@@ -172,10 +172,14 @@ def logit_stats(
         ValueError: on every rank, for shards that overlap or leave a gap, different
             batch, ``k``, temperature or tokens across ranks, ``k`` or a token >= V.
 
-    Example (on each of 2 ranks of an initialised gloo group, V = 10)::
+    Example (one process; on N ranks each passes its own shard and offset)::
 
-        >>> lo = 5 * dist.get_rank()
-        >>> s = fuq.distributed.logit_stats(logits[:, lo : lo + 5], vocab_offset=lo, k=3)  # doctest: +SKIP
+        >>> import tempfile, torch, torch.distributed as dist, fuq
+        >>> dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+        >>> x = torch.tensor([[2.0, 1.0, 0.0, 3.0]])
+        >>> fuq.distributed.logit_stats(x, vocab_offset=0, k=2).topk_ids.tolist()
+        [[3, 0]]
+        >>> dist.destroy_process_group()
     """
     st = logit_stats_partial(logits_shard, vocab_offset=vocab_offset, k=k, tokens=tokens, temperature=temperature,
                              backend=backend)
@@ -214,9 +218,14 @@ def hidden_stats(
     Returns:
         :class:`fuq.LogitStats` with leading dims ``[...]``, identical on every rank.
 
-    Example (each rank, Vs rows of the head)::
+    Example (one process; on N ranks each passes its rows of the head and their offset)::
 
-        >>> s = fuq.distributed.hidden_stats(h, W_shard, vocab_offset=lo, k=5, targets=t)  # doctest: +SKIP
+        >>> import tempfile, torch, torch.distributed as dist, fuq
+        >>> dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+        >>> h, W = torch.randn(3, 8), torch.randn(10, 8)
+        >>> fuq.distributed.hidden_stats(h, W, vocab_offset=0, k=5).topk_ids.shape
+        torch.Size([3, 5])
+        >>> dist.destroy_process_group()
     """
     st = hidden_stats_partial(hidden, weight_shard, bias_shard, vocab_offset=vocab_offset, k=k, targets=targets,
                               temperature=temperature, softcap=softcap, chunk=chunk, backend=backend)
@@ -322,10 +331,15 @@ def sample(
         :class:`fuq.LogitStats` of the untruncated step with ``token_logprob`` of the drawn
         ids (as :func:`fuq.sample`). A row with no live token gives id 0.
 
-    Example (each rank of an initialised group)::
+    Example (one process; on N ranks each passes its own shard, offset and a generator in the same state)::
 
-        >>> g = torch.Generator().manual_seed(step)
-        >>> ids, st = fuq.distributed.sample(shard, vocab_offset=lo, top_p=0.9, generator=g)  # doctest: +SKIP
+        >>> import tempfile, torch, torch.distributed as dist, fuq
+        >>> dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+        >>> x = torch.tensor([[5.0, 0.0, -5.0]])
+        >>> ids, st = fuq.distributed.sample(x, vocab_offset=0, top_k=1, generator=torch.Generator().manual_seed(0))
+        >>> ids.tolist(), round(st.token_logprob.item(), 4)
+        ([0], -0.0068)
+        >>> dist.destroy_process_group()
     """
     offset, k, knobs, gen = _sample_args(logits_shard, vocab_offset, k, (temperature, top_k, top_p, min_p),
                                          generator, seed, candidates, fallback, backend)

@@ -34,14 +34,20 @@ def _spawn(fn, world: int) -> None:
     mp.spawn(fn, args=(world, _free_port()), nprocs=world, join=True)
 
 
-def _init(rank: int, world: int, port: int) -> tuple[int, int]:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _shard_of(rank: int) -> tuple[int, int]:
+    """The vocabulary range [lo, hi) that ``rank`` holds in the current group."""
+    world = dist.get_world_size()
     cuts, a = [], 0
     for w in WIDTHS[world]:
         cuts.append((a, a + w))
         a += w
     return cuts[PERM[world][rank]]
+
+
+def _init(rank: int, world: int, port: int) -> tuple[int, int]:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    return _shard_of(rank)
 
 
 def _raises(exc, match: str, fn) -> None:
@@ -69,6 +75,12 @@ def _stats_checks(rank: int, lo: int, hi: int) -> None:
     got = fd.logit_stats(x[..., lo:hi], vocab_offset=lo, k=3, check=False)
     assert got.topk_ids.shape == (2, 3, 3)
     assert_stats_close(got, fuq.logit_stats(x, k=3), V, torch.float32)
+    # ranks may hold different dtypes: rank 0's shard is bfloat16, the others float32
+    x = make_logits(4, V, kind="llm", seed=14)
+    a, b = _shard_of(0)
+    x[:, a:b] = x[:, a:b].bfloat16().float()  # what rank 0 holds, exactly
+    mine = x[:, lo:hi].bfloat16() if rank == 0 else x[:, lo:hi]
+    assert_stats_close(fd.logit_stats(mine, vocab_offset=lo, k=4), fuq.logit_stats(x, k=4), V, torch.float32)
     # hidden_stats over a vocabulary-parallel head
     h, W, b = torch.randn(5, 16, generator=g), torch.randn(V, 16, generator=g), torch.randn(V, generator=g)
     tg = torch.randint(0, V, (5,), generator=g)

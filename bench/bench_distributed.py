@@ -23,6 +23,7 @@ Usage::
 
     python bench/bench_distributed.py                       # B {1, 8, 64}, V 262144, k 5, LLM-like logits
     python bench/bench_distributed.py --logits flat --out bench_distributed_flat   # top-p falls back
+    python bench/bench_distributed.py --fallback-model gemma3   # how often real steps fall back (no timing)
     python bench/bench_distributed.py --B 8 --iters 10 --V 131072
 
 Writes a table to stdout and ``bench/results/bench_distributed.json``.
@@ -175,6 +176,60 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+# ---------------------------------------------------------------------------------------------
+# how often does a real model's step fall back? (no processes: the shards' states are built here)
+
+_TEXTS = [
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type, oil-based ink and a wooden press adapted from wine making. Within fifty years, "
+    "presses were running in more than two hundred European cities, and the price of books fell sharply.",
+    "def merge_sorted(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n"
+    "        if a[i] <= b[j]:\n            out.append(a[i]); i += 1\n        else:\n"
+    "            out.append(b[j]); j += 1\n    return out + a[i:] + b[j:]\n",
+    "Once upon a time, in a village at the edge of a great forest, there lived a girl who could talk to "
+    "the wind. Every evening she climbed the hill behind her house and asked it where it had been.",
+]
+
+_KNOB_SETS = [
+    dict(temperature=1.0, top_p=0.9),
+    dict(temperature=1.0, top_p=0.95),
+    dict(temperature=0.7, top_p=0.9),
+    dict(temperature=1.0, top_k=50, top_p=0.95),
+    dict(temperature=1.0, min_p=0.05),
+    dict(temperature=1.5, min_p=0.1),
+]
+
+
+def fallback_rates(args: argparse.Namespace) -> None:
+    """Fraction of teacher-forced steps of a real model whose cut falls below the candidates (2 shards)."""
+    from fuq.distributed import _draw_candidates, _listed
+
+    model, tok = fuq.models.load(args.fallback_model)
+    with torch.no_grad():
+        logits = torch.cat([model(**tok(t, return_tensors="pt")).logits[0] for t in _TEXTS])  # [T, V]
+    T, V = logits.shape
+    half = V // 2
+    table, rows = [], []
+    for knobs in _KNOB_SETS:
+        t = knobs["temperature"]
+        line = {"knobs": knobs, "steps": T}
+        for cand in args.candidates:
+            K = _listed(cand, knobs.get("top_k", 0), 0)
+            states = [fuq.logit_stats_partial(logits[:, a:b], vocab_offset=a, k=K, temperature=t)
+                      for a, b in ((0, half), (half, V))]
+            u0 = torch.rand(T, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            _, _, todo = _draw_candidates(states, u0, knobs.get("top_k", 0), knobs.get("top_p", 1.0),
+                                          knobs.get("min_p", 0.0))
+            line[f"fallback_{cand}"] = float(todo.float().mean())
+        rows.append(line)
+        name = ", ".join(f"{n}={v}" for n, v in knobs.items())
+        table.append([name] + [line[f"fallback_{c}"] for c in args.candidates])
+    print_table(f"{args.fallback_model}: fraction of {T} teacher-forced steps falling back (2 shards of V = {V})",
+                ["knobs"] + [f"candidates={c}" for c in args.candidates], table)
+    path = write_json(f"bench_distributed_fallback_{args.fallback_model}", {"args": vars(args), "rows": rows})
+    print(f"wrote {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--B", type=int, nargs="+", default=[1, 8, 64])
@@ -183,7 +238,13 @@ def main() -> None:
     p.add_argument("--logits", choices=["llm", "flat"], default="llm", help="the logits' shape (see _logits)")
     p.add_argument("--iters", type=int, default=20, help="timed calls per measurement (the same on each rank)")
     p.add_argument("--out", default="bench_distributed", help="JSON name under bench/results/")
+    p.add_argument("--fallback-model", default=None, help="only measure how often a real model's steps fall back "
+                   "(e.g. gemma3): no processes, no timing")
+    p.add_argument("--candidates", type=int, nargs="+", default=[16, 64, 256], help="with --fallback-model")
     args = p.parse_args()
+    if args.fallback_model:
+        fallback_rates(args)
+        return
     if args.V % WORLD:
         p.error(f"--V must be a multiple of {WORLD}")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

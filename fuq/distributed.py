@@ -304,10 +304,10 @@ def sample(
 
     * temperature only: exact in distribution (two-level draw, see above); the ids differ
       from those :func:`fuq.sample` draws with the same seed.
-    * ``top_k``: ``K = max(candidates, top_k, k)`` values per shard are gathered, so the
+    * ``top_k``: ``K = max(candidates, top_k + 1, k)`` values per shard are gathered, so the
       global top-k is always among them: the same ids as ``fuq.sample`` with the same
-      generator state, unless exact ties at the k-th value spill past a shard's list
-      (then the row falls back).
+      generator state, unless the k-th value ties with the next value of the shard holding
+      it (then the row falls back).
     * ``top_p`` / ``min_p``: the same ids as ``fuq.sample`` (up to float rounding at the
       cut: the global ``lse`` comes from float32 shard sums) when the cut lies among the
       gathered candidates (min-p: always when ``min_p · p_max`` is above the shard floors;
@@ -352,7 +352,8 @@ def sample(
     truncating = tk > 0 or tp < 1.0 or mp > 0.0
     meta = [tk, tp, mp, candidates if truncating else 0]
     if truncating:
-        st = logit_stats_partial(rows, vocab_offset=offset, k=max(candidates, tk, k), temperature=t, backend=backend)
+        K = _listed(candidates, tk, k)
+        st = logit_stats_partial(rows, vocab_offset=offset, k=K, temperature=t, backend=backend)
         states, _ = _exchange(st, group, check, meta=meta)
         check_states(states, k)
         ids, zid, todo = _draw_candidates(states, u0, tk, tp, mp)
@@ -370,6 +371,12 @@ def sample(
     ids = torch.where(dead, torch.zeros_like(ids), ids)
     token_lp = torch.where(dead, torch.full_like(lse, float("nan")), zid.double() - lse).float()
     return ids.reshape(lead), _shape(stats._replace(token_logprob=token_lp), lead, k)
+
+
+def _listed(candidates: int, top_k: int, k: int) -> int:
+    """Values each shard sends: top_k + 1 at least, so that the global k-th value is exact unless it ties
+    with the next one of the shard holding it (every unlisted value is <= the shard's last listed one)."""
+    return max(candidates, top_k + 1 if top_k > 0 else 0, k)
 
 
 def _sample_args(logits_shard, vocab_offset, k, knobs4, generator, seed, candidates, fallback, backend):

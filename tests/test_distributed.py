@@ -148,6 +148,12 @@ def _sample_checks(lo: int, hi: int) -> None:
         # the first knobs are exact from the candidates alone; the small-candidates ones fall back on some rows
         assert (sum(fell_back) > 0) == ("candidates" in knobs), (knobs, fell_back)
         assert all(n <= 8 for n in fell_back), (knobs, fell_back)  # the peaked rows never fall back
+    # exact ties at the k-th value spill past the lists: those rows fall back, same ids
+    fell_back.clear()
+    x = torch.randint(-3, 3, (8, V), generator=torch.Generator().manual_seed(3)).float()
+    ids, _ = fd.sample(x[:, lo:hi], vocab_offset=lo, top_k=5, candidates=1, seed=5)
+    want_ids, _ = fuq.sample(x, top_k=5, generator=torch.Generator().manual_seed(5), backend="reference")
+    assert torch.equal(ids, want_ids) and sum(fell_back) == 8, (ids, want_ids, fell_back)
     fd._fallback = real
     # fallback="error": the same rows fail on every rank
     x = make_logits(4, V, kind="normal", seed=30)

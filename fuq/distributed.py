@@ -312,6 +312,10 @@ def sample(
       cut: the global ``lse`` comes from float32 shard sums) when the cut lies among the
       gathered candidates (min-p: always when ``min_p · p_max`` is above the shard floors;
       top-p: when the kept set is reached within them); otherwise the row falls back.
+      How often: on Gemma 3 270M (teacher-forced, 2 shards), top_p = 0.9 at T = 1 falls
+      back on 14.5% of steps with ``candidates=64`` (3.5% with 256, 1% at T = 0.7),
+      min_p = 0.05 on 0.5%, top_k = 50 + top_p = 0.95 never
+      (``bench/results/bench_distributed_fallback_gemma3.json``).
 
     Args:
         logits_shard: ``[..., Vs]`` float32 | bfloat16 | float16, columns
@@ -324,7 +328,9 @@ def sample(
         candidates: values per shard gathered for truncation (>= 1).
         fallback: ``"gather"``: rows whose cut falls below the candidates all-gather their
             logits (those rows only) and draw from them exactly; ``"error"``: raise.
-        group, check, backend: as in :func:`logit_stats`.
+        group, check: as in :func:`logit_stats`.
+        backend: the local stats pass, as in :func:`fuq.logit_stats` (the draws use
+            ``fuq::sample``'s kernel of the device, or the reference with ``"reference"``).
 
     Returns:
         ``(ids, stats)``: int64 global ids ``[...]``, identical on every rank, and the

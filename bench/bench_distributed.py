@@ -213,18 +213,20 @@ def fallback_rates(args: argparse.Namespace) -> None:
     for knobs in _KNOB_SETS:
         t = knobs["temperature"]
         line = {"knobs": knobs, "steps": T}
+        u0 = torch.rand(T, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
         for cand in args.candidates:
             K = _listed(cand, knobs.get("top_k", 0), 0)
-            states = [fuq.logit_stats_partial(logits[:, a:b], vocab_offset=a, k=K, temperature=t)
-                      for a, b in ((0, half), (half, V))]
-            u0 = torch.rand(T, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-            _, _, todo = _draw_candidates(states, u0, knobs.get("top_k", 0), knobs.get("top_p", 1.0),
-                                          knobs.get("min_p", 0.0))
-            line[f"fallback_{cand}"] = float(todo.float().mean())
+            for name, k_listed in ((f"fallback_{cand}", K), (f"gathered_{cand}", 16 * K)):  # 2nd: after "widen"
+                states = [fuq.logit_stats_partial(logits[:, a:b], vocab_offset=a, k=k_listed, temperature=t)
+                          for a, b in ((0, half), (half, V))]
+                _, _, todo = _draw_candidates(states, u0, knobs.get("top_k", 0), knobs.get("top_p", 1.0),
+                                              knobs.get("min_p", 0.0))
+                line[name] = float(todo.float().mean())
         rows.append(line)
-        name = ", ".join(f"{n}={v}" for n, v in knobs.items())
-        table.append([name] + [line[f"fallback_{c}"] for c in args.candidates])
-    print_table(f"{args.fallback_model}: fraction of {T} teacher-forced steps falling back (2 shards of V = {V})",
+        label = ", ".join(f"{n}={v}" for n, v in knobs.items())
+        table.append([label] + [f"{line[f'fallback_{c}']:.3f} / {line[f'gathered_{c}']:.3f}" for c in args.candidates])
+    print_table(f"{args.fallback_model}: fraction of {T} teacher-forced steps that fall back / that still gather "
+                f"their logits after the widened round (16x candidates); 2 shards of V = {V}",
                 ["knobs"] + [f"candidates={c}" for c in args.candidates], table)
     path = write_json(f"bench_distributed_fallback_{args.fallback_model}", {"args": vars(args), "rows": rows})
     print(f"wrote {path}")

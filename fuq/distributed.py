@@ -254,13 +254,14 @@ def _flat(st: StatsState) -> StatsState:
 # uniform. P(token) = P(shard) · P(token | shard) = softmax(z)[token]: exact in distribution,
 # one all-gather, but not the token fuq.sample would draw with the same seed.
 #
-# With top-k / top-p / min-p, every rank gathers each shard's `K = max(candidates, top_k, k)`
+# With top-k / top-p / min-p, every rank gathers each shard's `K = max(candidates, top_k + 1, k)`
 # largest values and applies the knobs to their union, which is exact whenever the cut falls
 # inside it: every token above F (the largest K-th value among shards wider than K) is listed.
 # The draw is then the reference inverse CDF in global id order with the row's first uniform,
 # so the id equals fuq.sample(whole logits, same generator state, same knobs). Rows whose cut
-# falls at or below F gather their logits (fallback="gather", one more all-gather of those rows
-# only; same ids) or raise (fallback="error").
+# falls at or below F get one more round with 16x the candidates (fallback="widen"), then gather
+# their logits (fallback="gather": one more all-gather of those rows only; same ids), or raise
+# (fallback="error").
 
 _OFF = (0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0, False, 1)  # the op's knobs after temperature, all off
 
@@ -292,7 +293,7 @@ def sample(
     seed: int | None = None,
     k: int = 0,
     candidates: int = 64,
-    fallback: str = "gather",
+    fallback: str = "widen",
     group=None,
     check: bool = True,
     backend: str = "auto",
@@ -326,8 +327,10 @@ def sample(
             call as ``fuq.sample`` advances it), or ``seed``: an int, the same on every rank.
         k: top tokens in the returned stats.
         candidates: values per shard gathered for truncation (>= 1).
-        fallback: ``"gather"``: rows whose cut falls below the candidates all-gather their
-            logits (those rows only) and draw from them exactly; ``"error"``: raise.
+        fallback: for rows whose cut falls below the candidates: ``"widen"`` (default):
+            one more all-gather of 16x the candidates for those rows only, then as
+            ``"gather"`` for rows still open; ``"gather"``: all-gather those rows' logits and
+            draw from them exactly; ``"error"``: raise a ValueError. The ids are the same.
         group, check: as in :func:`logit_stats`.
         backend: the local stats pass, as in :func:`fuq.logit_stats` (the draws use
             ``fuq::sample``'s kernel of the device, or the reference with ``"reference"``).
@@ -364,7 +367,7 @@ def sample(
         check_states(states, k)
         ids, zid, todo = _draw_candidates(states, u0, tk, tp, mp)
         if bool(todo.any()):
-            ids, zid = _fallback(rows, states, knobs, u0, ids, zid, todo, fallback, group, size, backend)
+            ids, zid = _fallback(rows, states, knobs, u0, ids, zid, todo, fallback, group, size, backend, offset)
     else:
         U = torch.rand((B, size), dtype=torch.float64, generator=gen, device=gen.device).to(rows.device)
         st, extra = _local_draw(rows, U[:, dist.get_rank(group)], offset, k, t, backend)
@@ -393,8 +396,8 @@ def _sample_args(logits_shard, vocab_offset, k, knobs4, generator, seed, candida
     knobs = _truncate._knobs(*knobs4, None, None, None, None, None, False, 1)
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise ValueError(f"candidates must be an int >= 1, got {candidates!r}")
-    if fallback not in ("gather", "error"):
-        raise ValueError(f"fallback must be 'gather' or 'error', got {fallback!r}")
+    if fallback not in ("widen", "gather", "error"):
+        raise ValueError(f"fallback must be 'widen', 'gather' or 'error', got {fallback!r}")
     ops._check_backend(backend)
     return offset, k, knobs, _generator(generator, seed, logits_shard.device)
 
@@ -500,26 +503,40 @@ def _draw_candidates(states: list[StatsState], u0: Tensor, tk: int, tp: float, m
     return ids.gather(-1, pos)[:, 0], v.gather(-1, by_id).gather(-1, pos)[:, 0], ~exact & ~dead
 
 
-def _fallback(rows, states, knobs, u0, ids, zid, todo, fallback, group, size, backend):
-    """Rows whose cut fell below the candidates: all-gather those rows' logits, draw as fuq.sample does."""
+def _fallback(rows, states, knobs, u0, ids, zid, todo, fallback, group, size, backend, offset):
+    """Rows whose cut fell below the candidates: ``"widen"``: one more round with 16x the candidates
+    for those rows only (if that stays under a quarter of the widest shard), then, like ``"gather"``,
+    all-gather the logits of the rows still open and draw as fuq.sample does. Same ids either way."""
     idx = todo.nonzero()[:, 0]
+    K = states[0].topk_ids.shape[-1]
     if fallback == "error":
         raise ValueError(
             f"the truncation cut of {idx.numel()} row(s) (rows {idx[:8].tolist()}...) falls below the "
-            f"{states[0].topk_ids.shape[-1]} candidates gathered per shard; raise candidates= or pass "
-            "fallback='gather'"
+            f"{K} candidates gathered per shard; raise candidates= or pass fallback='widen' or 'gather'"
         )
+    ids, zid = ids.clone(), zid.clone()
+    widest = max(s.vocab_stop - s.vocab_start for s in states)
+    if fallback == "widen" and 16 * K <= widest // 4:
+        t, tk, tp, mp = knobs[:4]
+        st = logit_stats_partial(rows[idx], vocab_offset=offset, k=16 * K, temperature=t, backend=backend)
+        wide, _ = _exchange(st, group, check=False)  # every rank has the same rows open: same sizes
+        got, got_z, still = _draw_candidates(wide, u0[idx], tk, tp, mp)
+        ids[idx], zid[idx] = got, got_z  # rows still open are overwritten below
+        idx = idx[still]
+    if idx.numel():
+        ids[idx], zid[idx] = _gather_rows(rows, states, knobs, u0[idx], idx, group, size, backend)
+    return ids, zid
+
+
+def _gather_rows(rows, states, knobs, u, idx, group, size, backend):
+    """All-gather the logits of rows ``idx`` (float32, exact for every input dtype) and draw from them."""
     widths = [s.vocab_stop - s.vocab_start for s in states]
     mine = torch.full((idx.numel(), max(widths)), _NEG_INF, device=rows.device)
-    mine[:, : rows.shape[-1]] = rows[idx].float()  # float32 is exact for every input dtype
+    mine[:, : rows.shape[-1]] = rows[idx].float()
     parts = _all_gather(mine, group, size)
     full = torch.empty(idx.numel(), max(s.vocab_stop for s in states), device=rows.device)
     for s, w, part in zip(states, widths, parts, strict=True):
         full[:, s.vocab_start : s.vocab_stop] = part[:, :w]
-    u = u0[idx]
     out = reference.sample(full, u, 0, *knobs) if backend == "reference" else torch.ops.fuq.sample(full, u, 0, *knobs)
     got = out[0]
-    ids, zid = ids.clone(), zid.clone()
-    ids[idx] = got
-    zid[idx] = full.gather(-1, got[:, None])[:, 0] / knobs[0]
-    return ids, zid
+    return got, full.gather(-1, got[:, None])[:, 0] / knobs[0]

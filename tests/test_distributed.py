@@ -124,15 +124,20 @@ KNOBS = [
 
 
 def _sample_checks(lo: int, hi: int) -> None:
-    real, fell_back = fd._fallback, []
+    real, real_gather, fell_back, gathered = fd._fallback, fd._gather_rows, [], []
 
     def counting(*args, **kw):
-        fell_back.append(int(args[6].sum()))  # rows drawn from gathered logits
+        fell_back.append(int(args[6].sum()))  # rows whose cut fell below the candidates
         return real(*args, **kw)
 
-    fd._fallback = counting
+    def counting_gather(*args, **kw):
+        gathered.append(int(args[4].numel()))  # rows drawn from gathered logits
+        return real_gather(*args, **kw)
+
+    fd._fallback, fd._gather_rows = counting, counting_gather
     for i, knobs in enumerate(KNOBS):
         fell_back.clear()
+        gathered.clear()
         for dtype in (torch.float32, torch.bfloat16):
             x = make_logits(16, V, torch.float32, "llm" if i % 2 else "normal", seed=20 + i)
             x[:8, 5 + 100 * i] += 25.0  # rows 0-7 peaked (cut among any candidates), rows 8-15 not
@@ -148,13 +153,21 @@ def _sample_checks(lo: int, hi: int) -> None:
         # the first knobs are exact from the candidates alone; the small-candidates ones fall back on some rows
         assert (sum(fell_back) > 0) == ("candidates" in knobs), (knobs, fell_back)
         assert all(n <= 8 for n in fell_back), (knobs, fell_back)  # the peaked rows never fall back
+        # min-p's cut is among 16x the candidates (the widened round); top-p on flat rows is not
+        assert (sum(gathered) > 0) == ("top_p" in knobs and "candidates" in knobs), (knobs, gathered)
+    # fallback="gather" skips the widened round: same ids
+    x = make_logits(16, V, torch.float32, "llm", seed=25)
+    gathered.clear()
+    ids, _ = fd.sample(x[:, lo:hi], vocab_offset=lo, min_p=0.01, candidates=2, fallback="gather", seed=4)
+    want_ids, _ = fuq.sample(x, min_p=0.01, generator=torch.Generator().manual_seed(4), backend="reference")
+    assert torch.equal(ids, want_ids) and sum(gathered) == 16, gathered
     # exact ties at the k-th value spill past the lists: those rows fall back, same ids
     fell_back.clear()
     x = torch.randint(-3, 3, (8, V), generator=torch.Generator().manual_seed(3)).float()
     ids, _ = fd.sample(x[:, lo:hi], vocab_offset=lo, top_k=5, candidates=1, seed=5)
     want_ids, _ = fuq.sample(x, top_k=5, generator=torch.Generator().manual_seed(5), backend="reference")
     assert torch.equal(ids, want_ids) and sum(fell_back) == 8, (ids, want_ids, fell_back)
-    fd._fallback = real
+    fd._fallback, fd._gather_rows = real, real_gather
     # fallback="error": the same rows fail on every rank
     x = make_logits(4, V, kind="normal", seed=30)
     _raises(ValueError, "candidates", lambda: fd.sample(x[:, lo:hi], vocab_offset=lo, top_p=0.99, candidates=2,

@@ -313,9 +313,10 @@ def sample(
       cut: the global ``lse`` comes from float32 shard sums) when the cut lies among the
       gathered candidates (min-p: always when ``min_p · p_max`` is above the shard floors;
       top-p: when the kept set is reached within them); otherwise the row falls back.
-      How often: on Gemma 3 270M (teacher-forced, 2 shards), top_p = 0.9 at T = 1 falls
-      back on 14.5% of steps with ``candidates=64`` (3.5% with 256, 1% at T = 0.7),
-      min_p = 0.05 on 0.5%, top_k = 50 + top_p = 0.95 never
+      How often: on Gemma 3 270M (teacher-forced, 2 shards, ``candidates=64``), top_p = 0.9
+      at T = 1 falls back on 14.5% of steps and none of them is left for a gather after
+      the widened round; top_p = 0.95: 29%, 1% gathered; min_p = 0.05: 0.5%, none
+      gathered; top_k = 50 + top_p = 0.95: never
       (``bench/results/bench_distributed_fallback_gemma3.json``).
 
     Args:

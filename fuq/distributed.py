@@ -1,10 +1,11 @@
-"""Vocabulary-parallel statistics and sampling over ``torch.distributed``, without gathering logits.
+"""Vocabulary-parallel statistics and sampling over ``torch.distributed``, from gathered states, not logits.
 
 With a tensor-parallel LM head each rank holds the logits (or the weight rows) of a slice
 ``[vocab_offset, vocab_offset + Vs)`` of the vocabulary. Instead of all-gathering ``[B, V]``
 logits, every rank computes its :class:`fuq.StatsState` (``O(B·k)`` numbers), the states
 are all-gathered once, and every rank merges them (:func:`fuq.merge_stats`) into the same
-:class:`fuq.LogitStats`. :func:`sample` draws the same token on every rank the same way.
+:class:`fuq.LogitStats`. :func:`sample` draws the same token on every rank the same way
+(only rows whose truncation cut falls beyond the gathered candidates gather their logits).
 
 Collectives per call: with ``check=True`` (the default) a 4-number header all-gather first
 (it turns mismatched batch sizes or ``k`` into a clear ``ValueError`` on every rank instead
@@ -298,7 +299,7 @@ def sample(
     check: bool = True,
     backend: str = "auto",
 ) -> tuple[Tensor, LogitStats]:
-    """Draw one token per row from vocabulary-sharded logits; the same id on every rank, no logits gathered.
+    """Draw one token per row from vocabulary-sharded logits: the same id on every rank, from gathered states.
 
     Knobs and their exactness across shards (semantics of :func:`fuq.sample`, HF order
     top-k → top-p → min-p, ties at a cut kept):

@@ -330,9 +330,10 @@ def sample(
         k: top tokens in the returned stats.
         candidates: values per shard gathered for truncation (>= 1).
         fallback: for rows whose cut falls below the candidates: ``"widen"`` (default):
-            one more all-gather of 16x the candidates for those rows only, then as
-            ``"gather"`` for rows still open; ``"gather"``: all-gather those rows' logits and
-            draw from them exactly; ``"error"``: raise a ValueError. The ids are the same.
+            one more all-gather of 16x the candidates for those rows only (not for rows
+            whose top-p mass provably needs more), then as ``"gather"`` for rows still open;
+            ``"gather"``: all-gather those rows' logits and draw from them exactly;
+            ``"error"``: raise a ValueError. The ids are the same.
         group, check: as in :func:`logit_stats`.
         backend: the local stats pass, as in :func:`fuq.logit_stats` (the draws use
             ``fuq::sample``'s kernel of the device, or the reference with ``"reference"``).
@@ -507,8 +508,9 @@ def _draw_candidates(states: list[StatsState], u0: Tensor, tk: int, tp: float, m
 
 def _fallback(rows, states, knobs, u0, ids, zid, todo, fallback, group, size, backend, offset):
     """Rows whose cut fell below the candidates: ``"widen"``: one more round with 16x the candidates
-    for those rows only (if that stays under a quarter of the widest shard), then, like ``"gather"``,
-    all-gather the logits of the rows still open and draw as fuq.sample does. Same ids either way."""
+    for those rows only (if that stays under a quarter of the widest shard; not for rows whose top-p
+    cut it provably cannot reach), then, like ``"gather"``, all-gather the logits of the rows still
+    open and draw as fuq.sample does. Same ids either way."""
     idx = todo.nonzero()[:, 0]
     K = states[0].topk_ids.shape[-1]
     if fallback == "error":
@@ -518,16 +520,33 @@ def _fallback(rows, states, knobs, u0, ids, zid, todo, fallback, group, size, ba
         )
     ids, zid = ids.clone(), zid.clone()
     widest = max(s.vocab_stop - s.vocab_start for s in states)
-    if fallback == "widen" and 16 * K <= widest // 4:
-        t, tk, tp, mp = knobs[:4]
-        st = logit_stats_partial(rows[idx], vocab_offset=offset, k=16 * K, temperature=t, backend=backend)
+    t, tk, tp, mp = knobs[:4]
+    far = _far_from_cut(states, idx, tk, tp, 16 * K)
+    near, idx = idx[~far], idx[far]
+    if fallback == "widen" and 16 * K <= widest // 4 and near.numel():
+        st = logit_stats_partial(rows[near], vocab_offset=offset, k=16 * K, temperature=t, backend=backend)
         wide, _ = _exchange(st, group, check=False)  # every rank has the same rows open: same sizes
-        got, got_z, still = _draw_candidates(wide, u0[idx], tk, tp, mp)
-        ids[idx], zid[idx] = got, got_z  # rows still open are overwritten below
-        idx = idx[still]
+        got, got_z, still = _draw_candidates(wide, u0[near], tk, tp, mp)
+        ids[near], zid[near] = got, got_z  # rows still open are overwritten below
+        near = near[still]
+    idx = torch.cat([idx, near])
     if idx.numel():
         ids[idx], zid[idx] = _gather_rows(rows, states, knobs, u0[idx], idx, group, size, backend)
     return ids, zid
+
+
+def _far_from_cut(states: list[StatsState], idx: Tensor, tk: int, tp: float, wide: int) -> Tensor:
+    """Rows ``idx`` whose top-p cut a round of ``wide`` candidates per shard cannot reach (top-p the
+    first knob): the listed tokens above the floor F hold mass m, every other token has p <= p(F), so
+    at least (top_p - m) / p(F) more tokens are needed. Such rows (flat distributions) gather at once.
+    Only a choice of path: the ids are the same."""
+    if tk > 0 or tp >= 1.0:
+        return torch.zeros(idx.numel(), dtype=torch.bool, device=idx.device)
+    z = torch.stack([s.topk_values for s in states])[:, idx].double()  # [S, n, K]
+    lse = torch.logsumexp(torch.stack([s.lse for s in states])[:, idx].double(), dim=0)
+    F = _floor(states)[idx].double()
+    m = torch.where(z > F[None, :, None], torch.exp(z - lse[None, :, None]), torch.zeros_like(z)).sum((0, 2))
+    return (tp - m) > torch.exp(F - lse) * (wide * len(states))
 
 
 def _gather_rows(rows, states, knobs, u, idx, group, size, backend):

@@ -113,13 +113,14 @@ def _bad_input(rank: int, lo: int, hi: int) -> None:
 # sampling
 
 
-KNOBS = [
-    dict(top_k=20),
-    dict(top_p=0.8),
-    dict(min_p=0.1),
-    dict(top_k=50, top_p=0.9, min_p=0.01),
-    dict(top_p=0.95, temperature=1.7, candidates=4),  # the cut falls below 4 candidates: fallback rows
-    dict(min_p=0.01, candidates=2),
+KNOBS = [  # (knobs, logits, which path the rows 8-15 take: exact / widened round / gathered logits)
+    (dict(top_k=20), "normal", "exact"),
+    (dict(top_p=0.8), "llm", "exact"),
+    (dict(min_p=0.1), "normal", "exact"),
+    (dict(top_k=50, top_p=0.9, min_p=0.01), "llm", "exact"),
+    (dict(top_p=0.95, temperature=1.7, candidates=4), "normal", "gather"),  # flat: far below 4 candidates
+    (dict(min_p=0.01, candidates=2), "llm", "widen"),  # the cut is among 16 x 3 candidates
+    (dict(top_p=0.95, candidates=4), "llm", "widen"),
 ]
 
 
@@ -135,12 +136,12 @@ def _sample_checks(lo: int, hi: int) -> None:
         return real_gather(*args, **kw)
 
     fd._fallback, fd._gather_rows = counting, counting_gather
-    for i, knobs in enumerate(KNOBS):
+    for i, (knobs, kind, path) in enumerate(KNOBS):
         fell_back.clear()
         gathered.clear()
         for dtype in (torch.float32, torch.bfloat16):
-            x = make_logits(16, V, torch.float32, "llm" if i % 2 else "normal", seed=20 + i)
-            x[:8, 5 + 100 * i] += 25.0  # rows 0-7 peaked (cut among any candidates), rows 8-15 not
+            x = make_logits(16, V, torch.float32, kind, seed=20 + i)
+            x[:8, 5 + 100 * i] += 40.0  # rows 0-7 peaked (cut among any candidates), rows 8-15 not
             x[3] = float("-inf")  # a dead row: id 0
             x = x.to(dtype)
             g1, g2 = torch.Generator().manual_seed(i), torch.Generator().manual_seed(i)
@@ -150,11 +151,9 @@ def _sample_checks(lo: int, hi: int) -> None:
             assert torch.equal(ids, want_ids), (knobs, dtype, ids, want_ids)
             assert_stats_close(st, want, V, dtype)
             assert torch.equal(torch.rand(1, generator=g1), torch.rand(1, generator=g2))  # same advance
-        # the first knobs are exact from the candidates alone; the small-candidates ones fall back on some rows
-        assert (sum(fell_back) > 0) == ("candidates" in knobs), (knobs, fell_back)
         assert all(n <= 8 for n in fell_back), (knobs, fell_back)  # the peaked rows never fall back
-        # min-p's cut is among 16x the candidates (the widened round); top-p on flat rows is not
-        assert (sum(gathered) > 0) == ("top_p" in knobs and "candidates" in knobs), (knobs, gathered)
+        assert (sum(fell_back) > 0) == (path != "exact"), (knobs, fell_back)
+        assert (sum(gathered) > 0) == (path == "gather"), (knobs, gathered)
     # fallback="gather" skips the widened round: same ids
     x = make_logits(16, V, torch.float32, "llm", seed=25)
     gathered.clear()

@@ -15,3 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = ["LogitStats", "logit_stats", "truncate", "sample", "reference", "scores", "score_text", "__version__"]
 __all__ += ["generate", "adaptive", "models", "hidden_stats", "attention_stats", "AttentionStats"]
+from . import distributed, partial  # noqa: E402
+from .partial import StatsState, logit_stats_partial, merge_stats  # noqa: E402
+
+__all__ += ["distributed", "partial", "StatsState", "logit_stats_partial", "merge_stats"]

@@ -31,9 +31,11 @@ is, here:
    from ``N`` (``q = 0``) to 0 (``q = 1``); for ``q > 0.5`` the boxes overlap and a
    sample in both is Q1 when ``r_e + r_u > 1``, else Q3.
 3. ``q`` is found by bisection as the largest level that keeps at least
-   ``K = round(sample_keep · N)`` samples (half up): exactly ``K`` unless ties of equal
-   scores force a few more. Ranks are multiples of ``1 / 2N``, so the bisection runs
-   exactly over the integers ``2N·q`` in ``[0, 2N]``.
+   ``K = round(sample_keep · N)`` samples (half up). Ranks are multiples of ``1 / 2N``,
+   so the bisection runs exactly over the integers ``2N·q`` in ``[0, 2N]``. When the
+   next level would drop several samples at once and overshoot, only as many as needed
+   go, the deepest into their corner first (largest ``r_e + r_u`` entering Q1, smallest
+   entering Q3; then the earlier sample): exactly ``K`` samples survive.
 4. A surviving sample is a **misconception (Q2)** when its error rank exceeds its
    uncertainty rank (``r_e > r_u``), else **calibration (Q4)**. This agrees with the
    thresholds wherever they decide (a survivor with ``r_e > 1 - q`` must have
@@ -187,6 +189,15 @@ def decide(error: Tensor, uncertainty: Tensor, *, sample_keep: float = 0.5) -> D
     Re, Ru = _rank2(e), _rank2(u)
     Q = _bisect_level(Re, Ru, target)
     hi, lo = _boxes(Re, Ru, Q, 2 * N)
+    if Q < 2 * N:  # several samples reach a corner at level Q + 1: drop the deepest of them to hit the target
+        hi2, lo2 = _boxes(Re, Ru, Q + 1, 2 * N)
+        marginal = ~(hi | lo) & (hi2 | lo2)
+        extra = int((~(hi | lo)).sum()) - target
+        depth = torch.maximum(torch.where(hi2, Re + Ru, -1), torch.where(lo2, 4 * N - Re - Ru, -1))
+        cand = [i for i in range(N) if marginal[i]]
+        cand.sort(key=lambda i: (-int(depth[i]), i))
+        for i in cand[:extra]:
+            hi[i], lo[i] = hi2[i], lo2[i]
     keep = ~(hi | lo)
     both = hi & lo
     quad = []
@@ -316,6 +327,8 @@ def encode(tokenizer, sample: Mapping[str, Any], *, chat: bool | None = None) ->
     if got is None:
         raise ValueError("a sample needs 'prompt' and 'response', 'instruction' and 'output', or 'messages'")
     msgs, from_pair = got
+    if not any(m["content"].strip() for m in msgs if m["role"] == "assistant"):
+        raise ValueError("the response is empty (only whitespace): no token to score")
     has_template = getattr(tokenizer, "chat_template", None) is not None
     use_chat = has_template if chat is None else chat
     if use_chat and not has_template:

@@ -39,13 +39,13 @@ def _ref_decide(e: list[float], u: list[float], sample_keep: float) -> tuple[lis
     target = min(N, math.floor(sample_keep * N + 0.5))
     def boxes(Q):
         q = Q / (2 * N)
-        hi = [a > 1 - q + 1e-12 and b > 1 - q + 1e-12 for a, b in zip(re, ru)]
-        lo = [a <= q + 1e-12 and b <= q + 1e-12 for a, b in zip(re, ru)]
+        hi = [a > 1 - q + 1e-12 and b > 1 - q + 1e-12 for a, b in zip(re, ru, strict=True)]
+        lo = [a <= q + 1e-12 and b <= q + 1e-12 for a, b in zip(re, ru, strict=True)]
         return hi, lo
 
     for Q in range(2 * N, -1, -1):  # the largest level with enough survivors
         hi, lo = boxes(Q)
-        keep = [not (h or w) for h, w in zip(hi, lo)]
+        keep = [not (h or w) for h, w in zip(hi, lo, strict=True)]
         if sum(keep) >= target:
             break
     if Q < 2 * N and sum(keep) > target:  # drop the deepest of the next level's newcomers
@@ -81,7 +81,7 @@ def test_decide_matches_the_reference(N, corr, ties):
         assert d.quadrant == quad and d.keep.tolist() == kept, (keep, d.level)
         target = min(N, math.floor(keep * N + 0.5))
         assert d.target == target and int(d.keep.sum()) == target
-        assert all((q in ("Q2", "Q4")) == k for q, k in zip(d.quadrant, kept))
+        assert all((q in ("Q2", "Q4")) == k for q, k in zip(d.quadrant, kept, strict=True))
 
 
 def test_decide_puts_the_corners_where_the_paper_does():
@@ -90,7 +90,7 @@ def test_decide_puts_the_corners_where_the_paper_does():
     e = torch.tensor([2.0 + i for i, _ in pts])
     u = torch.tensor([0.3 * j for _, j in pts])
     d = ep.decide(e, u, sample_keep=0.5)
-    Q = dict(zip(pts, d.quadrant))
+    Q = dict(zip(pts, d.quadrant, strict=True))
     assert Q[(9, 9)] == "Q1" and Q[(0, 0)] == "Q3"  # top-right noise, bottom-left known
     assert Q[(9, 0)] == "Q2" and Q[(0, 9)] == "Q4"  # high error but sure: misconception; the reverse: calibration
     assert int(d.keep.sum()) == 50 and d.counts()["Q2"] == d.counts()["Q4"] == 25  # symmetric grid
@@ -179,10 +179,10 @@ def test_encode_pairs_alpaca_and_chat(tiny):
         full = tok(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)["input_ids"]
         assert len(ids) == len(resp)
         assert tok.decode(ids) == tok.decode(full)
-        scored = [tok.decode([i]) for i, r in zip(ids, resp) if r]
+        scored = [tok.decode([i]) for i, r in zip(ids, resp, strict=True) if r]
         assert "".join(scored) == "sat on</s>\nit is</s>\n"  # both assistant turns, their ends included
         ids_p, resp_p = ep.encode(tok, {"prompt": "the cat", "response": "sat on"})  # a pair uses the template
-        assert "".join(tok.decode([i]) for i, r in zip(ids_p, resp_p) if r) == "sat on</s>\n"
+        assert "".join(tok.decode([i]) for i, r in zip(ids_p, resp_p, strict=True) if r) == "sat on</s>\n"
         ids_n, _ = ep.encode(tok, {"prompt": "the cat", "response": "sat on"}, chat=False)
         assert ids_n[0] == tok.bos_token_id and ids_n != ids_p
     finally:
@@ -255,12 +255,12 @@ def test_batched_scores_match_full_logits(tiny, which):
     rows = [ep.encode(tok, s) for s in SAMPLES]
     got = ep.score_batch(model, rows, pad_id=ep._pad_id(tok))
     one = [ep.score_batch(model, [r])[0] for r in rows]
-    for (ids, resp), g, o in zip(rows, got, one):
+    for (ids, resp), g, o in zip(rows, got, one, strict=True):
         e, u, nll = _want(model, ids, resp)
         assert g.error == pytest.approx(e, rel=1e-4) and g.uncertainty == pytest.approx(u, rel=1e-4, abs=1e-5)
         torch.testing.assert_close(g.token_nll.double(), torch.tensor(nll, dtype=torch.float64), atol=1e-4, rtol=1e-4)
         assert g.error == pytest.approx(o.error, rel=1e-4)  # padding changes nothing
-        assert g.response_ids == [i for i, r in zip(ids, resp) if r]
+        assert g.response_ids == [i for i, r in zip(ids, resp, strict=True) if r]
 
 
 def test_eu_plane_end_to_end(tiny):
@@ -268,7 +268,7 @@ def test_eu_plane_end_to_end(tiny):
     samples = [SAMPLES[i % 3] | {"response": SAMPLES[i % 3]["response"] + " x" * i} for i in range(10)]
     res = eu_plane(model, tok, samples, sample_keep=0.4, token_keep=0.5, batch_size=4)
     assert int(res.keep.sum()) == 4 and len(res.quadrant) == 10
-    for q, m, ids, k in zip(res.quadrant, res.loss_mask, res.response_ids, res.keep):
+    for q, m, ids, k in zip(res.quadrant, res.loss_mask, res.response_ids, res.keep, strict=True):
         assert m.numel() == len(ids) and bool(k) == (q in ("Q2", "Q4"))
         if q == "Q2":
             assert int(m.sum()) == math.ceil(0.5 * m.numel())
@@ -340,7 +340,7 @@ def test_jsonl_reports_bad_lines_and_matches_eu_plane(tiny, tmp_path):
     samples = [{"prompt": r["prompt"], "response": r["response"]} for r in rows]
     res = eu_plane(model, tok, samples, batch_size=5)
     assert [r["eu_plane"]["quadrant"] for r in rows] == res.quadrant
-    for r, m in zip(rows, res.loss_mask):
+    for r, m in zip(rows, res.loss_mask, strict=True):
         assert r["eu_plane"]["loss_mask"] == m.to(torch.uint8).tolist()
         assert len(r["eu_plane"]["token_ids"]) == r["eu_plane"]["n_tokens"] == m.numel()
         assert r["eu_plane"]["keep"] == (r["eu_plane"]["quadrant"] in ("Q2", "Q4"))

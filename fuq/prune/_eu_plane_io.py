@@ -378,6 +378,11 @@ def _plot_matplotlib(plt, e, u, quadrant, thr, path: Path, title: str) -> str:
     for k in ("uncertainty_lo", "uncertainty_hi"):
         ax.axhline(thr[k], color="k", ls=":", lw=0.8)
     ax.set_xscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(lo_e, hi_e)
     ax.set_ylim(lo_u, hi_u)
     ax.set_xlabel("error: perplexity of the response (log scale)")

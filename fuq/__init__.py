@@ -5,7 +5,7 @@ entropy, varentropy, max and top-k log-probs, top-k mass, the chosen token's
 log-prob).
 """
 
-from . import adaptive, models, reference, scores
+from . import adaptive, models, prune, reference, scores
 from ._truncate import sample, truncate
 from .generate import generate
 from .ops import AttentionStats, LogitStats, attention_stats, hidden_stats, logit_stats
@@ -15,3 +15,4 @@ __version__ = "0.1.0"
 
 __all__ = ["LogitStats", "logit_stats", "truncate", "sample", "reference", "scores", "score_text", "__version__"]
 __all__ += ["generate", "adaptive", "models", "hidden_stats", "attention_stats", "AttentionStats"]
+__all__ += ["prune"]

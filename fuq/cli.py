@@ -430,7 +430,10 @@ def _cmd_eu_plane(args: argparse.Namespace) -> int:
 
     model, tokenizer = _load(args)
 
+    seen: set[int] = set()
+
     def bad(line: int, reason: str) -> None:
+        seen.add(line)
         print(f"fuq eu-plane: {args.input}:{line}: skipped: {reason}", file=sys.stderr)
 
     try:
@@ -442,6 +445,9 @@ def _cmd_eu_plane(args: argparse.Namespace) -> int:
         )
     except (ValueError, OSError) as exc:
         raise CLIError(str(exc)) from exc
+    for b in s["bad_lines"]:  # met by an earlier, interrupted run
+        if b["line"] not in seen:
+            print(f"fuq eu-plane: {args.input}:{b['line']}: skipped (earlier run): {b['reason']}", file=sys.stderr)
     q = s["quadrants"]
     run = s["this_run"]
     print(

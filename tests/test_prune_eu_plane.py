@@ -329,7 +329,7 @@ def test_jsonl_reports_bad_lines_and_matches_eu_plane(tiny, tmp_path):
     src = tmp_path / "in.jsonl"
     bad = _write_input(src)
     seen = []
-    s = eu_plane_jsonl(model, tok, src, tmp_path / "out.jsonl", batch_size=4, progress=False,
+    s = eu_plane_jsonl(model, tok, src, tmp_path / "out.jsonl", batch_size=4, progress=True,  # the rich bar too
                        on_bad=lambda n, r: seen.append(n))
     assert seen == bad and [b["line"] for b in s["bad_lines"]] == bad
     reasons = " ".join(b["reason"] for b in s["bad_lines"])

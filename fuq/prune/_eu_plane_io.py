@@ -36,7 +36,18 @@ from typing import Any
 
 import torch
 
-from ._eu_plane import QUADRANTS, Scored, _Bar, _check_args, _max_length, _pad_id, encode_checked, finish, score_batch
+from ._eu_plane import (
+    QUADRANTS,
+    Scored,
+    _Bar,
+    _check_args,
+    _max_length,
+    _pad_id,
+    decide,
+    encode_checked,
+    score_batch,
+    token_loss_mask,
+)
 
 __all__ = ["eu_plane_jsonl", "plot_plane"]
 
@@ -201,9 +212,8 @@ def _decide_pass(src: Path, side: Path, dst: Path, *, sample_keep, token_keep, l
             unc.append(s["uncertainty"])
     if not lines:
         raise ValueError(f"{src}: no valid sample to decide on ({len(bad)} bad lines)")
-    light = [Scored(e, u, torch.empty(0), torch.empty(0), []) for e, u in zip(err, unc, strict=True)]
-    res = finish(light, sample_keep, token_keep, lam)
-    d = res.decision
+    d = decide(torch.tensor(err, dtype=torch.float64), torch.tensor(unc, dtype=torch.float64),
+               sample_keep=sample_keep)
     at = {n: j for j, n in enumerate(lines)}
     tmp = dst.with_name(dst.name + ".tmp")
     kept_tokens = all_tokens = written = 0
@@ -217,8 +227,6 @@ def _decide_pass(src: Path, side: Path, dst: Path, *, sample_keep, token_keep, l
             q = d.quadrant[j]
             nll = torch.tensor(nxt["nll"], dtype=torch.float64)
             if q == "Q2":
-                from ._eu_plane import token_loss_mask
-
                 mask = token_loss_mask(nll, token_keep, lam)
             else:
                 mask = torch.full((nll.numel(),), q == "Q4", dtype=torch.bool)

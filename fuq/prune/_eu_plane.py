@@ -191,23 +191,19 @@ def decide(error: Tensor, uncertainty: Tensor, *, sample_keep: float = 0.5) -> D
     hi, lo = _boxes(Re, Ru, Q, 2 * N)
     if Q < 2 * N:  # several samples reach a corner at level Q + 1: drop the deepest of them to hit the target
         hi2, lo2 = _boxes(Re, Ru, Q + 1, 2 * N)
-        marginal = ~(hi | lo) & (hi2 | lo2)
         extra = int((~(hi | lo)).sum()) - target
-        depth = torch.maximum(torch.where(hi2, Re + Ru, -1), torch.where(lo2, 4 * N - Re - Ru, -1))
-        cand = [i for i in range(N) if marginal[i]]
-        cand.sort(key=lambda i: (-int(depth[i]), i))
-        for i in cand[:extra]:
-            hi[i], lo[i] = hi2[i], lo2[i]
+        if extra > 0:
+            cand = (~(hi | lo) & (hi2 | lo2)).nonzero().flatten()
+            depth = torch.maximum(torch.where(hi2, Re + Ru, -1), torch.where(lo2, 4 * N - Re - Ru, -1))[cand]
+            # deepest first, then the earlier sample: sort by index, then stably by -depth
+            go = cand[torch.sort(-depth, stable=True).indices[:extra]]
+            hi[go], lo[go] = hi2[go], lo2[go]
     keep = ~(hi | lo)
-    both = hi & lo
-    quad = []
-    for i in range(N):
-        if keep[i]:
-            quad.append("Q2" if Re[i] > Ru[i] else "Q4")
-        elif both[i]:
-            quad.append("Q1" if Re[i] + Ru[i] > 2 * N else "Q3")
-        else:
-            quad.append("Q1" if hi[i] else "Q3")
+    # survivors: Q2 when the error rank exceeds the uncertainty rank, else Q4; dropped: the corner they are in,
+    # or by the anti-diagonal when they are in both (q > 0.5)
+    dropped_q1 = torch.where(hi & lo, Re + Ru > 2 * N, hi)
+    code = torch.where(keep, torch.where(Re > Ru, 2, 4), torch.where(dropped_q1, 1, 3))
+    quad = [f"Q{c}" for c in code.tolist()]
     thr = {
         "error_lo": _edge(e, Re, Q),
         "error_hi": _edge(e, Re, 2 * N - Q),

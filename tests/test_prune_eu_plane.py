@@ -451,3 +451,27 @@ def test_cli_eu_plane(tiny, tmp_path, capsys):
     assert "expected a number in [0, 1]" in capsys.readouterr().err
     assert cli.main(["eu-plane", str(tmp_path / "missing.jsonl"), str(out), "--model", path]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_non_finite_scores_are_reported_not_decided_on(tiny, tmp_path):
+    _, model, tok = tiny
+    marker = tok("zz", add_special_tokens=False)["input_ids"][0]
+
+    def poison(module, args, kwargs, out):  # a broken model: NaN hidden states for rows holding the marker
+        rows = (kwargs["input_ids"] == marker).any(dim=1)
+        out.last_hidden_state[rows] = math.nan
+        return out
+
+    h = model.get_decoder().register_forward_hook(poison, with_kwargs=True)
+    try:
+        src = tmp_path / "in.jsonl"
+        rows = [SAMPLES[0], {"prompt": "zz", "response": " the mat"}, SAMPLES[1], SAMPLES[2]]
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        seen = []
+        s = eu_plane_jsonl(model, tok, src, tmp_path / "out.jsonl", batch_size=4, progress=False,
+                           on_bad=lambda n, r: seen.append((n, r)))
+        assert [n for n, _ in seen] == [2] and "non-finite" in seen[0][1] and s["samples"] == 3
+        with pytest.raises(ValueError, match=r"samples\[1\]: non-finite"):
+            eu_plane(model, tok, rows)
+    finally:
+        h.remove()

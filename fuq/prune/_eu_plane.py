@@ -569,6 +569,9 @@ def eu_plane(
             bar.advance(len(rows[s : s + batch_size]))
     if bar:
         bar.close()
+    for i, s in enumerate(scored):
+        if not (math.isfinite(s.error) and math.isfinite(s.uncertainty)):
+            raise ValueError(f"samples[{i}]: non-finite scores (error {s.error}, uncertainty {s.uncertainty})")
     return finish(scored, sk, tk, lm)
 
 

@@ -158,7 +158,15 @@ def _score_pass(model, tokenizer, src: Path, side: Path, *, batch_size, chat, ma
                                    "bad": bad[:]}
             if pending:
                 scored = score_batch(model, [(i, r) for _, i, r in pending], pad_id=pad)
-                rec["samples"] = [_sample_record(n, s) for (n, _, _), s in zip(pending, scored, strict=True)]
+                for (n, _, _), s in zip(pending, scored, strict=True):
+                    if math.isfinite(s.error) and math.isfinite(s.uncertainty):
+                        rec["samples"].append(_sample_record(n, s))
+                    else:  # a broken model or weights: reported, never a NaN in the quantiles
+                        why = f"non-finite scores (error {s.error}, uncertainty {s.uncertainty})"
+                        rec["bad"].append({"line": n, "reason": why})
+                        if on_bad:
+                            on_bad(n, why)
+                rec["bad"].sort(key=lambda b: b["line"])
             out.write(json.dumps(rec) + "\n")
             if end:
                 out.write(json.dumps({"done": True, "lines": line}) + "\n")

@@ -475,3 +475,17 @@ def test_non_finite_scores_are_reported_not_decided_on(tiny, tmp_path):
             eu_plane(model, tok, rows)
     finally:
         h.remove()
+
+
+@pytest.mark.model
+def test_smollm2_chat_template_and_corrupted_answers():
+    """SmolLM2-Instruct: its chat template is prefix-stable, and a word-shuffled answer scores a higher error."""
+    import fuq
+
+    model, tok = fuq.models.load("smollm2")
+    clean = {"prompt": "What is the capital of France?", "response": "The capital of France is Paris."}
+    ids, resp = ep.encode(tok, clean)
+    assert tok.decode([i for i, r in zip(ids, resp, strict=True) if r]) == "The capital of France is Paris.<|im_end|>\n"
+    shuffled = dict(clean, response="Paris capital The of is France.")
+    res = eu_plane(model, tok, [clean, shuffled], sample_keep=1.0)
+    assert float(res.error[1]) > 3 * float(res.error[0])

@@ -373,21 +373,23 @@ def test_jsonl_resumes_after_an_interruption(tiny, tmp_path):
     eu_plane_jsonl(model, tok, src, ref, batch_size=3, progress=False)  # 13 samples: 5 batches
 
     out = tmp_path / "out.jsonl"
-    hook = _Interrupt(model, at=3)
+    # windows of 2 batches (6 samples, sorted by length); interrupted in the second batch of the second window
+    hook = _Interrupt(model, at=4)
     with pytest.raises(KeyboardInterrupt):
-        eu_plane_jsonl(model, tok, src, out, batch_size=3, progress=False)
+        eu_plane_jsonl(model, tok, src, out, batch_size=3, window=2, progress=False)
     hook.remove()
     assert not out.exists()
     side = Path(str(out) + ".scores.jsonl")
-    assert len(side.read_text().splitlines()) == 1 + 2  # header + the two finished batches
+    assert len(side.read_text().splitlines()) == 1 + 3 + 1  # header, window 1 (2 batches, closing), 1 batch
     with open(side, "ab") as f:
-        f.write(b'{"batch": 2, "end_line": 9, "samp')  # a line torn by the kill
+        f.write(b'{"end_line": 9, "samp')  # a line torn by the kill
     seen = []
     hook = _Interrupt(model, at=None)
-    s = eu_plane_jsonl(model, tok, src, out, batch_size=3, progress=False, on_bad=lambda n, r: seen.append(n))
+    s = eu_plane_jsonl(model, tok, src, out, batch_size=3, window=2, progress=False,
+                       on_bad=lambda n, r: seen.append(n))
     hook.remove()
-    assert hook.calls == 3 and s["this_run"]["samples"] == 7  # batches 3..5 only; 6 samples were done
-    assert s["this_run"]["resumed_at_line"] > 0
+    assert hook.calls == 2 and s["this_run"]["samples"] == 4  # the rest of window 2, and window 3
+    assert s["this_run"]["resumed_at_line"] == 7  # after window 1: 6 samples and the bad line 4
     assert [b["line"] for b in s["bad_lines"]] == _write_input(tmp_path / "again.jsonl")  # old and new bad lines
     got, want = _strip(out), _strip(ref)
     for g, w in zip(got, want, strict=True):

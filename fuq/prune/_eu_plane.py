@@ -561,12 +561,15 @@ def eu_plane(
     if not rows:
         raise ValueError("samples is empty")
     pad = _pad_id(tokenizer)
-    scored: list[Scored] = []
+    scored: list[Scored | None] = [None] * len(rows)
     bar = _Bar(len(rows), "scoring") if progress else None
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # batches of similar lengths: little padding
     for s in range(0, len(rows), batch_size):
-        scored += score_batch(model, rows[s : s + batch_size], pad_id=pad)
+        idx = order[s : s + batch_size]
+        for i, sc in zip(idx, score_batch(model, [rows[i] for i in idx], pad_id=pad), strict=True):
+            scored[i] = sc
         if bar:
-            bar.advance(len(rows[s : s + batch_size]))
+            bar.advance(len(idx))
     if bar:
         bar.close()
     for i, s in enumerate(scored):

@@ -3,15 +3,17 @@
 The quantile thresholds need every sample's scores before any sample can be decided,
 so a file goes through two passes:
 
-1. **Scoring** (the model, the slow part) streams the input a batch at a time and appends
-   one JSON line per finished batch to a side file, ``OUT.scores.jsonl``: the scores of
-   its samples (error, uncertainty, per-token ``-log p`` and the response token ids), the
-   bad lines met on the way, and where the batch ends in the input (line number and byte
-   offset). The first line of the side file names the input, its size and the model.
-   After an interruption the next run reads the side file, drops a half-written last
-   line, seeks the input to the end of the last finished batch and scores only what
-   follows; finished batches are never redone. A run over a finished side file does
-   no model work at all (change ``sample_keep`` or ``token_keep`` and rerun: free).
+1. **Scoring** (the model, the slow part) streams the input in windows of
+   ``batch_size · window`` samples; each window is sorted by length and cut into batches
+   (little padding), and every finished batch is appended as one JSON line to a side
+   file, ``OUT.scores.jsonl``: the scores of its samples (error, uncertainty, per-token
+   ``-log p`` and the response token ids). A closing line per window records where it
+   ends in the input (line number, byte offset) and its bad lines. The first line of the
+   side file names the input, its size and the model. After an interruption the next run
+   drops a half-written last line, seeks the input to the end of the last closed window,
+   rereads the open one and scores only the samples that no written batch holds:
+   finished batches are never redone. A run over a finished side file does no model
+   work at all (change ``sample_keep`` or ``token_keep`` and rerun: free).
 2. **Decision** (no model, seconds) reads the scores of all samples (two floats per
    sample in memory), finds the thresholds, then streams the input and the side file
    side by side and writes the output to ``OUT.tmp``, renamed to ``OUT`` at the end:
@@ -114,9 +116,15 @@ def _sample_record(line: int, s: Scored) -> dict[str, Any]:
             "ids": s.response_ids}
 
 
-def _score_pass(model, tokenizer, src: Path, side: Path, *, batch_size, chat, max_length, restart, progress,
+def _score_pass(model, tokenizer, src: Path, side: Path, *, batch_size, window, chat, max_length, restart, progress,
                 on_bad) -> dict[str, int]:
-    """Pass 1: append the scores of every unfinished batch to ``side``; returns counters of this run."""
+    """Pass 1: append the scores of every unfinished batch to ``side``; returns counters of this run.
+
+    The input is read in windows of ``batch_size · window`` valid samples; a window is sorted
+    by length and cut into batches (less padding), each batch written as it finishes; a closing
+    record marks the window done (its end in the input, its bad lines). A resumed run rereads
+    an unfinished window and scores only the samples no written batch holds.
+    """
     header = _header(model, tokenizer, src, chat, max_length)
     recs: list[dict] = []
     if side.exists() and not restart:
@@ -138,68 +146,81 @@ def _score_pass(model, tokenizer, src: Path, side: Path, *, batch_size, chat, ma
         with open(side, "w", encoding="utf-8") as f:
             f.write(json.dumps(header) + "\n")
         recs = []
-    line = recs[-1]["end_line"] if recs else 0
-    offset = recs[-1]["end_offset"] if recs else 0
+    closed = max((j for j, r in enumerate(recs) if "end_offset" in r), default=-1)
+    line = recs[closed]["end_line"] if closed >= 0 else 0
+    offset = recs[closed]["end_offset"] if closed >= 0 else 0
+    done = {x["line"] for r in recs[closed + 1 :] for x in r["samples"]}  # batches of an unfinished window
     n_batch = recs[-1]["batch"] + 1 if recs else 0
     counters = {"batches": 0, "samples": 0, "resumed_at_line": line}
     pad = _pad_id(tokenizer)
-    total = src.stat().st_size
-    bar = _Bar(total, "eu-plane: scoring", unit="bytes") if progress else None
+    bar = _Bar(src.stat().st_size, "eu-plane: scoring", unit="bytes") if progress else None
     if bar:
         bar.advance(offset)
+
+    def write(out, rec: dict[str, Any]) -> None:
+        nonlocal n_batch
+        out.write(json.dumps(dict(rec, batch=n_batch)) + "\n")
+        out.flush()
+        n_batch += 1
+
     with open(src, "rb") as f, open(side, "a", encoding="utf-8") as out:
         f.seek(offset)
-        pending: list[tuple[int, list[int], list[bool]]] = []
-        bad: list[dict[str, Any]] = []
-
-        def flush(end: bool) -> None:
-            nonlocal n_batch
-            rec: dict[str, Any] = {"batch": n_batch, "end_line": line, "end_offset": f.tell(), "samples": [],
-                                   "bad": bad[:]}
-            if pending:
-                scored = score_batch(model, [(i, r) for _, i, r in pending], pad_id=pad)
-                for (n, _, _), s in zip(pending, scored, strict=True):
-                    if math.isfinite(s.error) and math.isfinite(s.uncertainty):
-                        rec["samples"].append(_sample_record(n, s))
-                    else:  # a broken model or weights: reported, never a NaN in the quantiles
-                        why = f"non-finite scores (error {s.error}, uncertainty {s.uncertainty})"
-                        rec["bad"].append({"line": n, "reason": why})
-                        if on_bad:
-                            on_bad(n, why)
-                rec["bad"].sort(key=lambda b: b["line"])
-            out.write(json.dumps(rec) + "\n")
-            if end:
-                out.write(json.dumps({"done": True, "lines": line}) + "\n")
-            out.flush()
-            counters["batches"] += 1
-            counters["samples"] += len(pending)
-            n_batch += 1
+        eof = False
+        while not eof:
+            todo, bad, n_valid = [], [], 0
+            while n_valid < batch_size * window:
+                raw = f.readline()
+                if not raw:
+                    eof = True
+                    break
+                line += 1
+                if line in done:
+                    n_valid += 1
+                    continue
+                try:
+                    _, ids, resp = _parse_line(raw.rstrip(b"\r\n"), tokenizer, chat, max_length)
+                except ValueError as exc:
+                    bad.append({"line": line, "reason": str(exc)})
+                    if on_bad:
+                        on_bad(line, str(exc))
+                    continue
+                todo.append((line, ids, resp))
+                n_valid += 1
+            todo.sort(key=lambda t: len(t[1]))  # stable: equal lengths stay in line order
+            for b in range(0, len(todo), batch_size):
+                chunk = todo[b : b + batch_size]
+                rec = _score_chunk(model, chunk, pad, on_bad)
+                bad += rec.pop("bad_after")
+                write(out, rec)
+                counters["batches"] += 1
+                counters["samples"] += len(chunk)
+                if bar:
+                    bar.advance(0, f"{counters['samples']} samples this run, line {chunk[-1][0]}")
+            write(out, {"end_line": line, "end_offset": f.tell(), "samples": [],
+                        "bad": sorted(bad, key=lambda x: x["line"])})
             if bar:
-                bar.advance(f.tell() - flush.pos, f"{counters['samples']} samples this run, line {line}")
-            flush.pos = f.tell()
-            pending.clear()
-            bad.clear()
-
-        flush.pos = offset
-        while True:
-            raw = f.readline()
-            if not raw:
-                break
-            line += 1
-            try:
-                obj, ids, resp = _parse_line(raw.rstrip(b"\r\n"), tokenizer, chat, max_length)
-            except ValueError as exc:
-                bad.append({"line": line, "reason": str(exc)})
-                if on_bad:
-                    on_bad(line, str(exc))
-                continue
-            pending.append((line, ids, resp))
-            if len(pending) == batch_size:
-                flush(end=False)
-        flush(end=True)
+                bar.advance(f.tell() - offset)
+            offset = f.tell()
+        out.write(json.dumps({"done": True, "lines": line}) + "\n")
+        out.flush()
     if bar:
         bar.close()
     return counters
+
+
+def _score_chunk(model, chunk, pad: int, on_bad) -> dict[str, Any]:
+    """One batch record; samples whose scores are not finite (a broken model) become bad lines."""
+    scored = score_batch(model, [(i, r) for _, i, r in chunk], pad_id=pad)
+    rec: dict[str, Any] = {"samples": [], "bad": [], "bad_after": []}
+    for (n, _, _), s in zip(chunk, scored, strict=True):
+        if math.isfinite(s.error) and math.isfinite(s.uncertainty):
+            rec["samples"].append(_sample_record(n, s))
+        else:
+            why = f"non-finite scores (error {s.error}, uncertainty {s.uncertainty})"
+            rec["bad_after"].append({"line": n, "reason": why})
+            if on_bad:
+                on_bad(n, why)
+    return rec
 
 
 def _iter_records(side: Path) -> Iterator[dict]:
@@ -209,15 +230,27 @@ def _iter_records(side: Path) -> Iterator[dict]:
             yield json.loads(raw)
 
 
+def _iter_samples(side: Path) -> Iterator[dict]:
+    """The scored samples in input-line order (each window's batches are sorted by length on disk)."""
+    buf: list[dict] = []
+    for rec in _iter_records(side):
+        buf += rec.get("samples", [])
+        if "end_offset" in rec or rec.get("done"):
+            yield from sorted(buf, key=lambda x: x["line"])
+            buf = []
+    yield from sorted(buf, key=lambda x: x["line"])
+
+
 def _decide_pass(src: Path, side: Path, dst: Path, *, sample_keep, token_keep, lam, kept_only) -> dict[str, Any]:
     """Pass 2: thresholds from all scores, then the output, streamed; returns the summary."""
     lines, err, unc, bad = [], [], [], []
     for rec in _iter_records(side):
         bad += rec.get("bad", [])
-        for s in rec.get("samples", []):
-            lines.append(s["line"])
-            err.append(s["error"])
-            unc.append(s["uncertainty"])
+    for x in _iter_samples(side):
+        lines.append(x["line"])
+        err.append(x["error"])
+        unc.append(x["uncertainty"])
+    bad.sort(key=lambda b: b["line"])
     if not lines:
         raise ValueError(f"{src}: no valid sample to decide on ({len(bad)} bad lines)")
     d = decide(torch.tensor(err, dtype=torch.float64), torch.tensor(unc, dtype=torch.float64),
@@ -226,7 +259,7 @@ def _decide_pass(src: Path, side: Path, dst: Path, *, sample_keep, token_keep, l
     tmp = dst.with_name(dst.name + ".tmp")
     kept_tokens = all_tokens = written = 0
     with open(src, "rb") as f, open(tmp, "w", encoding="utf-8") as out:
-        recs = (s for rec in _iter_records(side) for s in rec.get("samples", []))
+        recs = _iter_samples(side)
         nxt = next(recs, None)
         for n, raw in enumerate(f, start=1):
             if nxt is None or nxt["line"] != n:
@@ -286,6 +319,7 @@ def eu_plane_jsonl(
     token_keep: float = 0.7,
     lam: float = 0.5,
     batch_size: int = 8,
+    window: int = 16,
     chat: bool | None = None,
     max_length: int | None = None,
     scores: str | os.PathLike | None = None,
@@ -303,6 +337,8 @@ def eu_plane_jsonl(
         src: input JSONL, one sample per line (``{"prompt", "response"}``, Alpaca's
             ``{"instruction", "input", "output"}`` or ``{"messages": [...]}``; other keys are kept).
         dst: output JSONL (written whole at the end, atomically).
+        window: batches per window; the samples of a window are sorted by length before they are
+            cut into batches, so that little padding is computed (1: batches in input order).
         scores: the side file of pass 1 (default ``dst + ".scores.jsonl"``); kept afterwards.
         restart: score from scratch even if the side file holds finished batches.
         kept_only: write only the kept samples (default: all, with ``keep`` true/false).
@@ -329,7 +365,9 @@ def eu_plane_jsonl(
         raise ValueError("the output must not be the input file")
     side = Path(scores) if scores is not None else dst.with_name(dst.name + ".scores.jsonl")
     L = _max_length(model, max_length)
-    run = _score_pass(model, tokenizer, src, side, batch_size=batch_size, chat=chat, max_length=L,
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    run = _score_pass(model, tokenizer, src, side, batch_size=batch_size, window=window, chat=chat, max_length=L,
                       restart=restart, progress=progress, on_bad=on_bad)
     summary = _decide_pass(src, side, dst, sample_keep=sk, token_keep=tk, lam=lm, kept_only=kept_only)
     summary["this_run"] = run

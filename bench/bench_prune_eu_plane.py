@@ -27,6 +27,7 @@ from harness import RESULTS, cpu_time_ms, print_table, write_json
 import fuq
 from fuq.prune import _eu_plane as ep
 from fuq.prune import eu_plane, plot_plane
+from fuq.scores import lm_head
 
 DATA = Path(__file__).resolve().parent / "data" / "eu_plane_instructions.jsonl"
 
@@ -97,11 +98,34 @@ def speed(model, tok, n: int, resp_tokens: int, reps_note: str) -> dict:
     err_h = max(abs(g.uncertainty - float(h)) for g, h in zip(got, ent, strict=True))
     ms_fuq = cpu_time_ms(lambda: ep.score_batch(model, rows, pad_id=tok.pad_token_id), min_run_time=0.0)
     ms_naive = cpu_time_ms(lambda: naive_scores(model, rows), min_run_time=0.0)
+    # where fuq's time goes: the model body, and the output layer + statistics (fuq.hidden_stats)
+    head = lm_head(model)
+    x, att, resp = ep._pad_batch(rows, tok.pad_token_id)
+    with torch.inference_mode():
+        h = head.body(input_ids=x, attention_mask=att, use_cache=False).last_hidden_state[:, :-1][resp[:, 1:]]
+    tgt = x[:, 1:][resp[:, 1:]]
+
+    def body():
+        with torch.inference_mode():
+            head.body(input_ids=x, attention_mask=att, use_cache=False)
+
+    def stats():
+        with torch.inference_mode():
+            fuq.hidden_stats(h, head.weight, head.bias, targets=tgt, softcap=head.softcap)
+
+    def matmul():
+        with torch.inference_mode():
+            torch.matmul(h, head.weight.T)
+
+    parts = {k: cpu_time_ms(f, min_run_time=0.0) for k, f in (("body", body), ("hidden_stats", stats),
+                                                              ("matmul_only", matmul))}
     L = max(len(r[0]) for r in rows)
     return {
         "samples": n, "response_tokens": resp_tokens, "sequence_tokens_max": L, "batch": n,
         "fuq_samples_per_s": n / (ms_fuq / 1e3), "naive_samples_per_s": n / (ms_naive / 1e3),
         "fuq_ms": ms_fuq, "naive_ms": ms_naive, "speedup": ms_naive / ms_fuq,
+        "fuq_parts_ms": {**parts, "note": "body: the model without its output layer; hidden_stats: output layer + "
+                         "statistics at the response positions; matmul_only: just h @ W.T there, the floor"},
         "naive_logits_bytes": logit_bytes, "max_rel_diff_perplexity": err, "max_abs_diff_entropy_nats": err_h,
         "clock": "cpu (thread_time, median of 5 after one warm-up call each)", "note": reps_note,
     }
@@ -185,7 +209,9 @@ def main() -> int:
              ["naive PyTorch (full logits)", s["naive_samples_per_s"], s["naive_ms"], s["fuq_ms"] / s["naive_ms"],
               f"{s['naive_logits_bytes'] / 2**20:.0f} MiB"]],
             caption=f"{s['clock']}; {note}; agreement: perplexity {s['max_rel_diff_perplexity']:.1e} rel, "
-            f"entropy {s['max_abs_diff_entropy_nats']:.1e} nats",
+            f"entropy {s['max_abs_diff_entropy_nats']:.1e} nats; fuq's parts: body {s['fuq_parts_ms']['body']:.0f} ms, "
+            f"hidden_stats {s['fuq_parts_ms']['hidden_stats']:.0f} ms (its matmul alone "
+            f"{s['fuq_parts_ms']['matmul_only']:.0f} ms)",
         )
     for name, q in results["quality"].items():
         table = []

@@ -140,6 +140,10 @@ inline void fold(OnlineStats& st, const float* z, int64_t n) {
 template <typename Tag>
 void phase1(const Problem& P, int64_t bh, int64_t c, float* kept, float* kf, float* zbuf, OnlineStats* states) {
   const int64_t c0 = c * P.C, n = std::min(P.C, P.T - c0);
+  if (P.window > 0 && c0 + n <= P.T - P.Lq - P.window + 1) {  // before every row's window: never read
+    for (int64_t r = 0; r < P.G; ++r) states[(bh * P.nchunks + c) * P.G + r] = OnlineStats{};
+    return;
+  }
   const float* keys = load_keys<Tag>(P, bh, c0, n, kf);
   for (int64_t r = 0; r < P.G; ++r) {
     int64_t lo, hi;

@@ -7,7 +7,9 @@
 //
 //   phase 1  per item: K chunk -> float32 once; for each row, the scores
 //            s = scale * q.k of its allowed keys (causal / window range, then the mask;
-//            -inf elsewhere), folded into the row's online (m, s, t) state (cpu_online.h).
+//            -inf elsewhere; vectorised dot products for a few rows, one float32 GEMM of the
+//            chunk from 16 rows per group on), folded into the row's online (m, s, t) state
+//            (cpu_online.h).
 //            The scores are kept in a [B * Hkv, G, T] float32 scratch when it fits
 //            kScoreBudget (always at decode: G * 4 bytes per key against d * itemsize of K).
 //   merge    per row: the chunk states merged -> lse, entropy.
@@ -41,6 +43,7 @@ using cpu::OnlineStats;
 
 constexpr int64_t kChunkFloats = 16384;           // C * d: a K chunk of 64 KiB as float32
 constexpr int64_t kScoreBudget = int64_t{1} << 26;  // floats of kept scores (256 MiB)
+constexpr int64_t kGemmRows = 16;                   // from this many rows per group, scores by GEMM
 
 // The budget of kept scores, in floats: kScoreBudget, or FUQ_ATTENTION_SCORE_BUDGET when set
 // (the tests set 0 to cover the two-pass route on small inputs).
@@ -136,6 +139,32 @@ inline void fold(OnlineStats& st, const float* z, int64_t n) {
   if (!st.nan && zmax > -kInf) st.add(z, n, zmax);
 }
 
+// Many rows (G >= kGemmRows: query windows, prefill): the chunk's scores of all G rows by one
+// float32 GEMM (ATen's BLAS, single-threaded inside the parallel region), z[r * ld + j], then
+// scaled and masked row by row. Rows that may attend nothing in the chunk are left as they are
+// (both phases skip them).
+void block_scores(const Problem& P, int64_t bh, const float* keys, int64_t c0, int64_t n, float* z, int64_t ld) {
+  const at::Tensor qm = at::from_blob(const_cast<float*>(P.q + bh * P.G * P.d), {P.G, P.d}, at::kFloat);
+  const at::Tensor km = at::from_blob(const_cast<float*>(keys), {n, P.d}, at::kFloat);
+  at::Tensor out = at::from_blob(z, {P.G, n}, {ld, 1}, at::kFloat);
+  at::mm_out(out, qm, km.t());
+  for (int64_t r = 0; r < P.G; ++r) {
+    int64_t lo, hi;
+    row_range(P, r, &lo, &hi);
+    if (hi <= c0 || lo >= c0 + n) continue;
+    const int64_t a = std::clamp(lo - c0, int64_t{0}, n), b = std::clamp(hi - c0, int64_t{0}, n);
+    float* zr = z + r * ld;
+    const bool* mrow = mask_row(P, bh, r);
+    for (int64_t j = 0; j < a; ++j) zr[j] = -kInf;
+    for (int64_t j = b; j < n; ++j) zr[j] = -kInf;
+#pragma omp simd
+    for (int64_t j = a; j < b; ++j) zr[j] *= P.scale;
+    if (mrow != nullptr) {
+      for (int64_t j = a; j < b; ++j) zr[j] = mrow[(c0 + j) * P.sm_t] ? zr[j] : -kInf;
+    }
+  }
+}
+
 // Phase 1 of item (bh, c): fold the chunk into states[(bh * nchunks + c) * G + r].
 template <typename Tag>
 void phase1(const Problem& P, int64_t bh, int64_t c, float* kept, float* kf, float* zbuf, OnlineStats* states) {
@@ -145,14 +174,18 @@ void phase1(const Problem& P, int64_t bh, int64_t c, float* kept, float* kf, flo
     return;
   }
   const float* keys = load_keys<Tag>(P, bh, c0, n, kf);
+  const bool gemm = P.G >= kGemmRows;
+  float* z0 = kept != nullptr ? kept + bh * P.G * P.T + c0 : zbuf;
+  const int64_t ld = kept != nullptr ? P.T : (gemm ? n : 0);  // ld 0: one row buffer, reused
+  if (gemm) block_scores(P, bh, keys, c0, n, z0, ld);
   for (int64_t r = 0; r < P.G; ++r) {
     int64_t lo, hi;
     row_range(P, r, &lo, &hi);
     OnlineStats& st = states[(bh * P.nchunks + c) * P.G + r];
     st = OnlineStats{};
     if (hi <= c0 || lo >= c0 + n) continue;  // nothing allowed here (phase 2 skips it too)
-    float* z = kept != nullptr ? kept + (bh * P.G + r) * P.T + c0 : zbuf;
-    row_scores(P, P.q + (bh * P.G + r) * P.d, keys, c0, n, lo, hi, mask_row(P, bh, r), z);
+    float* z = z0 + r * ld;
+    if (!gemm) row_scores(P, P.q + (bh * P.G + r) * P.d, keys, c0, n, lo, hi, mask_row(P, bh, r), z);
     fold(st, z, n);
   }
 }
@@ -195,7 +228,13 @@ void phase2(const Problem& P, int64_t bh, int64_t c, const float* kept, const fl
       continue;
     }
     const float* z = kept != nullptr ? kept + (bh * P.G + r) * P.T + c0 : nullptr;
-    if (z == nullptr) {
+    if (z == nullptr && P.G >= kGemmRows) {  // recompute the whole block once
+      if (keys == nullptr) {
+        keys = load_keys<Tag>(P, bh, c0, n, kf);
+        block_scores(P, bh, keys, c0, n, zbuf, n);
+      }
+      z = zbuf + r * n;
+    } else if (z == nullptr) {
       if (keys == nullptr) keys = load_keys<Tag>(P, bh, c0, n, kf);
       row_scores(P, P.q + (bh * P.G + r) * P.d, keys, c0, n, lo, hi, mrow, zbuf);
       z = zbuf;
@@ -212,8 +251,9 @@ void run(const Problem& P, float* mass, float* ent, float* lse) {
   std::vector<float> kept_buf(keep ? static_cast<size_t>(P.BH * P.G * P.T) : 0);
   float* kept = keep ? kept_buf.data() : nullptr;
   std::vector<OnlineStats> states(static_cast<size_t>(items * P.G));
+  const size_t zsize = static_cast<size_t>(P.G >= kGemmRows ? P.G * P.C : P.C);
   at::parallel_for(0, items, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<float> kf(static_cast<size_t>(P.C * P.d)), zbuf(static_cast<size_t>(P.C));
+    std::vector<float> kf(static_cast<size_t>(P.C * P.d)), zbuf(keep ? P.C : zsize);
     for (int64_t w = w0; w < w1; ++w) phase1<Tag>(P, w / P.nchunks, w % P.nchunks, kept, kf.data(), zbuf.data(),
                                                   states.data());
   });
@@ -221,7 +261,7 @@ void run(const Problem& P, float* mass, float* ent, float* lse) {
     for (int64_t o = r0; o < r1; ++o) merge_row(P, o / P.G, o % P.G, states.data(), lse, ent);
   });
   at::parallel_for(0, items, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<float> kf(keep ? 0 : static_cast<size_t>(P.C * P.d)), zbuf(static_cast<size_t>(P.C));
+    std::vector<float> kf(keep ? 0 : static_cast<size_t>(P.C * P.d)), zbuf(keep ? 0 : zsize);
     for (int64_t w = w0; w < w1; ++w) phase2<Tag>(P, w / P.nchunks, w % P.nchunks, kept, lse, kf.data(),
                                                   zbuf.data(), mass);
   });

@@ -58,7 +58,7 @@ BUILD_PID=$!
 section "Triton tests on the GPU (while the extension builds)"
 if ! skip triton-tests; then
   timeout "$(tmo 270)" python -m pytest -q --maxfail=10 -p no:cacheprovider tests/test_logit_stats.py \
-    tests/test_logit_stats_gpu.py -k "triton or out_of_range_tokens_give_nan[logit_stats]" \
+    tests/test_logit_stats_gpu.py tests/test_attention_stats.py -k "triton or out_of_range_tokens_give_nan[logit_stats]" \
     --junitxml="$RES/pytest_triton.xml"
   record "pytest triton" $?
 fi
@@ -73,7 +73,7 @@ python -c "import fuq; from fuq import _library as L; print('HAS_CPP', L.HAS_CPP
 section "CUDA C++ tests"
 if ! skip cuda-tests; then
   timeout "$(tmo 150)" python -m pytest -q --maxfail=10 -p no:cacheprovider tests/test_logit_stats.py \
-    tests/test_logit_stats_gpu.py -k "(cuda and not triton) or agree" --junitxml="$RES/pytest_cuda.xml"
+    tests/test_logit_stats_gpu.py tests/test_attention_stats.py -k "(cuda and not triton) or agree" --junitxml="$RES/pytest_cuda.xml"
   record "pytest cuda" $?
 fi
 

@@ -16,6 +16,8 @@ ratios naive / fuq and fuq / sdpa. fuq reads K once at decode (the scores are ke
 bytes per key < d * itemsize) and twice when many query rows make the scores larger than
 the keys (Lq = 64 here): the GB/s column counts K once either way.
 
+A second table gives the cost of the door (argument checks, the named tuple) at a tiny step.
+
 Models: Gemma 3 270M (Hq = 4, Hkv = 1, d = 256), SmolLM2-135M (Hq = 9, Hkv = 3, d = 64); only
 their attention shapes are used, no weights are loaded.
 
@@ -99,6 +101,16 @@ def bench_case(model: str, T: int, Lq: int, dtype: torch.dtype, args, device) ->
     return row
 
 
+def bench_door(args, device) -> dict[str, float]:
+    """The cost of the public door at a tiny decode step: fuq.attention_stats vs the bare torch op."""
+    q = torch.randn(1, 4, 1, 64, device=device)
+    k = torch.randn(1, 1, 16, 64, device=device)
+    t = dict(device=device, min_run_time=args.min_run_time, repeats=args.repeats, clock=args.clock)
+    public = time_ms(lambda: fuq.attention_stats(q, k), **t)
+    op = time_ms(lambda: torch.ops.fuq.attention_stats(q, k, 0.125, None, True, 0), **t)
+    return dict(public_us=public * 1e3, op_us=op * 1e3, door_us=(public - op) * 1e3)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -138,8 +150,11 @@ def main() -> None:
     title = (f"fuq.attention_stats on {device} ({torch.get_num_threads()} threads, {args.clock} clock), "
              f"{args.dtype}, B = 1, causal")  # fmt: skip
     print_table(title, cols, table, caption="GB/s: bytes of K (read once) / fuq's time; sdpa gives no mass")
+    door = bench_door(args, device)
+    print_table("the door at B = 1, Hq = 4, T = 16, d = 64", ["public µs", "torch.ops µs", "door µs"],
+                [[door["public_us"], door["op_us"], door["door_us"]]])  # fmt: skip
     name = args.out or ("bench_attention_stats" + ("" if device.type == "cpu" else f"_{device.type}"))
-    path = write_json(name, dict(args=vars(args), rows=rows))
+    path = write_json(name, dict(args=vars(args), rows=rows, door=door))
     print(f"wrote {path}")
 
 

@@ -316,6 +316,15 @@ def attention_stats(
 
     Returns:
         :class:`AttentionStats`; see :func:`fuq.reference.attention_stats` for the maths.
+        A row with no allowed key has ``lse = -inf``, NaN entropy and adds no mass; a row
+        with a NaN / ``+inf`` score has NaN ``lse`` and entropy and NaN mass on the keys it
+        may attend.
+
+    The kernels (C++ on CPU tensors, Triton on CUDA tensors, CUDA C++ with ``backend="cuda"``)
+    run one online softmax over tiles of K per query row, then sum ``exp(s - lse)`` per key:
+    the mass needs each row's final lse, so the scores are kept (one pass over K; decoding,
+    where ``G = Hq / Hkv * Lq`` floats per key are fewer bytes than the key) or recomputed
+    (a second pass over K when many query rows make the scores larger than K).
 
     Example:
         >>> import torch, fuq

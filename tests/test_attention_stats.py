@@ -303,3 +303,14 @@ def test_triton_kernels_compile_for_sm80_sm90(tmp_path):
     r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, "80", "90"], env=env, capture_output=True, text=True,
                        timeout=900)  # fmt: skip
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-4000:]
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_mixed_dtypes(backend):
+    """q and k of different float dtypes (a float32 query against a bfloat16 cache): float32 maths."""
+    dev = _device(backend)
+    q, k, kw = make_inputs(CASES[1])
+    k = k.to(torch.bfloat16)
+    want = reference.attention_stats(q, k, 0.125, kw["mask"], True, None)
+    got = fuq.attention_stats(q.to(dev), k.to(dev), scale=0.125, mask=kw["mask"].to(dev), backend=backend)
+    assert_attention_close(got, want)

@@ -196,7 +196,8 @@ __global__ void __launch_bounds__(kAttnThreads)
 }
 
 // Pass 2: one thread per row of [BH * G]; lse and entropy share that layout ([B, Hq, Lq]).
-__global__ void __launch_bounds__(kAttnThreads)
+// (static: a header may be included by several translation units of one program)
+static __global__ void __launch_bounds__(kAttnThreads)
     attention_finalize_kernel(const float* __restrict__ state, int n_splits, int64_t BH, int64_t G,
                               float* __restrict__ lse, float* __restrict__ entropy) {
   const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(kAttnThreads)
 }
 
 // Pass 3 from kept scores: one thread per key, rows in a loop (coalesced across the keys).
-__global__ void __launch_bounds__(kAttnThreads)
+static __global__ void __launch_bounds__(kAttnThreads)
     attention_mass_kept_kernel(AttentionStatsArgs a, const float* __restrict__ lse, const float* __restrict__ kept,
                                float* __restrict__ mass) {
   using namespace attn_detail;

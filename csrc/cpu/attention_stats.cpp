@@ -10,7 +10,7 @@
 //            -inf elsewhere; vectorised dot products for a few rows, one float32 GEMM of the
 //            chunk from 16 rows per group on), folded into the row's online (m, s, t) state
 //            (cpu_online.h).
-//            The scores are kept in a [B * Hkv, G, T] float32 scratch when it fits
+//            The scores are kept in a [B * Hkv, chunks, G, C] float32 scratch when it fits
 //            kScoreBudget (always at decode: G * 4 bytes per key against d * itemsize of K).
 //   merge    per row: the chunk states merged -> lse, entropy.
 //   phase 2  per item: mass[j] = sum over the group's rows of exp(s - lse), from the kept
@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -175,8 +176,8 @@ void phase1(const Problem& P, int64_t bh, int64_t c, float* kept, float* kf, flo
   }
   const float* keys = load_keys<Tag>(P, bh, c0, n, kf);
   const bool gemm = P.G >= kGemmRows;
-  float* z0 = kept != nullptr ? kept + bh * P.G * P.T + c0 : zbuf;
-  const int64_t ld = kept != nullptr ? P.T : (gemm ? n : 0);  // ld 0: one row buffer, reused
+  float* z0 = kept != nullptr ? kept + (bh * P.nchunks + c) * P.G * P.C : zbuf;
+  const int64_t ld = kept != nullptr ? P.C : (gemm ? n : 0);  // ld 0: one row buffer, reused
   if (gemm) block_scores(P, bh, keys, c0, n, z0, ld);
   for (int64_t r = 0; r < P.G; ++r) {
     int64_t lo, hi;
@@ -227,7 +228,7 @@ void phase2(const Problem& P, int64_t bh, int64_t c, const float* kept, const fl
       }
       continue;
     }
-    const float* z = kept != nullptr ? kept + (bh * P.G + r) * P.T + c0 : nullptr;
+    const float* z = kept != nullptr ? kept + ((bh * P.nchunks + c) * P.G + r) * P.C : nullptr;
     if (z == nullptr && P.G >= kGemmRows) {  // recompute the whole block once
       if (keys == nullptr) {
         keys = load_keys<Tag>(P, bh, c0, n, kf);
@@ -247,9 +248,11 @@ void phase2(const Problem& P, int64_t bh, int64_t c, const float* kept, const fl
 template <typename Tag>
 void run(const Problem& P, float* mass, float* ent, float* lse) {
   const int64_t items = P.BH * P.nchunks;
-  const bool keep = P.BH * P.G * P.T <= score_budget();
-  std::vector<float> kept_buf(keep ? static_cast<size_t>(P.BH * P.G * P.T) : 0);
-  float* kept = keep ? kept_buf.data() : nullptr;
+  // kept scores, chunk by chunk: [BH, nchunks, G, C] (each item writes and reads one block)
+  const int64_t kept_floats = items * P.G * P.C;
+  const bool keep = kept_floats <= score_budget();
+  std::unique_ptr<float[]> kept_buf(keep ? new float[static_cast<size_t>(kept_floats)] : nullptr);
+  float* kept = kept_buf.get();
   std::vector<OnlineStats> states(static_cast<size_t>(items * P.G));
   const size_t zsize = static_cast<size_t>(P.G >= kGemmRows ? P.G * P.C : P.C);
   at::parallel_for(0, items, 1, [&](int64_t w0, int64_t w1) {

@@ -30,13 +30,15 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from .ops import LogitStats, hidden_stats, logit_stats
 from .trace import Trace
 
 __all__ = [
@@ -335,6 +337,109 @@ def _logits_fn(model):
         return z
 
     return dec, head_fn
+
+
+class LMHead(NamedTuple):
+    """A causal LM split at its output layer: ``logits = softcap(scale · body(x) @ weight.T + bias)``."""
+
+    body: Any  #: the decoder: ``body(input_ids=..., ...)`` -> ``.last_hidden_state [B, L, d]``
+    weight: Tensor  #: ``[V, d]`` output embedding (tied or not)
+    bias: Tensor | None  #: ``[V]`` or None
+    scale: float  #: multiplies the hidden state (Cohere's logit_scale, 1 / Granite's logits_scaling)
+    softcap: float | None  #: Gemma's final logit soft-capping, or None
+
+
+def lm_head(model) -> LMHead | None:
+    """The :class:`LMHead` of a Hugging Face causal LM, or None when it has not the usual structure.
+
+    With it, :func:`fuq.hidden_stats` gives the statistics of every position from the
+    last hidden state and the output embedding, without the ``[T, V]`` logits.
+    """
+    get_dec = getattr(model, "get_decoder", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    if get_dec is None or get_head is None:
+        return None
+    try:
+        dec, head = get_dec(), get_head()
+    except Exception:  # noqa: BLE001 - any failure means "not the usual structure"
+        return None
+    weight = getattr(head, "weight", None)
+    if dec is None or dec is model or not isinstance(head, torch.nn.Linear) or weight is None:
+        return None
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "get_text_config", lambda: cfg)() if cfg is not None else None
+    scale = float(getattr(cfg, "logit_scale", None) or 1.0)  # Cohere: logits * logit_scale
+    scale /= float(getattr(cfg, "logits_scaling", None) or 1.0)  # Granite: logits / logits_scaling
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    return LMHead(dec, weight, head.bias, scale, None if softcap is None else float(softcap))
+
+
+def teacher_forced(
+    model,
+    input_ids: Tensor,
+    *,
+    attention_mask: Tensor | None = None,
+    targets: Tensor | None = None,
+    k: int = 0,
+    past_key_values: Any = None,
+    use_cache: bool = False,
+    **model_kwargs: Any,
+) -> tuple[LogitStats, Any]:
+    """Per-position statistics of a causal LM by teacher forcing, never holding ``[B, L, V]``.
+
+    Row ``t`` of the result is the distribution that predicts the token after position
+    ``t``. The model body runs once; the output layer goes through :func:`fuq.hidden_stats`
+    (logits are built a vocabulary chunk at a time and never stored). Models without the
+    usual Hugging Face structure (see :func:`lm_head`) fall back to ``model(...).logits``.
+
+    Args:
+        model: a Hugging Face causal LM.
+        input_ids: ``[B, L]`` int64.
+        attention_mask: ``[B, L_past + L]`` or None.
+        targets: ``[B, L]`` ids whose log-probability each row gives (``token_logprob``),
+            or None: then the result covers positions ``0 .. L-2`` predicting
+            ``input_ids[:, 1:]`` (``[B, L-1]`` fields).
+        k: top tokens per position.
+        past_key_values, use_cache: passed to the model (continue from a cache).
+        model_kwargs: more model arguments (``position_ids``, ``cache_position`` …).
+
+    Returns:
+        ``(LogitStats with leading dims [B, L] or [B, L-1], the model's past_key_values or None)``.
+
+    Example:
+        >>> stats, _ = fuq.scores.teacher_forced(model, ids)  # doctest: +SKIP
+        >>> stats.token_logprob.shape  # [B, L - 1]  # doctest: +SKIP
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+    L = input_ids.shape[1]
+    if targets is None:
+        if L < 2:
+            raise ValueError("input_ids must hold at least 2 positions when targets is None")
+        keep, tgt = slice(0, L - 1), input_ids[:, 1:]
+    else:
+        if tuple(targets.shape) != tuple(input_ids.shape):
+            raise ValueError(f"targets must be [B, L] = {tuple(input_ids.shape)}, got {tuple(targets.shape)}")
+        keep, tgt = slice(0, L), targets
+    head = lm_head(model)
+    fn = head.body if head is not None else model
+    kw = dict(model_kwargs, attention_mask=attention_mask, use_cache=use_cache)
+    if past_key_values is not None:  # transformers >= 5 names it ``cache``, earlier ``past_key_values``
+        kw["cache" if "cache" in inspect.signature(fn.forward).parameters else "past_key_values"] = past_key_values
+    with torch.inference_mode():
+        if head is not None:
+            out = head.body(input_ids=input_ids, **kw)
+            h = out.last_hidden_state[:, keep]
+            if head.scale != 1.0:
+                h = h * head.scale
+            stats = hidden_stats(h, head.weight, head.bias, k=k, targets=tgt, softcap=head.softcap)
+        else:
+            out = model(input_ids=input_ids, **kw)
+            stats = logit_stats(out.logits[:, keep], k=k, tokens=tgt)
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    return stats, (cache if use_cache else None)
 
 
 def _pieces_from_offsets(text: str, offsets: list[tuple[int, int]]) -> list[str]:

@@ -241,8 +241,9 @@ def _p2(n: int) -> int:
 def plan(BH: int, G: int, T: int, d: int, itemsize: int, target_programs: int) -> dict:
     """Block sizes, splits of the keys and the keep-the-scores decision of one call."""
     block_d = max(16, _p2(d))
-    block_r = min(64, max(16, _p2(G)))
-    block_t = max(16, min(128, 8192 // block_d))
+    # tiles sized for 4 warps without register spills (checked with ptxas for the fp32 dot)
+    block_r = min(32, max(16, _p2(G)))
+    block_t = max(16, min(64, 4096 // block_d))
     tiles = triton.cdiv(T, block_t)
     row_blocks = triton.cdiv(G, block_r)
     splits = max(1, min(tiles, triton.cdiv(target_programs, BH * row_blocks)))

@@ -277,8 +277,8 @@ for arch in sys.argv[1:]:
         sig = dict(sig, **{k: "constexpr" for k in consts})
         triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target, options={"num_warps": 4})
 
-    for keep, f32, bd, bt in ((True, False, 256, 32), (False, False, 64, 128), (False, True, 128, 64)):
-        flags = dict(CAUSAL=True, HAS_WINDOW=not keep, HAS_MASK=f32, KEEP=keep, F32_DOT=f32, BLOCK_R=16,
+    for keep, f32, br, bd, bt in ((True, False, 16, 256, 16), (False, False, 32, 64, 64), (False, True, 32, 128, 32)):
+        flags = dict(CAUSAL=True, HAS_WINDOW=not keep, HAS_MASK=f32, KEEP=keep, F32_DOT=f32, BLOCK_R=br,
                      BLOCK_T=bt, BLOCK_D=bd)
         qt = "*fp32" if f32 else "*bf16"
         comp(A._attention_partial_kernel, dict(q_ptr=qt, **COMMON, seg="i32", state_ptr="*fp32", kept_ptr="*fp32"),

@@ -81,6 +81,30 @@ def time_ms(
     return best * 1e3
 
 
+def time_fixed_ms(
+    fn: Callable[[], Any], iters: int, device: torch.device | str = "cpu", warmup: int = 3, clock: str = "wall"
+) -> float:
+    """Median time of ``fn()`` in ms over exactly ``iters`` calls after ``warmup`` calls.
+
+    For callables that run collectives (``torch.distributed``): every rank must make the same
+    number of calls, which the adaptive timers above do not guarantee. ``clock="cpu"``: this
+    thread's CPU time (waiting for a peer or for a core is not counted).
+    """
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = now()
+        fn()
+        _sync(device)
+        times.append(now() - t0)
+    times.sort()
+    return times[len(times) // 2] * 1e3
+
+
 def cpu_time_ms(fn: Callable[[], Any], min_run_time: float = 0.5) -> float:
     """Median CPU time of ``fn()`` in ms, on this thread's clock (``time.thread_time``).
 

@@ -220,3 +220,55 @@ if not HAS_CPP_SAMPLE:
     LIB.impl("sample", _sample_cpu_fallback, "CPU")
 LIB.impl("truncate", _truncate_cuda, "CUDA")
 LIB.impl("sample", _sample_cuda, "CUDA")
+
+
+# ---------------------------------------------------------------------------------------
+# fuq::attention_stats. q [B, Hq, Lq, d] contiguous, k [B, Hkv, T, d] with a contiguous last
+# dim, mask None or bool [B, T] / [B, Lq, T] (True = may attend), window 0 = no window.
+# Returns (mass [B, Hkv, T], entropy [B, Hq, Lq], lse [B, Hq, Lq]), float32.
+ATTENTION_STATS_SCHEMA = (
+    "attention_stats(Tensor q, Tensor k, float scale, Tensor? mask, bool causal, int window) -> "
+    "(Tensor mass, Tensor entropy, Tensor lse)"
+)
+LIB.define(ATTENTION_STATS_SCHEMA)
+# The CUDA C++ kernel, chosen with backend="cuda"; implemented by fuq._C_cuda.
+LIB.define(ATTENTION_STATS_SCHEMA.replace("attention_stats(", "attention_stats_cuda(", 1))
+
+
+@torch.library.register_fake("fuq::attention_stats_cuda")
+@torch.library.register_fake("fuq::attention_stats")
+def _attention_stats_fake(q, k, scale, mask, causal, window):
+    B, Hq, Lq, _ = q.shape
+    f = q.new_empty((B, Hq, Lq), dtype=torch.float32)
+    return q.new_empty((B, k.shape[1], k.shape[2]), dtype=torch.float32), f, f.clone()
+
+
+def _attention_stats_reference(q, k, scale, mask, causal, window):
+    return reference.attention_stats(q, k, scale, mask, causal, window if window > 0 else None)
+
+
+def _attention_stats_cpu_fallback(q, k, scale, mask, causal, window):
+    warn_once(
+        "cpp-attention_stats",
+        f"fuq: fuq._C has no CPU kernel of fuq::attention_stats ({C_ERROR or 'stale build'}); "
+        "falling back to the slow PyTorch reference. Rebuild with `pip install --no-build-isolation -e .`.",
+    )
+    return _attention_stats_reference(q, k, scale, mask, causal, window)
+
+
+def _attention_stats_cuda(q, k, scale, mask, causal, window):
+    try:
+        from .triton_kernels import attention_stats as kernels
+    except ImportError as exc:
+        warn_once(
+            "triton-attention_stats",
+            f"fuq: Triton is not available ({exc}); fuq.attention_stats falls back to the PyTorch reference on CUDA.",
+        )
+        return _attention_stats_reference(q, k, scale, mask, causal, window)
+    return kernels.attention_stats(q, k, scale, mask, causal, window)
+
+
+HAS_CPP_ATTENTION_STATS = HAS_CPP and _has_kernel("attention_stats", "CPU")
+if not HAS_CPP_ATTENTION_STATS:
+    LIB.impl("attention_stats", _attention_stats_cpu_fallback, "CPU")
+LIB.impl("attention_stats", _attention_stats_cuda, "CUDA")

@@ -7,6 +7,7 @@
     fuq score notes.txt                                    # teacher-forced stats of a given text
     fuq bench --quick                                      # the benchmarks in bench/
     fuq prune notes.txt --rate 0.5 --unit word --html p.html   # compress a prompt (fuq.prune.compress)
+    fuq eu-plane sft.jsonl pruned.jsonl --plot plane.png   # prune a fine-tuning set (Q-Tuning)
 
 torch, transformers and rich are imported inside the commands, so ``fuq --help`` stays fast.
 """
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     be.set_defaults(func=_cmd_bench)
     _add_prune(sub)
+    _add_eu_plane(sub)
     return parser
 
 
@@ -451,6 +453,93 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     )
     if args.html:
         print(f"fuq: wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def _fraction(lo_open: bool):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not (0.0 <= v <= 1.0) or (lo_open and v == 0.0):
+            raise argparse.ArgumentTypeError(f"expected a number in {'(0' if lo_open else '[0'}, 1], got {s}")
+        return v
+
+    return parse
+
+
+def _add_eu_plane(sub) -> None:
+    ep = sub.add_parser(
+        "eu-plane",
+        help="prune a fine-tuning set on the error-uncertainty plane (Q-Tuning)",
+        description="Score every sample of a JSONL fine-tuning set (prompt/response pairs, Alpaca "
+        "instruction/input/output, or chat messages) by the perplexity and mean entropy of its response tokens, "
+        "drop the noise and already-known quadrants so that --sample-keep of the samples survive, and give the "
+        "misconception samples a loss mask over --token-keep of their response tokens. Scoring streams to "
+        "OUT.scores.jsonl and resumes after an interruption; rerunning with other fractions reuses the scores.",
+    )
+    ep.add_argument("input", help="input JSONL, one sample per line")
+    ep.add_argument("output", help="output JSONL: the input objects with an 'eu_plane' field")
+    ep.add_argument("--sample-keep", type=_fraction(False), default=0.5, metavar="F", help="samples kept (0.5)")
+    ep.add_argument("--token-keep", type=_fraction(True), default=0.7, metavar="F",
+                    help="response tokens kept in a misconception sample's loss (0.7)")
+    ep.add_argument("--lam", type=_fraction(False), default=0.5, metavar="L", help="neighbour weight of the token "
+                    "score (0.5)")
+    ep.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="samples per forward pass (8)")
+    ep.add_argument("--max-length", type=_positive_int, default=None, metavar="N",
+                    help="longest sample in tokens; longer lines are reported and skipped (the model's context)")
+    ep.add_argument("--plot", metavar="FILE", help="draw the plane to FILE (.png with matplotlib, else .html)")
+    ep.add_argument("--scores", metavar="FILE", help="side file of the scoring pass (OUTPUT.scores.jsonl)")
+    ep.add_argument("--restart", action="store_true", help="score from scratch, ignoring finished batches")
+    ep.add_argument("--kept-only", action="store_true", help="write only the kept samples")
+    ep.add_argument("--no-chat", action="store_true", help="do not use the tokenizer's chat template")
+    ep.add_argument("--model", default=None, metavar="NAME|PATH", help="'gemma3' (default), 'smollm2' or a path")
+    ep.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
+    ep.set_defaults(func=_cmd_eu_plane)
+
+
+def _cmd_eu_plane(args: argparse.Namespace) -> int:
+    if not Path(args.input).is_file():
+        raise CLIError(f"cannot read {args.input!r}: no such file")
+    from .prune import eu_plane_jsonl
+
+    model, tokenizer = _load(args)
+
+    seen: set[int] = set()
+
+    def bad(line: int, reason: str) -> None:
+        seen.add(line)
+        print(f"fuq eu-plane: {args.input}:{line}: skipped: {reason}", file=sys.stderr)
+
+    try:
+        s = eu_plane_jsonl(
+            model, tokenizer, args.input, args.output, sample_keep=args.sample_keep, token_keep=args.token_keep,
+            lam=args.lam, batch_size=args.batch_size, max_length=args.max_length, scores=args.scores,
+            restart=args.restart, kept_only=args.kept_only, chat=False if args.no_chat else None,
+            progress=sys.stderr.isatty(), on_bad=bad, plot=args.plot,
+        )
+    except (ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from exc
+    for b in s["bad_lines"]:  # met by an earlier, interrupted run
+        if b["line"] not in seen:
+            print(f"fuq eu-plane: {args.input}:{b['line']}: skipped (earlier run): {b['reason']}", file=sys.stderr)
+    q = s["quadrants"]
+    run = s["this_run"]
+    print(
+        f"{s['samples']} samples, {len(s['bad_lines'])} bad lines skipped; kept {s['kept']} "
+        f"(target {s['target']}): Q2 misconception {q['Q2']}, Q4 calibration {q['Q4']}; dropped Q1 noise {q['Q1']}, "
+        f"Q3 known {q['Q3']}; response tokens in the loss {s['kept_response_tokens']} / {s['response_tokens']}",
+        file=sys.stderr,
+    )
+    t = s["thresholds"]
+    print(
+        f"level q = {s['level_q']:.4f}: error (perplexity) {t['error_lo']:.4g} / {t['error_hi']:.4g}, "
+        f"uncertainty (nats) {t['uncertainty_lo']:.4g} / {t['uncertainty_hi']:.4g}; scored {run['samples']} "
+        f"samples in this run (resumed at line {run['resumed_at_line']}); scores kept in {s['scores']}",
+        file=sys.stderr,
+    )
+    print(f"fuq: wrote {args.output}" + (f" and {s['plot']}" if s.get("plot") else ""), file=sys.stderr)
     return 0
 
 

@@ -316,6 +316,15 @@ def attention_stats(
 
     Returns:
         :class:`AttentionStats`; see :func:`fuq.reference.attention_stats` for the maths.
+        A row with no allowed key has ``lse = -inf``, NaN entropy and adds no mass; a row
+        with a NaN / ``+inf`` score has NaN ``lse`` and entropy and NaN mass on the keys it
+        may attend.
+
+    The kernels (C++ on CPU tensors, Triton on CUDA tensors, CUDA C++ with ``backend="cuda"``)
+    run one online softmax over tiles of K per query row, then sum ``exp(s - lse)`` per key:
+    the mass needs each row's final lse, so the scores are kept (one pass over K; decoding,
+    where ``G = Hq / Hkv * Lq`` floats per key are fewer bytes than the key) or recomputed
+    (a second pass over K when many query rows make the scores larger than K).
 
     Example:
         >>> import torch, fuq
@@ -350,5 +359,23 @@ def attention_stats(
         if mask.device != q.device:
             raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
     _check_backend(backend)
-    # Interim implementation (the reference); the fused kernels replace it.
-    return AttentionStats(*reference.attention_stats(q, k, scale, mask, causal, window))
+    q = q.contiguous()
+    if k.stride(3) != 1:
+        k = k.contiguous()
+    return AttentionStats(*_dispatch_attention_stats(q, k, scale, mask, causal, window or 0, backend))
+
+
+def _dispatch_attention_stats(q: Tensor, k: Tensor, scale: float, mask, causal: bool, window: int, backend: str):
+    if backend == "auto":
+        return torch.ops.fuq.attention_stats(q, k, scale, mask, causal, window)
+    if backend == "reference":
+        return reference.attention_stats(q, k, scale, mask, causal, window or None)
+    if backend == "cpp":
+        _check_cpp(q, "attention_stats", _library.HAS_CPP_ATTENTION_STATS)
+        return torch.ops.fuq.attention_stats(q, k, scale, mask, causal, window)
+    if backend == "triton":
+        from .triton_kernels.attention_stats import attention_stats as triton_attention_stats
+
+        return triton_attention_stats(q, k, scale, mask, causal, window)
+    _check_cuda_cpp(q)  # backend == "cuda"
+    return torch.ops.fuq.attention_stats_cuda(q, k, scale, mask, causal, window)

@@ -369,6 +369,10 @@ def attention_stats(
       adds nothing);
     * ``entropy [B, Hq, Lq]``: ``-Σ p log p`` in nats (NaN for a row with no allowed key);
     * ``lse [B, Hq, Lq]``: ``log Σ exp(s)`` over the allowed keys (``-inf`` for none).
+
+    A row with a NaN or ``+inf`` score among its allowed keys (non-finite ``q`` or ``k``)
+    has NaN ``lse`` and ``entropy`` and adds NaN to the mass of every key it may attend:
+    bad input is reported, never turned silently into zero attention.
     """
     B, Hq, Lq, d = q.shape
     Hkv, T = k.shape[1], k.shape[2]
@@ -377,9 +381,12 @@ def attention_stats(
     s = torch.einsum("bhld,bhtd->bhlt", q.float(), kk) * scale
     ok = attention_allowed(Lq, T, mask, causal, window, q.device)[:, None]  # [B|1, 1, Lq, T]
     s = s.masked_fill(~ok, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
+    bad = (s.isnan() | (s == float("inf"))).any(-1)
+    lse = torch.logsumexp(s, dim=-1).masked_fill(bad, float("nan"))
     logp = s - lse[..., None]
-    p = logp.exp().nan_to_num(0.0)  # rows with no allowed key: 0
+    # allowed keys of live rows only: a row with no allowed key (lse = -inf) adds nothing
+    live = ok & (lse != float("-inf"))[..., None]
+    p = torch.where(live, logp.exp(), torch.zeros_like(logp))
     entropy = -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
     entropy = torch.where(lse == float("-inf"), torch.full_like(entropy, float("nan")), entropy)
     mass = p.sum(dim=2).reshape(B, Hkv, g, T).sum(dim=2)

@@ -1,0 +1,391 @@
+"""Record every Triton kernel launch the public ops make, then compile each ahead of time.
+
+The Triton interpreter runs kernels as Python and hides what a GPU compiler refuses
+(a non-constexpr global, a type mismatch, a shared-memory overflow). This script
+closes the gap without a GPU, in two steps run as separate processes:
+
+``python tests/triton_launches.py record OUT.json``
+    (needs ``TRITON_INTERPRET=1``) drives the public ops with ``backend="triton"``
+    over dtypes, knobs and shapes, and records each launch: the kernel, the types of
+    its runtime arguments, its constexpr values and its ``num_warps``/``num_stages``.
+    Small shapes run for real; decode shapes (B = 1…256, V = 32000…262144) are
+    *planned only*: the launchers run with a GPU's program count (132 SMs) so their
+    constexprs (block sizes, split counts, top-k pads) are those a GPU would get, and
+    the kernels are recorded without being executed.
+
+``python tests/triton_launches.py compile IN.json CC [CC …]``
+    (no interpreter) compiles every recorded variant with ``triton.compile`` for each
+    compute capability (80, 90) and prints registers, spills and shared memory per
+    variant (``ptxas -v`` on the PTX). Exit status 1 if any variant fails.
+
+Every ``@triton.jit`` function of ``fuq.triton_kernels`` whose name ends in
+``_kernel`` must be launched by the drive at least once: a new kernel the drive does
+not reach fails the record step, so it cannot be missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+
+GPU_SMS = 132  # H100 / H200; the plans of an A100 (108) differ only in split counts
+_DTYPE = {
+    "float32": "fp32",
+    "float16": "fp16",
+    "bfloat16": "bf16",
+    "float64": "fp64",
+    "int64": "i64",
+    "int32": "i32",
+    "int16": "i16",
+    "int8": "i8",
+    "uint8": "u8",
+    "bool": "i1",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# record
+
+
+def _kernel_modules():
+    import fuq.triton_kernels as pkg
+
+    return [importlib.import_module(f"{pkg.__name__}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+
+
+def _is_constexpr(param: inspect.Parameter) -> bool:
+    ann = param.annotation
+    return "constexpr" in (ann if isinstance(ann, str) else getattr(ann, "__name__", repr(ann)))
+
+
+def _type_of(v) -> str:
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        return "*" + _DTYPE[str(v.dtype).removeprefix("torch.")]
+    if isinstance(v, bool):
+        return "i1"
+    if isinstance(v, int):
+        return "i32" if -(2**31) <= v < 2**31 else "i64"
+    if isinstance(v, float):
+        return "fp32"
+    raise TypeError(f"cannot type a launch argument of type {type(v).__name__}: {v!r}")
+
+
+class Recorder:
+    """Patches the interpreter's launch to record (and, when ``execute`` is off, skip) kernels."""
+
+    def __init__(self) -> None:
+        self.launches: dict[str, dict] = {}
+        self.execute = True
+
+    def record(self, fn, args, kwargs) -> None:
+        params = list(inspect.signature(fn.fn).parameters.values())
+        bound = dict(zip([p.name for p in params], args, strict=False))
+        bound.update({k: v for k, v in kwargs.items() if k in {p.name for p in params}})
+        sig, consts = {}, {}
+        for p in params:
+            v = bound.get(p.name, p.default)
+            if _is_constexpr(p) or v is None:
+                consts[p.name] = v
+            else:
+                sig[p.name] = _type_of(v)
+        opts = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+        entry = {"module": fn.fn.__module__, "kernel": fn.fn.__name__, "signature": sig, "constexprs": consts}
+        entry["options"] = opts
+        key = json.dumps(entry, sort_keys=True, default=repr)
+        self.launches.setdefault(key, entry)
+
+    @contextlib.contextmanager
+    def patched(self):
+        from triton.runtime.interpreter import InterpretedFunction
+
+        orig = InterpretedFunction.run
+        rec = self
+
+        def run(fn, *args, grid, warmup, **kwargs):
+            if not warmup:
+                rec.record(fn, args, kwargs)
+            if rec.execute:
+                return orig(fn, *args, grid=grid, warmup=warmup, **kwargs)
+            return None
+
+        InterpretedFunction.run = run
+        try:
+            yield self
+        finally:
+            InterpretedFunction.run = orig
+
+    @contextlib.contextmanager
+    def planning_only(self):
+        """Launchers plan for a GPU of ``GPU_SMS`` SMs; kernels are recorded, not executed."""
+        patches = []
+        for mod in _kernel_modules():
+            if hasattr(mod, "_target_programs"):
+                orig = mod._target_programs
+                patches.append((mod, "_target_programs", orig))
+                mod._target_programs = lambda device, *a, _o=orig, **kw: _gpu_programs(_o, *a, **kw)
+            if hasattr(mod, "_sm_count"):
+                patches.append((mod, "_sm_count", mod._sm_count))
+                mod._sm_count = lambda *a, **kw: GPU_SMS
+        self.execute = False
+        try:
+            yield
+        finally:
+            self.execute = True
+            for mod, name, orig in patches:
+                setattr(mod, name, orig)
+
+
+def _gpu_programs(orig, *args, **kwargs):
+    """What ``_target_programs`` returns on a CUDA device (``_sm_count`` is patched to ``GPU_SMS``)."""
+
+    class _FakeCuda:
+        type = "cuda"
+        index = 0
+
+    return orig(_FakeCuda(), *args, **kwargs)
+
+
+def _calls(x, tokens):
+    """(name, thunk) for every public-op configuration the drive runs on one logits tensor."""
+    import fuq
+
+    B, V = x.shape
+    out = []
+    for k in sorted({0, 1, min(5, V), min(50, V), min(64, V), V} | ({1025} if V > 1025 else set())):
+        for T in (1.0, 0.7):
+            for tok in (None, tokens):
+                out.append(
+                    (
+                        f"logit_stats k={k} T={T} tok={tok is not None}",
+                        lambda k=k, T=T, tok=tok: fuq.logit_stats(x, k=k, tokens=tok, temperature=T, backend="triton"),
+                    )
+                )
+    knobs = [
+        dict(top_k=min(7, V)),
+        dict(top_k=V),
+        dict(top_p=0.9),
+        dict(min_p=0.05),
+        dict(typical_p=0.9),
+        dict(epsilon=3e-4),
+        dict(eta=3e-4),
+        dict(top_h=0.4),
+        dict(top_n_sigma=1.0),
+        dict(p_less=True),
+        dict(top_k=min(50, V), top_p=0.9, min_p=0.02),
+        dict(top_p=0.9, min_tokens_to_keep=min(3, V)),
+    ]
+    gen = None
+    for kn in knobs:
+        for T in (1.0, 0.7):
+            out.append(
+                (f"truncate {kn} T={T}", lambda kn=kn, T=T: fuq.truncate(x, temperature=T, backend="triton", **kn))
+            )
+            out.append(
+                (
+                    f"sample {kn} T={T}",
+                    lambda kn=kn, T=T: fuq.sample(x, temperature=T, k=min(5, V), generator=gen, backend="triton", **kn),
+                )
+            )
+    return out + _extra_calls(x, tokens)
+
+
+def _extra_calls(x, tokens):
+    """Ops added after logit_stats / truncate / sample: drive them when their Triton route exists."""
+    import torch
+
+    import fuq
+
+    out = []
+    B, V = x.shape
+    if hasattr(fuq, "hidden_stats"):
+        for d in (64, 640):
+            for dtype in {x.dtype, torch.float32}:
+                h = torch.randn(B, d, dtype=dtype)
+                w = torch.randn(V, d, dtype=dtype)
+                for kw in (dict(k=0), dict(k=min(8, V), targets=tokens, softcap=30.0, temperature=0.7)):
+                    out.append(
+                        (
+                            f"hidden_stats d={d} {kw.keys()}",
+                            lambda h=h, w=w, kw=kw: fuq.hidden_stats(h, w, backend="triton", **kw),
+                        )
+                    )
+    return out
+
+
+def _attention_calls(dtype):
+    import torch
+
+    import fuq
+
+    out = []
+    if not hasattr(fuq, "attention_stats"):
+        return out
+    for Hq, Hkv, d, T, Lq in ((4, 1, 256, 300, 1), (9, 3, 64, 130, 4), (8, 8, 128, 64, 64)):
+        q = torch.randn(2, Hq, Lq, d, dtype=dtype)
+        k = torch.randn(2, Hkv, T, d, dtype=dtype)
+        mask = torch.rand(2, T) > 0.1
+        for kw in (dict(), dict(mask=mask, window=32), dict(causal=False)):
+            out.append(
+                (
+                    f"attention_stats {Hq}/{Hkv} d={d} T={T} Lq={Lq} {sorted(kw)}",
+                    lambda q=q, k=k, kw=kw: fuq.attention_stats(q, k, backend="triton", **kw),
+                )
+            )
+    return out
+
+
+RUN_SHAPES = ((2, 37), (1, 1))  # executed: V not a multiple of any block, V = 1
+PLAN_SHAPES = ((1, 262144), (8, 128256), (64, 32000), (256, 262144))  # planned for a GPU, not executed
+
+
+def drive(rec: Recorder) -> list[str]:
+    """Run every configuration; returns the ones whose host code failed (reported, not fatal in plan mode)."""
+    import torch
+
+    failures = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for B, V in RUN_SHAPES if dtype == torch.float32 else RUN_SHAPES[:1]:
+            x = torch.randn(B, V, dtype=dtype) * 3
+            tokens = torch.randint(0, V, (B,))
+            for name, call in _calls(x, tokens) + _attention_calls(dtype):
+                try:
+                    call()
+                except (ValueError, NotImplementedError) as e:  # an op without this Triton route
+                    failures.append(f"run {dtype} [{B},{V}] {name}: {type(e).__name__}: {e}")
+        with rec.planning_only():
+            for B, V in PLAN_SHAPES:
+                x = torch.empty(B, V, dtype=dtype)  # never touched: the kernels do not run
+                tokens = torch.zeros(B, dtype=torch.long)
+                for name, call in _calls(x, tokens):
+                    if B * V > 8 * 262144 and name.startswith(("sample", "hidden_stats")):
+                        continue  # their host-side maths would touch B·V memory; the kernels are planned above
+                    try:
+                        call()
+                    except Exception as e:  # noqa: BLE001 - host code read garbage results: reported
+                        failures.append(f"plan {dtype} [{B},{V}] {name}: {type(e).__name__}: {e}")
+    return failures
+
+
+def _jit_kernels() -> set[str]:
+    names = set()
+    for mod in _kernel_modules():
+        for name, obj in vars(mod).items():
+            if name.endswith("_kernel") and hasattr(obj, "fn") and getattr(obj.fn, "__module__", None) == mod.__name__:
+                names.add(f"{mod.__name__}.{name}")
+    return names
+
+
+def record(path: str) -> int:
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("record needs TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    rec = Recorder()
+    with rec.patched():
+        failures = drive(rec)
+    launches = list(rec.launches.values())
+    seen = {f"{e['module']}.{e['kernel']}" for e in launches}
+    missing = sorted(_jit_kernels() - seen)
+    with open(path, "w") as f:
+        json.dump({"launches": launches, "host_failures": failures, "missing": missing}, f, indent=1, default=repr)
+    print(f"recorded {len(launches)} launch variants of {len(seen)} kernels; {len(failures)} host failures")
+    for m in failures[:20]:
+        print("  host:", m)
+    if missing:
+        print("kernels never launched by the drive (add them to tests/triton_launches.py):", *missing, sep="\n  ")
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# compile
+
+
+def _resources(ptx: str, arch: int) -> dict:
+    """Registers, spill bytes and shared memory from ``ptxas -v`` on the kernel's PTX."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        r = subprocess.run(
+            [
+                get_ptxas(arch).path,
+                "-v",
+                f"--gpu-name=sm_{arch}{'a' if arch == 90 else ''}",
+                src,
+                "-o",
+                os.path.join(tmp, "k.cubin"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+    text = r.stderr + r.stdout
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.findall(r"(\d+) bytes spill (stores|loads)", text)
+    smem = re.search(r"(\d+) bytes smem", text)
+    return {
+        "regs": int(regs.group(1)) if regs else -1,
+        "spill_bytes": sum(int(n) for n, _ in spill),
+        "smem": int(smem.group(1)) if smem else 0,
+    }
+
+
+def _why(ex: BaseException) -> str:
+    """The innermost cause of a compile failure, in one line."""
+    while ex.__cause__ is not None:
+        ex = ex.__cause__
+    last = ex.args[-1] if ex.args else ex
+    return f"{type(ex).__name__}: {' '.join(str(last).split())[:400]}"
+
+
+def compile_all(path: str, archs: list[int]) -> int:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    with open(path) as f:
+        launches = json.load(f)["launches"]
+    bad = 0
+    print(f"{'kernel':<44} {'sm':>3} {'warps':>5} {'regs':>4} {'spill B':>7} {'smem B':>7}  constexprs")
+    for arch in archs:
+        target = GPUTarget("cuda", arch, 32)
+        for e in launches:
+            fn = getattr(importlib.import_module(e["module"]), e["kernel"])
+            consts = e["constexprs"]
+            sig = dict(e["signature"], **{k: "constexpr" for k in consts})
+            opts = dict(e["options"])
+            name = f"{e['module'].rsplit('.', 1)[-1]}.{e['kernel']}"
+            try:
+                c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target, options=opts)
+                res = _resources(c.asm["ptx"], arch)
+                shared = max(res["smem"], int(getattr(c.metadata, "shared", 0) or 0))
+                cs = ",".join(f"{k}={v}" for k, v in consts.items() if v is not None)
+                print(
+                    f"{name:<44} {arch:>3} {opts.get('num_warps', 4):>5} {res['regs']:>4} {res['spill_bytes']:>7} "
+                    f"{shared:>7}  {cs}"
+                )
+            except Exception as ex:  # noqa: BLE001 - every failure is reported, then the step fails
+                bad += 1
+                print(f"FAILED {name} sm_{arch} {consts}: {_why(ex)}")
+    print(f"{len(launches)} variants x {len(archs)} targets, {bad} failed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "record":
+        sys.exit(record(sys.argv[2]))
+    if len(sys.argv) >= 4 and sys.argv[1] == "compile":
+        sys.exit(compile_all(sys.argv[2], [int(a) for a in sys.argv[3:]]))
+    print(__doc__)
+    sys.exit(2)

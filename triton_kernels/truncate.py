@@ -55,13 +55,15 @@ PH_MAX, PH_MOM, PH_VAR, PH_R2, PH_HS, PH_PIV = range(6)
 
 NPIV = tl.constexpr(16)  # pivots per search round: 4 bits of the position per pass
 _OFF = tl.constexpr(2**31)  # prim + _OFF >= 0
-# float state of a row (split path), fst[B, NF]
-F_M, F_LSE, F_H, F_P2, F_ZMEAN, F_CUT, F_ZCUT, F_N0, F_M2, F_LOGS, F_WTOP, F_MREF, F_TARGET, F_N, F_S = range(15)
-NF = 16
+# float state of a row (split path), fst[B, NF]; tl.constexpr: read inside @triton.jit code
+F_M, F_LSE, F_H, F_P2, F_ZMEAN, F_CUT, F_ZCUT, F_N0, F_M2, F_LOGS, F_WTOP, F_MREF, F_TARGET, F_N, F_S = (
+    tl.constexpr(i) for i in range(15)
+)
+NF = tl.constexpr(16)
 # int64 state of a row (split path), ist[B, NI]: the search interval and the cuts
-I_BASE, I_STEP, I_X, I_Y, I_KV = range(5)
-NI = 8
-VEC = 16  # partial sums per program and pass
+I_BASE, I_STEP, I_X, I_Y, I_KV = (tl.constexpr(i) for i in range(5))
+NI = tl.constexpr(8)
+VEC = tl.constexpr(16)  # partial sums per program and pass
 
 
 # ------------------------------------------------------------------------------ elementwise
@@ -602,7 +604,7 @@ def _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, min_keep):
     idb = _idb(V)
     S_PAD = max(2, _p2(S))
 
-    def phase(ph, pmode=0, wmode=0, slot=I_X, strict=False, p=0.0, bits=idb):
+    def phase(ph, pmode=0, wmode=0, slot=I_X.value, strict=False, p=0.0, bits=idb):
         _part_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, part, bits,
                              PHASE=ph, PMODE=pmode, WMODE=wmode, BLOCK=BLOCK, SB=SB, num_warps=8)
         _fin_kernel[(B,)](fst, ist, part, S, p, bits, PHASE=ph, KNOB=knob, SLOT=slot, STRICT=strict, S_PAD=S_PAD)
@@ -610,7 +612,7 @@ def _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, min_keep):
     def search(nbits, target, pmode, wmode, slot, strict=False, set_target=True):
         _init_kernel[(B,)](fst, ist, target, nbits, KNOB=knob, SET_TARGET=set_target)
         for _ in range(nbits // 4):
-            phase(PH_PIV, pmode, wmode, slot, strict, bits=nbits - 32)
+            phase(PH_PIV, pmode, wmode, slot.value, strict, bits=nbits - 32)
 
     phase(PH_MAX)
     phase(PH_MOM)
@@ -620,7 +622,7 @@ def _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, min_keep):
     elif knob in (TOP_P, TYPICAL):
         pm = P_Z if knob == TOP_P else P_TYP
         search(nb, param, pm, W_P, I_X)
-        ist[:, I_Y] = 0
+        ist[:, I_Y.value] = 0
         if min_keep > 1:
             search(nb, float(min_keep), pm, W_CNT, I_Y)
     elif knob == TOP_H:
@@ -683,9 +685,9 @@ def truncate(
                 _knob_kernel[(B,)](out, out.stride(0), V, param, keep, _idb(V),
                                    KNOB=knob, BLOCK=BLOCK, SB=SB, num_warps=8)
         elif knobs:
-            fst = torch.zeros((B, NF), dtype=torch.float32, device=dev)
-            ist = torch.zeros((B, NI), dtype=torch.int64, device=dev)
-            part = torch.empty((B, S, VEC), dtype=torch.float32, device=dev)
+            fst = torch.zeros((B, NF.value), dtype=torch.float32, device=dev)
+            ist = torch.zeros((B, NI.value), dtype=torch.int64, device=dev)
+            part = torch.empty((B, S, VEC.value), dtype=torch.float32, device=dev)
             for knob, param, keep in knobs:
                 _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, keep)
         _nan_rows_kernel[(B, S)](out, bad, out.stride(0), V, seg, S, S_PAD=max(2, _p2(S)), BLOCK=BLOCK)

@@ -17,6 +17,23 @@ namespace {
 
 using at::Tensor;
 
+// Plans the launch (split rows for small B, one block per row otherwise), allocates the
+// split path's scratch and launches on the current stream.
+template <typename T>
+void launch(const T* px, const Tensor& logits, float* po, int B, int V, const fuq::TruncateParams& P,
+            cudaStream_t stream) {
+  const int dev = logits.device().index();
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  int coop = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  int64_t resident = 0;
+  if (coop) C10_CUDA_CHECK(fuq::truncate_max_coresident<T>(sms, &resident));
+  const fuq::TruncatePlan plan = fuq::truncate_plan(B, V, sms, resident);
+  Tensor scratch = at::empty({plan.scratch_floats > 0 ? plan.scratch_floats : 1}, logits.options().dtype(at::kFloat));
+  C10_CUDA_CHECK(fuq::truncate<T>(px, logits.stride(0), po, V, B, V, P, plan, scratch.data_ptr<float>(), stream));
+}
+
 Tensor truncate_cuda(const Tensor& logits_in, double temperature, int64_t top_k, double top_p, double min_p,
                      double typical_p, double epsilon, double eta, double top_h, double top_n_sigma, bool p_less,
                      int64_t min_tokens_to_keep) {
@@ -26,7 +43,8 @@ Tensor truncate_cuda(const Tensor& logits_in, double temperature, int64_t top_k,
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
               "fuq::truncate_cuda: logits must be float32, bfloat16 or float16, got ", dtype);
   const int64_t B = logits_in.size(0), V = logits_in.size(1);
-  TORCH_CHECK(V >= 1 && V < (int64_t{1} << 31) - 1, "fuq::truncate_cuda: V must be in [1, 2^31 - 1), got ", V);
+  // counts are float32 sums (exact below 2^24) and positions need 32 + id bits <= 56
+  TORCH_CHECK(V >= 1 && V < (int64_t{1} << 24), "fuq::truncate_cuda: V must be in [1, 2^24), got ", V);
   const Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
   c10::cuda::CUDAGuard guard(logits.device());
   Tensor out = at::empty({B, V}, logits.options().dtype(at::kFloat));
@@ -47,13 +65,12 @@ Tensor truncate_cuda(const Tensor& logits_in, double temperature, int64_t top_k,
   float* po = out.data_ptr<float>();
   const int b = static_cast<int>(B), v = static_cast<int>(V);
   if (dtype == at::kFloat) {
-    C10_CUDA_CHECK(fuq::truncate<float>(logits.const_data_ptr<float>(), logits.stride(0), po, V, b, v, P, stream));
+    launch<float>(logits.const_data_ptr<float>(), logits, po, b, v, P, stream);
   } else if (dtype == at::kHalf) {
-    C10_CUDA_CHECK(fuq::truncate<__half>(reinterpret_cast<const __half*>(logits.const_data_ptr()), logits.stride(0),
-                                         po, V, b, v, P, stream));
+    launch<__half>(reinterpret_cast<const __half*>(logits.const_data_ptr()), logits, po, b, v, P, stream);
   } else {
-    C10_CUDA_CHECK(fuq::truncate<__nv_bfloat16>(reinterpret_cast<const __nv_bfloat16*>(logits.const_data_ptr()),
-                                                logits.stride(0), po, V, b, v, P, stream));
+    launch<__nv_bfloat16>(reinterpret_cast<const __nv_bfloat16*>(logits.const_data_ptr()), logits, po, b, v, P,
+                          stream);
   }
   return out;
 }

@@ -541,7 +541,7 @@ def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, IDB, KNOB: tl.c
 BLOCK = 1024  # entries per chunk of the streaming passes
 SB = 256  # entries per chunk of a search pass ([SB, 16] sums)
 MAX_V = 2**24  # counts are float32 sums (exact below 2^24); positions need 32 + IDB <= 56 bits
-MIN_CHUNKS = 4  # a split segment holds at least this many BLOCKs
+MIN_CHUNKS = 1  # a split segment holds at least this many BLOCKs
 
 
 def _p2(n: int) -> int:
@@ -557,9 +557,9 @@ def split_plan(B: int, V: int, target_programs: int) -> tuple[int, int]:
     """``(S, seg)``: S programs per row, each over ``seg`` entries (a multiple of BLOCK).
 
     S = 1 (one program per row, one launch per knob) when B alone reaches the target
-    number of programs in flight; otherwise the rows are split so that B·S is about the
-    target, and never into segments shorter than 4 chunks (the per-pass launch and the
-    finalisers then cost more than they save).
+    number of programs in flight (2 per SM); otherwise the rows are split so that B·S is
+    about the target, into segments of at least MIN_CHUNKS blocks: at B = 1, V = 262144,
+    256 programs of 1024 entries.
     """
     if B >= target_programs:
         return 1, triton.cdiv(V, BLOCK) * BLOCK

@@ -17,7 +17,7 @@ int fuq_truncate_check_plan() {
   const fuq::TruncatePlan one = fuq::truncate_plan(1, 262144, 132, 132 * 4);
   const fuq::TruncatePlan big = fuq::truncate_plan(512, 262144, 132, 132 * 4);
   const bool covered = (one.splits - 1) * int64_t{one.seg} < 262144 && int64_t{one.splits} * one.seg >= 262144;
-  return one.splits >= 64 && covered && big.splits == 1 ? 0 : 1;
+  return one.splits >= 132 && covered && big.splits == 1 ? 0 : 1;
 }
 
 int fuq_sample_draw_check(const float* z, const double* u, int64_t* ids) {

@@ -500,7 +500,7 @@ inline TruncatePlan truncate_plan(int64_t B, int V, int num_sms, int64_t max_cor
   if (B <= 0 || B >= target) return p;
   const int64_t chunks = (V + kTruncateThreads - 1) / kTruncateThreads;
   int64_t S = (target + B - 1) / B;
-  if (S > chunks / 8) S = chunks / 8;  // at least 8 chunks per block
+  if (S > chunks / 2) S = chunks / 2;  // at least 2 chunks per block
   if (B * S > max_coresident) S = max_coresident / B;
   if (S <= 1) return p;
   const int64_t per = (chunks + S - 1) / S;

@@ -235,8 +235,9 @@ __device__ void top_h_scale(const float* z, int lo, int hi, Row& r, Red& red) {
 template <int BLOCK, typename Red>
 __device__ int64_t search(const float* z, int lo, int hi, int nbits, float target, bool strict, const Row& r,
                           int idb, int pmode, int wmode, Red& red) {
-  int64_t base = 0, step = int64_t{1} << (nbits - 4);
-  for (int round = 0; round < nbits / 4; ++round) {
+  int64_t base = 0;
+  int sh = nbits - 4;  // step = 2^sh: shifts, not 64-bit divisions (a slow subroutine call)
+  for (int round = 0; round < nbits / 4; ++round, sh -= 4) {
     float acc[kPiv];
 #pragma unroll
     for (int b = 0; b < kPiv; ++b) acc[b] = 0.f;
@@ -246,7 +247,7 @@ __device__ int64_t search(const float* z, int lo, int hi, int nbits, float targe
       const float w = r.weight(x, wmode);
       const int64_t p = r.pos(x, i, idb, pmode);
       // pivot b = base + (b + 1)·step - 1 is >= p from b0 = floor((p - base) / step) on
-      const int64_t b0 = p < base ? 0 : (p - base) / step;
+      const int64_t b0 = p < base ? 0 : (p - base) >> sh;
 #pragma unroll
       for (int b = 0; b < kPiv; ++b) acc[b] += b >= b0 ? w : 0.f;
     }
@@ -257,8 +258,7 @@ __device__ int64_t search(const float* z, int lo, int hi, int nbits, float targe
       if (strict ? v > target : v >= target) hit = b;
     }
     __syncthreads();
-    base += hit * step;
-    step /= kPiv;
+    base += static_cast<int64_t>(hit) << sh;
   }
   return base;
 }
@@ -273,7 +273,7 @@ enum Knob { kTopH = 0, kTopK, kTopP, kMinP, kTypical, kEpsilon, kEta, kTopNSigma
 
 // One knob on one row (one block), in place, by the tie rule of fuq.reference.
 template <int BLOCK, typename Red>
-__device__ void apply_knob(float* z, int lo, int hi, int idb, int knob, float param, int min_keep, Red& red) {
+__device__ __forceinline__ void apply_knob(float* z, int lo, int hi, int idb, int knob, float param, int min_keep, Red& red) {
   Row r = row_stats<BLOCK>(z, lo, hi, red);
   const int nb = 32 + idb;
   int64_t X = 0, Y = 0, KV = vpos(r.m);  // thresholds keep the max

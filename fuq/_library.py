@@ -131,6 +131,8 @@ LIB.define(TRUNCATE_SCHEMA)
 LIB.define(SAMPLE_SCHEMA)
 # The CUDA C++ truncation kernel, chosen with backend="cuda"; implemented by fuq._C_cuda.
 LIB.define(TRUNCATE_SCHEMA.replace("truncate(", "truncate_cuda(", 1))
+# The CUDA C++ sampler (truncate + draw + stats, one launch sequence); implemented by fuq._C_cuda.
+LIB.define(SAMPLE_SCHEMA.replace("sample(", "sample_cuda(", 1))
 
 
 @torch.library.register_fake("fuq::truncate_cuda")
@@ -139,6 +141,7 @@ def _truncate_fake(logits, *knobs):
     return logits.new_empty(logits.shape, dtype=torch.float32)
 
 
+@torch.library.register_fake("fuq::sample_cuda")
 @torch.library.register_fake("fuq::sample")
 def _sample_fake(logits, uniform, k, *knobs):
     B = logits.shape[0]

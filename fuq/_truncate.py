@@ -238,7 +238,7 @@ def sample(
         out = _library.sample_composed(rows, u, k, knobs, triton_truncate, triton_logit_stats)
     else:
         _check_cuda_cpp(rows)
-        out = _library.sample_composed(rows, u, k, knobs, torch.ops.fuq.truncate_cuda, torch.ops.fuq.logit_stats_cuda)
+        out = torch.ops.fuq.sample_cuda(rows, u, k, *knobs)  # truncate + draw + stats, no host round trip
     ids, lse, ent, var, mx, am, tkl, tki, tkm, tl = out
     return ids.reshape(lead), LogitStats(
         lse.reshape(lead),

@@ -239,6 +239,16 @@ MERGE_IN_KERNEL_MAX_CAND = 4096
 BITONIC: bool | None = None
 
 
+# Chunk sizes of pass 1 (4 warps), sized so that the programs per SM the plan assumes fit in
+# the register file (ptxas for sm_90 / sm_80, BLOCK -> registers per thread -> blocks per SM):
+# k = 0: 1024 -> 110 / 128 regs, 4 blocks; 512 -> 56 regs, 8 blocks (the plan's 8 per SM).
+# K_PAD = 64: 1024 -> 198 / 194 regs, 2 blocks; 256 -> 96 regs, 5 blocks (the plan's 4 per SM).
+# K_PAD > 256 needs BLOCK >= K_PAD and gets fewer. num_stages does not apply: Triton does not
+# pipeline these loads (no tl.dot), so the latency is covered by programs in flight instead.
+BLOCK_STATS = 512
+BLOCK_TOPK = 256
+
+
 @functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -260,7 +270,7 @@ def _p2(n: int) -> int:
 def _plan(B: int, V: int, k: int, target_programs: int) -> tuple[int, int, int, int]:
     """``(K_PAD, BLOCK, SPLITS, seg)``: SPLITS programs per row, each over ``seg`` entries (a multiple of BLOCK)."""
     k_pad = 0 if k == 0 or k > K_MAX else max(2, _p2(k))
-    block = max(k_pad, 16, min(1024, _p2(V)))
+    block = max(k_pad, 16, min(BLOCK_TOPK if k_pad else BLOCK_STATS, _p2(V)))
     splits = max(1, min(triton.cdiv(V, block), triton.cdiv(target_programs, max(B, 1))))
     seg = triton.cdiv(triton.cdiv(V, splits), block) * block
     return k_pad, block, triton.cdiv(V, seg), seg

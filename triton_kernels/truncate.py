@@ -1,19 +1,45 @@
 """Triton truncation: top-k / top-p / min-p / typical / epsilon / eta / top-h / top-nσ / p-less.
 
-No sort. Every cut-off is a threshold on a per-token key that is monotone in
-what the warper orders by, so it is found by bisection over the 2^32 values of
-an order-preserving int32 key of a float32, each step one counting (or mass
-summing) pass over the row: 32 passes, exact in float32, independent of V.
+No sort. Every cut is either a threshold on p or z (min-p, epsilon, eta, top-nσ, p-less)
+or a *position* in a strict order of the row, found by a 16-way search:
 
-One program per row; each knob is one launch that (1) computes the row's stats
-over the tokens still alive (max, lse, and the entropy / moments the knob
-needs), (2) bisects its threshold, (3) writes -inf over the removed tokens. Knobs
-run in Hugging Face's order on the output of the previous one, as HF's warper
-chain does. The row lives in L2 on a GPU, so the 30-odd passes are cheap next to
-one trip to HBM; B = 1 is a single program (a split-row variant is future work).
+* the order of a knob is ``(prim asc, token id asc)``, ``prim`` an order-preserving int32
+  key: ``-1 - key(z)`` for "z descending" (top-k, top-p, top-h), ``key(|-log p - H|)`` for
+  typical. A token's position is the int64 ``pos = (prim + 2^31) << IDB | id`` (``IDB``
+  bits hold any id < V), so positions are distinct and ordered as the order;
+* the cut is the smallest position X whose inclusive cumulative weight (probability,
+  count or scaled entropy term) reaches a target. Each round of the search splits the
+  interval holding X into 16 and sums the weights below the 15 inner pivots in one pass
+  over the row: ``(32 + IDB) / 4`` passes, exact, independent of V and of the data;
+* a prefix of the order is ``pos <= X``; with ``IDB = 0`` positions are value keys and the
+  cut keeps ties (top-k, ``min_tokens_to_keep`` of the thresholds).
+
+That is the tie rule of ``fuq.reference`` (module docstring): top-k and the thresholds
+keep equal values together; top-p, typical and top-h keep a prefix of their order, so on
+a tie group at the cut only the lower ids stay. Top-h's entropy terms are summed scaled by
+one positive factor per row, relative to the runner-up when the maximum is alone, so a
+maximum 90 or 1000 nats ahead does not collapse the sums (see :func:`_toph_scale`).
+
+Two launch shapes, chosen by :func:`split_plan`:
+
+* **one program per row** (B fills the GPU): one launch per knob, ``_knob_kernel``, walks
+  the row's passes itself (the row stays in L2);
+* **split rows** (small B): every pass is a ``(B, S)`` launch of ``_part_kernel`` (S
+  programs per row, each over a segment, writing 16 partial sums), then a ``(B,)``
+  ``_fin_kernel`` that reduces them and advances the row's state (in ``fst`` / ``ist``);
+  B = 1 at V = 262144 spreads over every SM. Both shapes run the same ``@triton.jit``
+  helpers, so they compute the same sums (up to the order of float additions).
+
+Knobs run in Hugging Face's order, each on the output of the previous one. Division and
+square roots that decide a kept set are round-to-nearest (``div_rn``, ``sqrt_rn``), as on
+the CPU. A row holding NaN or +inf comes back all NaN; an all -inf row stays all -inf.
+Every launch runs under ``torch.cuda.device(logits.device)``.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
 
 import torch
 import triton
@@ -21,220 +47,595 @@ import triton.language as tl
 
 # knob ids (constexpr)
 TOP_K, TOP_P, MIN_P, TYPICAL, EPSILON, ETA, TOP_H, TOP_N_SIGMA, P_LESS = range(9)
-# aggregate modes of the bisection pass (constexpr)
-_CNT_GT, _MASS_LE, _TYP_MASS_LE, _TYP_CNT_LE, _ENT_GE, _CNT_GE = range(6)
+# orders (PMODE) and weights (WMODE) of a search (constexpr)
+P_Z, P_TYP = 0, 1
+W_CNT, W_P, W_H = 0, 1, 2
+# phases of the split path (constexpr)
+PH_MAX, PH_MOM, PH_VAR, PH_R2, PH_HS, PH_PIV = range(6)
 
-_INT32_MIN = -(2**31)
-_INT32_MAX = 2**31 - 1
+NPIV = tl.constexpr(16)  # pivots per search round: 4 bits of the position per pass
+_OFF = tl.constexpr(2**31)  # prim + _OFF >= 0
+# float state of a row (split path), fst[B, NF]; tl.constexpr: read inside @triton.jit code
+F_M, F_LSE, F_H, F_P2, F_ZMEAN, F_CUT, F_ZCUT, F_N0, F_M2, F_LOGS, F_WTOP, F_MREF, F_TARGET, F_N, F_S = (
+    tl.constexpr(i) for i in range(15)
+)
+NF = tl.constexpr(16)
+# int64 state of a row (split path), ist[B, NI]: the search interval and the cuts
+I_BASE, I_STEP, I_X, I_Y, I_KV = (tl.constexpr(i) for i in range(5))
+NI = tl.constexpr(8)
+VEC = tl.constexpr(16)  # partial sums per program and pass
+
+
+# ------------------------------------------------------------------------------ elementwise
 
 
 @triton.jit
-def _key(z):
-    """Order-preserving int32 of a float32: a < b  <=>  key(a) < key(b) (no NaN)."""
+def _vkey(z):
+    """Order-preserving int32 of a float32 (no NaN), -0.0 folded onto +0.0: a < b <=> key(a) < key(b)."""
     b = z.to(tl.int32, bitcast=True)
-    return tl.where(b >= 0, b, b ^ 0x7FFFFFFF)
+    k = tl.where(b >= 0, b, b ^ 0x7FFFFFFF)
+    return tl.where(z == 0.0, 0, k)
 
 
 @triton.jit
-def _scale_kernel(x_ptr, out_ptr, bad_ptr, x_stride, out_stride, V, T, BLOCK: tl.constexpr):
-    """out = x / T in float32; a row holding NaN or +inf is flagged and zeroed (NaN at the end)."""
-    row = tl.program_id(0).to(tl.int64)
-    badv = tl.zeros([BLOCK], dtype=tl.int32)
-    for start in range(0, V, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        z = tl.load(x_ptr + row * x_stride + cols, mask=cols < V, other=0.0).to(tl.float32) / T
-        badv = badv | ((z != z) | (z == float("inf"))).to(tl.int32)
-    bad = tl.max(badv, axis=0)
-    tl.store(bad_ptr + row, bad)
-    for start in range(0, V, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        msk = cols < V
-        z = tl.load(x_ptr + row * x_stride + cols, mask=msk, other=0.0).to(tl.float32) / T
-        tl.store(out_ptr + row * out_stride + cols, tl.where(bad != 0, 0.0, z), mask=msk)
+def _pos(z, idx, lse, H, IDB, PMODE: tl.constexpr):
+    """int64 position of each token in the knob's order: (prim asc, id asc)."""
+    if PMODE == 0:  # z descending
+        prim = -1 - _vkey(z)
+    else:  # typical: |-log p - H| ascending
+        prim = _vkey(tl.abs(-(z - lse) - H))
+    ids = idx.to(tl.int64) & ((tl.full([], 1, tl.int64) << IDB) - 1)  # IDB = 0: value keys, ties equal
+    return ((prim.to(tl.int64) + _OFF) << IDB) | ids
 
 
 @triton.jit
-def _nan_rows_kernel(out_ptr, bad_ptr, out_stride, V, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    if tl.load(bad_ptr + row) != 0:
-        for start in range(0, V, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            tl.store(out_ptr + row * out_stride + cols, tl.full([BLOCK], float("nan"), tl.float32), mask=cols < V)
+def _vpos(z):
+    """The position of z in the order "z descending" with IDB = 0: a value key (ties equal)."""
+    return (-1 - _vkey(z)).to(tl.int64) + _OFF
 
 
 @triton.jit
-def _agg(ptr, V, K, lse, H, MODE: tl.constexpr, BLOCK: tl.constexpr):
-    """One pass: a sum over the row selected by the threshold K (see the modes)."""
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, V, BLOCK):
+def _weight(z, live, lse, m, logs, wtop, mref, WMODE: tl.constexpr):
+    """The search weight of each token: 1, p, or top-h's scaled entropy term; 0 for removed tokens."""
+    if WMODE == 0:
+        w = tl.where(live, 1.0, 0.0)
+    elif WMODE == 1:
+        w = tl.where(live, tl.exp(z - lse), 0.0)
+    else:
+        # S·e^{m - mref}·(-p log p) = e^{z - mref}·(log S + m - z); the top token's is wtop
+        rest = tl.exp(tl.where(live, z - mref, 0.0)) * (logs + (m - z))
+        w = tl.where(live, tl.where(z == m, wtop, rest), 0.0)
+    return w
+
+
+@triton.jit
+def _keep(z, idx, lse, H, m, cut, zcut, X, Y, KV, IDB, KNOB: tl.constexpr):
+    """The kept mask of one knob, given its cut (X, Y positions; KV a value key; cut on p; zcut on z)."""
+    live = z > float("-inf")
+    if KNOB == 0:  # top-k: ties with the k-th value kept (IDB = 0 positions are value keys)
+        keep = _vpos(z) <= X
+    elif KNOB == 1:  # top-p: a prefix, at least the first min_keep
+        keep = _pos(z, idx, lse, H, IDB, 0) <= tl.maximum(X, Y)
+    elif KNOB == 3:  # typical: a prefix of its own order
+        keep = _pos(z, idx, lse, H, IDB, 1) <= tl.maximum(X, Y)
+    elif KNOB == 6:  # top-h: before the first position past the bound
+        keep = _pos(z, idx, lse, H, IDB, 0) < X
+    elif KNOB == 7:  # top-nσ
+        keep = z >= zcut
+    else:  # min-p, epsilon, eta, p-less: p >= cut, or at/above the min_keep-th value
+        keep = (tl.exp(z - lse) >= cut) | (_vpos(z) <= KV)
+    return live & keep
+
+
+# --------------------------------------------------------------- passes over [lo, hi) of a row
+
+
+@triton.jit
+def _seg_max(ptr, lo, hi, BLOCK: tl.constexpr):
+    mv = tl.full([BLOCK], float("-inf"), tl.float32)
+    for start in range(lo, hi, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        z = tl.load(ptr + cols, mask=cols < V, other=float("-inf"))
+        mv = tl.maximum(mv, tl.load(ptr + cols, mask=cols < hi, other=float("-inf")))
+    return tl.max(mv, axis=0)
+
+
+@triton.jit
+def _seg_moments(ptr, lo, hi, m, BLOCK: tl.constexpr):
+    """Relative to the row max m: Σe^d, Σe^d·d, Σe^2d, #live, Σd, #(z == m), max z < m (d = z - m)."""
+    s = tl.zeros([BLOCK], tl.float32)
+    t = tl.zeros([BLOCK], tl.float32)
+    q = tl.zeros([BLOCK], tl.float32)
+    n = tl.zeros([BLOCK], tl.float32)
+    sd = tl.zeros([BLOCK], tl.float32)
+    n0 = tl.zeros([BLOCK], tl.float32)
+    m2 = tl.full([BLOCK], float("-inf"), tl.float32)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
         live = z > float("-inf")
-        logp = tl.where(live, z - lse, 0.0)
-        p = tl.where(live, tl.exp(logp), 0.0)
-        if MODE == 0:  # count(key(z) > K), live tokens
-            v = tl.where(live & (_key(z) > K), 1.0, 0.0)
-        elif MODE == 1:  # mass of key(z) <= K
-            v = tl.where(_key(z) <= K, p, 0.0)
-        elif MODE == 2:  # typical: mass of key(|-logp - H|) <= K
-            v = tl.where(live & (_key(tl.abs(-logp - H)) <= K), p, 0.0)
-        elif MODE == 3:  # typical: count of key(|-logp - H|) <= K
-            v = tl.where(live & (_key(tl.abs(-logp - H)) <= K), 1.0, 0.0)
-        elif MODE == 4:  # top-h: entropy terms of key(z) >= K
-            v = tl.where(live & (_key(z) >= K), -p * logp, 0.0)
-        else:  # count(key(z) >= K)
-            v = tl.where(live & (_key(z) >= K), 1.0, 0.0)
-        acc += v
+        d = tl.where(live, z - m, 0.0)
+        e = tl.where(live, tl.exp(d), 0.0)
+        s += e
+        t += e * d
+        q += e * e
+        n += tl.where(live, 1.0, 0.0)
+        sd += d
+        n0 += tl.where(live & (z == m), 1.0, 0.0)
+        m2 = tl.maximum(m2, tl.where(z < m, z, float("-inf")))
+    return (
+        tl.sum(s, axis=0),
+        tl.sum(t, axis=0),
+        tl.sum(q, axis=0),
+        tl.sum(n, axis=0),
+        tl.sum(sd, axis=0),
+        tl.sum(n0, axis=0),
+        tl.max(m2, axis=0),
+    )
+
+
+@triton.jit
+def _seg_var(ptr, lo, hi, zmean, BLOCK: tl.constexpr):
+    dv = tl.zeros([BLOCK], tl.float32)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
+        d = tl.where(z > float("-inf"), z - zmean, 0.0)
+        dv += d * d
+    return tl.sum(dv, axis=0)
+
+
+@triton.jit
+def _seg_r2(ptr, lo, hi, m, m2, BLOCK: tl.constexpr):
+    """Σ e^{z - m2} over the live tokens below the max (top-h's sum relative to the runner-up)."""
+    rv = tl.zeros([BLOCK], tl.float32)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
+        ok = (z > float("-inf")) & (z < m)
+        rv += tl.where(ok, tl.exp(tl.where(ok, z - m2, 0.0)), 0.0)
+    return tl.sum(rv, axis=0)
+
+
+@triton.jit
+def _seg_hs(ptr, lo, hi, lse, m, logs, wtop, mref, BLOCK: tl.constexpr):
+    hv = tl.zeros([BLOCK], tl.float32)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
+        hv += _weight(z, z > float("-inf"), lse, m, logs, wtop, mref, 2)
+    return tl.sum(hv, axis=0)
+
+
+@triton.jit
+def _seg_pivots(ptr, lo, hi, base, step, lse, H, m, logs, wtop, mref, IDB,
+                PMODE: tl.constexpr, WMODE: tl.constexpr, SB: tl.constexpr):
+    """[NPIV] sums of the weights of the tokens at or below each pivot base + (b + 1)·step - 1."""
+    piv = base + (tl.arange(0, NPIV).to(tl.int64) + 1) * step - 1
+    acc = tl.zeros([SB, NPIV], tl.float32)
+    for start in range(lo, hi, SB):
+        cols = start + tl.arange(0, SB)
+        z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
+        live = z > float("-inf")
+        w = _weight(z, live, lse, m, logs, wtop, mref, WMODE)
+        p = _pos(z, cols, lse, H, IDB, PMODE)
+        acc += tl.where(p[:, None] <= piv[None, :], w[:, None], 0.0)
     return tl.sum(acc, axis=0)
 
 
-@triton.jit
-def _kth_largest_key(ptr, V, k, BLOCK: tl.constexpr):
-    """Smallest K with count(key > K) < k: the key of the k-th largest live logit."""
-    lo = tl.full([], _INT32_MIN, tl.int64)
-    hi = tl.full([], _INT32_MAX, tl.int64)
-    for _ in range(32):
-        mid = lo + (hi - lo) // 2
-        ok = _agg(ptr, V, mid, 0.0, 0.0, 0, BLOCK) < k
-        hi = tl.where(ok, mid, hi)
-        lo = tl.where(ok, lo, mid + 1)
-    return lo
+# ------------------------------------------------------------------------ per-row finalisers
 
 
 @triton.jit
-def _knob_kernel(
-    out_ptr,
-    out_stride,
-    V,
-    param,
-    min_keep,
-    KNOB: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
+def _fin_moments(m, s, t, q, n, sd):
+    """(lse, H, Σp², mean z) of the live tokens from the moments' sums."""
+    logs = tl.log(s)
+    lse = m + logs  # all -inf row: -inf
+    H = logs - tl.math.div_rn(t, s)
+    p2 = tl.math.div_rn(q, s * s)
+    zmean = m + tl.math.div_rn(sd, tl.maximum(n, 1.0))
+    return lse, H, p2, zmean
+
+
+@triton.jit
+def _toph_scale(s, n0, m, m2, r2):
+    """(log S, the top token's scaled term, the reference of the exponentials) of top-h.
+
+    All terms are scaled by S·e^{m - mref}. A lone maximum (n0 = 1) with a runner-up g nats
+    below: mref = m2, x = e^{-g}·r2 (S = 1 + x) and the top term e^{g}·log1p(x) is
+    r2·log1p(x)/x, finite whatever g. Otherwise mref = m and the top terms are log S >= log 2
+    (or 0 for a single live token).
+    """
+    alone = (n0 == 1.0) & (m2 > float("-inf"))
+    x = tl.exp(tl.where(alone, m2 - m, 0.0)) * r2
+    u = 1.0 + x
+    ratio = tl.where(u == 1.0, 1.0 - 0.5 * x, tl.math.div_rn(tl.log(u), u - 1.0))  # log1p(x) / x
+    logs = tl.where(alone, ratio * x, tl.log(s))
+    wtop = tl.where(alone, r2 * ratio, logs)
+    mref = tl.where(alone, m2, m)
+    return logs, wtop, mref
+
+
+@triton.jit
+def _fin_pivots(sums, base, step, target, STRICT: tl.constexpr):
+    """Next (base, step): the first of the 16 sub-intervals whose upper pivot meets the target."""
+    if STRICT:
+        hit = sums > target
+    else:
+        hit = sums >= target
+    b = tl.min(tl.where(hit, tl.arange(0, NPIV), NPIV - 1), axis=0)
+    return base + b.to(tl.int64) * step, step // NPIV
+
+
+@triton.jit
+def _search(ptr, V, nbits, target, lse, H, m, logs, wtop, mref, IDB,
+            PMODE: tl.constexpr, WMODE: tl.constexpr, STRICT: tl.constexpr, SB: tl.constexpr):
+    """The smallest position whose inclusive cumulative weight meets the target (one program, whole row).
+
+    Never met (rounding; fewer live tokens than a count): the last position, 2^nbits - 1.
+    """
+    base = tl.full([], 0, tl.int64)
+    step = tl.full([], 1, tl.int64) << (nbits - 4)
+    for _ in range(0, nbits // 4):
+        sums = _seg_pivots(ptr, 0, V, base, step, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, SB)
+        base, step = _fin_pivots(sums, base, step, target, STRICT)
+    return base
+
+
+# ------------------------------------------------------------------- one program per row
+
+
+@triton.jit
+def _knob_kernel(out_ptr, out_stride, V, param, min_keep, IDB,
+                 KNOB: tl.constexpr, BLOCK: tl.constexpr, SB: tl.constexpr):
+    """One knob on one row per program: stats, cut, then -inf over the removed tokens, in place."""
     row = tl.program_id(0).to(tl.int64)
     ptr = out_ptr + row * out_stride
-    # -- stats of the live tokens: max m, lse, entropy H, Σp², mean/var of z --
-    mv = tl.full([BLOCK], float("-inf"), tl.float32)
-    for start in range(0, V, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mv = tl.maximum(mv, tl.load(ptr + cols, mask=cols < V, other=float("-inf")))
-    m = tl.max(mv, axis=0)
-    sv = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, V, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        z = tl.load(ptr + cols, mask=cols < V, other=float("-inf"))
-        sv += tl.where(z > float("-inf"), tl.exp(z - m), 0.0)
-    lse = m + tl.log(tl.sum(sv, axis=0))
-    H = 0.0
-    p2 = 0.0
-    zmean = 0.0
-    zvar = 0.0
-    if (KNOB == 3) | (KNOB == 5) | (KNOB == 6) | (KNOB == 8) | (KNOB == 7):
-        hv = tl.zeros([BLOCK], dtype=tl.float32)
-        qv = tl.zeros([BLOCK], dtype=tl.float32)
-        cv = tl.zeros([BLOCK], dtype=tl.float32)
-        zs = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, V, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            z = tl.load(ptr + cols, mask=cols < V, other=float("-inf"))
-            live = z > float("-inf")
-            logp = tl.where(live, z - lse, 0.0)
-            p = tl.where(live, tl.exp(logp), 0.0)
-            hv += -p * logp
-            qv += p * p
-            cv += tl.where(live, 1.0, 0.0)
-            zs += tl.where(live, z, 0.0)
-        H = tl.sum(hv, axis=0)
-        p2 = tl.sum(qv, axis=0)
-        n = tl.sum(cv, axis=0)
-        zmean = tl.sum(zs, axis=0) / n
-        if KNOB == 7:
-            dv = tl.zeros([BLOCK], dtype=tl.float32)
-            for start in range(0, V, BLOCK):
-                cols = start + tl.arange(0, BLOCK)
-                z = tl.load(ptr + cols, mask=cols < V, other=float("-inf"))
-                d = tl.where(z > float("-inf"), z - zmean, 0.0)
-                dv += d * d
-            zvar = tl.sum(dv, axis=0) / tl.maximum(n - 1.0, 1.0)  # (N - 1)-normalised, as torch.std
-
-    # -- the threshold: keep key(z) >= K_keep (or, for typical, key(shift) <= K_typ) --
-    K_top = _key(m).to(tl.int64)  # keeps at least the max
-    if min_keep > 1:
-        K_top = _kth_largest_key(ptr, V, min_keep, BLOCK)
-    K_keep = K_top
-    K_typ = tl.full([], _INT32_MAX, tl.int64)
-    cut = 0.0  # a direct threshold on p, for min-p / epsilon / eta / p-less
+    m = _seg_max(ptr, 0, V, BLOCK)
+    s, t, q, n, sd, n0, m2 = _seg_moments(ptr, 0, V, m, BLOCK)
+    lse, H, p2, zmean = _fin_moments(m, s, t, q, n, sd)
+    logs = tl.log(s)
+    wtop = logs
+    mref = m
+    nb = 32 + IDB
+    KV = _vpos(m)  # the max's value key: thresholds keep the max
+    X = tl.full([], 0, tl.int64)
+    Y = tl.full([], 0, tl.int64)
+    cut = 0.0
     zcut = float("-inf")
-    if KNOB == 0:  # top-k: the k-th largest logit (k already max'ed with min_keep)
-        K_keep = _kth_largest_key(ptr, V, param, BLOCK)
-    elif KNOB == 1:  # top-p: smallest K with mass(key <= K) > 1 - top_p
-        lo = tl.full([], _INT32_MIN, tl.int64)
-        hi = tl.full([], _INT32_MAX, tl.int64)
-        for _ in range(32):
-            mid = lo + (hi - lo) // 2
-            ok = _agg(ptr, V, mid, lse, H, 1, BLOCK) > param  # param = 1 - top_p
-            hi = tl.where(ok, mid, hi)
-            lo = tl.where(ok, lo, mid + 1)
-        K_keep = tl.minimum(lo, K_top)
-    elif KNOB == 3:  # typical: smallest K with mass(key(shift) <= K) >= mass
-        lo = tl.full([], 0, tl.int64)
-        hi = tl.full([], _INT32_MAX, tl.int64)
-        for _ in range(32):
-            mid = lo + (hi - lo) // 2
-            ok = _agg(ptr, V, mid, lse, H, 2, BLOCK) >= param
-            hi = tl.where(ok, mid, hi)
-            lo = tl.where(ok, lo, mid + 1)
-        K_typ = lo
-        if min_keep > 1:  # the min_keep smallest shifts are kept too
-            lo = tl.full([], 0, tl.int64)
-            hi = tl.full([], _INT32_MAX, tl.int64)
-            for _ in range(32):
-                mid = lo + (hi - lo) // 2
-                ok = _agg(ptr, V, mid, lse, H, 3, BLOCK) >= min_keep
-                hi = tl.where(ok, mid, hi)
-                lo = tl.where(ok, lo, mid + 1)
-            K_typ = tl.maximum(K_typ, lo)
-        K_keep = tl.full([], _INT32_MIN, tl.int64)
-    elif KNOB == 6:  # top-h: smallest K with Σ_{key >= K} -p log p <= α H, keeping the max
-        lo = tl.full([], _INT32_MIN, tl.int64)
-        hi = tl.full([], _INT32_MAX, tl.int64)
-        for _ in range(32):
-            mid = lo + (hi - lo) // 2
-            ok = _agg(ptr, V, mid, lse, H, 4, BLOCK) <= param * H
-            hi = tl.where(ok, mid, hi)
-            lo = tl.where(ok, lo, mid + 1)
-        K_keep = tl.minimum(lo, _key(m).to(tl.int64))
-    elif KNOB == 2:  # min-p
-        cut = param * tl.exp(m - lse)
-    elif KNOB == 4:  # epsilon
-        cut = param
-    elif KNOB == 5:  # eta
-        cut = tl.minimum(param, tl.sqrt(param) * tl.exp(-H))
-    elif KNOB == 7:  # top-n-sigma
-        zcut = m - param * tl.sqrt(zvar)
-    else:  # p-less
-        cut = p2
-
-    # -- write -inf over the removed tokens --
+    if KNOB == 0:
+        X = _search(ptr, V, 32, param, lse, H, m, logs, wtop, mref, 0, 0, 0, False, SB)
+    elif KNOB == 1:
+        X = _search(ptr, V, nb, param, lse, H, m, logs, wtop, mref, IDB, 0, 1, False, SB)
+        if min_keep > 1:
+            Y = _search(ptr, V, nb, min_keep.to(tl.float32), lse, H, m, logs, wtop, mref, IDB, 0, 0, False, SB)
+    elif KNOB == 3:
+        X = _search(ptr, V, nb, param, lse, H, m, logs, wtop, mref, IDB, 1, 1, False, SB)
+        if min_keep > 1:
+            Y = _search(ptr, V, nb, min_keep.to(tl.float32), lse, H, m, logs, wtop, mref, IDB, 1, 0, False, SB)
+    elif KNOB == 6:
+        r2 = _seg_r2(ptr, 0, V, m, m2, BLOCK)
+        logs, wtop, mref = _toph_scale(s, n0, m, m2, r2)
+        hs = _seg_hs(ptr, 0, V, lse, m, logs, wtop, mref, BLOCK)
+        bound = tl.maximum(param * hs, wtop)  # the first token is always kept
+        X = _search(ptr, V, nb, bound, lse, H, m, logs, wtop, mref, IDB, 0, 2, True, SB)
+    elif KNOB == 7:
+        zvar = tl.math.div_rn(_seg_var(ptr, 0, V, zmean, BLOCK), tl.maximum(n - 1.0, 1.0))
+        zcut = m - param * tl.math.sqrt_rn(zvar)
+    else:
+        if KNOB == 2:  # min-p
+            cut = param * tl.exp(m - lse)
+        elif KNOB == 4:  # epsilon
+            cut = param
+        elif KNOB == 5:  # eta
+            cut = tl.minimum(param, tl.math.sqrt_rn(param) * tl.exp(-H))
+        else:  # p-less
+            cut = p2
+        if min_keep > 1:
+            KV = _search(ptr, V, 32, min_keep.to(tl.float32), lse, H, m, logs, wtop, mref, 0, 0, 0, False, SB)
     for start in range(0, V, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         msk = cols < V
         z = tl.load(ptr + cols, mask=msk, other=float("-inf"))
-        k = _key(z)
-        if KNOB == 3:
-            keep = z > float("-inf")
-            keep = keep & (_key(tl.abs(-(z - lse) - H)) <= K_typ)
-        elif (KNOB == 0) | (KNOB == 1) | (KNOB == 6):
-            keep = k >= K_keep
-        elif KNOB == 7:
-            keep = z >= zcut
-        else:
-            keep = (tl.exp(z - lse) >= cut) | (k >= K_top)
+        keep = _keep(z, cols, lse, H, m, cut, zcut, X, Y, KV, IDB, KNOB)
         tl.store(ptr + cols, tl.where(keep, z, float("-inf")), mask=msk)
 
 
-def _block(V: int) -> int:
-    return min(1024, triton.next_power_of_2(max(V, 16)))
+# ----------------------------------------------------------------------- split rows, (B, S)
+
+
+@triton.jit
+def _scale_kernel(x_ptr, out_ptr, bad_ptr, x_stride, out_stride, V, seg, T, BLOCK: tl.constexpr):
+    """out = x / T (IEEE division) over one segment; bad[row, split] flags NaN / +inf."""
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    lo = split * seg
+    hi = tl.minimum(lo + seg, V)
+    badv = tl.zeros([BLOCK], dtype=tl.int32)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        msk = cols < hi
+        x = tl.load(x_ptr + row * x_stride + cols, mask=msk, other=0.0).to(tl.float32)
+        z = tl.math.div_rn(x, T)
+        badv = badv | ((z != z) | (z == float("inf"))).to(tl.int32)
+        tl.store(out_ptr + row * out_stride + cols, z, mask=msk)
+    tl.store(bad_ptr + row * tl.num_programs(1) + split, tl.max(badv, axis=0))
+
+
+@triton.jit
+def _nan_rows_kernel(out_ptr, bad_ptr, out_stride, V, seg, S, S_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """A row with a bad segment comes back all NaN."""
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    sp = tl.arange(0, S_PAD)
+    bad = tl.max(tl.load(bad_ptr + row * S + sp, mask=sp < S, other=0), axis=0)
+    if bad != 0:
+        lo = split * seg
+        hi = tl.minimum(lo + seg, V)
+        for start in range(lo, hi, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            tl.store(out_ptr + row * out_stride + cols, tl.full([BLOCK], float("nan"), tl.float32), mask=cols < hi)
+
+
+@triton.jit
+def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB,
+                 PHASE: tl.constexpr, PMODE: tl.constexpr, WMODE: tl.constexpr,
+                 BLOCK: tl.constexpr, SB: tl.constexpr):
+    """One pass of one knob over a segment: VEC partial results into part[row, split, :]."""
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    ptr = out_ptr + row * out_stride
+    lo = split * seg
+    hi = tl.minimum(lo + seg, V)
+    f = fst_ptr + row * NF
+    m = tl.load(f + F_M)
+    lse = tl.load(f + F_LSE)
+    H = tl.load(f + F_H)
+    logs = tl.load(f + F_LOGS)
+    wtop = tl.load(f + F_WTOP)
+    mref = tl.load(f + F_MREF)
+    v = tl.arange(0, VEC)
+    res = tl.zeros([VEC], tl.float32)
+    if PHASE == 0:
+        res = tl.where(v == 0, _seg_max(ptr, lo, hi, BLOCK), res)
+    elif PHASE == 1:
+        s, t, q, n, sd, n0, m2 = _seg_moments(ptr, lo, hi, m, BLOCK)
+        res = tl.where(v == 0, s, tl.where(v == 1, t, tl.where(v == 2, q, res)))
+        res = tl.where(v == 3, n, tl.where(v == 4, sd, tl.where(v == 5, n0, tl.where(v == 6, m2, res))))
+    elif PHASE == 2:
+        res = tl.where(v == 0, _seg_var(ptr, lo, hi, tl.load(f + F_ZMEAN), BLOCK), res)
+    elif PHASE == 3:
+        res = tl.where(v == 0, _seg_r2(ptr, lo, hi, m, tl.load(f + F_M2), BLOCK), res)
+    elif PHASE == 4:
+        res = tl.where(v == 0, _seg_hs(ptr, lo, hi, lse, m, logs, wtop, mref, BLOCK), res)
+    else:
+        base = tl.load(ist_ptr + row * NI + I_BASE)
+        step = tl.load(ist_ptr + row * NI + I_STEP)
+        res = _seg_pivots(ptr, lo, hi, base, step, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, SB)
+    tl.store(part_ptr + (row * tl.num_programs(1) + split) * VEC + v, res)
+
+
+@triton.jit
+def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, IDB,
+                PHASE: tl.constexpr, KNOB: tl.constexpr, SLOT: tl.constexpr, STRICT: tl.constexpr,
+                S_PAD: tl.constexpr):
+    """Reduce the S partials of a row (sums; maxima for the max slots) and advance its state.
+
+    PH_PIV: SLOT is the int state slot that receives the search result once the step
+    reaches 0 (the caller launches exactly nbits / 4 rounds after an init).
+    """
+    row = tl.program_id(0).to(tl.int64)
+    sp = tl.arange(0, S_PAD)
+    v = tl.arange(0, VEC)
+    tile = part_ptr + (row * S + sp[:, None]) * VEC + v[None, :]
+    msk = (sp[:, None] < S) & (v[None, :] < VEC)
+    f = fst_ptr + row * NF
+    if PHASE == 5:
+        sums = tl.sum(tl.load(tile, mask=msk, other=0.0), axis=0)
+        base = tl.load(ist_ptr + row * NI + I_BASE)
+        step = tl.load(ist_ptr + row * NI + I_STEP)
+        target = tl.load(f + F_TARGET)
+        base, step = _fin_pivots(sums, base, step, target, STRICT)
+        tl.store(ist_ptr + row * NI + I_BASE, base)
+        tl.store(ist_ptr + row * NI + I_STEP, step)
+        if step == 0:
+            tl.store(ist_ptr + row * NI + SLOT, base)
+    elif PHASE == 0:
+        m = tl.max(tl.max(tl.load(tile, mask=msk & (v[None, :] == 0), other=float("-inf")), axis=1), axis=0)
+        tl.store(f + F_M, m)
+    else:
+        sums = tl.sum(tl.load(tile, mask=msk, other=0.0), axis=0)
+        m = tl.load(f + F_M)
+        if PHASE == 1:
+            s = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
+            t = tl.sum(tl.where(v == 1, sums, 0.0), axis=0)
+            q = tl.sum(tl.where(v == 2, sums, 0.0), axis=0)
+            n = tl.sum(tl.where(v == 3, sums, 0.0), axis=0)
+            sd = tl.sum(tl.where(v == 4, sums, 0.0), axis=0)
+            n0 = tl.sum(tl.where(v == 5, sums, 0.0), axis=0)
+            m2 = tl.max(tl.max(tl.load(tile, mask=msk & (v[None, :] == 6), other=float("-inf")), axis=1), axis=0)
+            lse, H, p2, zmean = _fin_moments(m, s, t, q, n, sd)
+            tl.store(f + F_LSE, lse)
+            tl.store(f + F_H, H)
+            tl.store(f + F_P2, p2)
+            tl.store(f + F_ZMEAN, zmean)
+            tl.store(f + F_N, n)
+            tl.store(f + F_N0, n0)
+            tl.store(f + F_M2, m2)
+            tl.store(f + F_LOGS, tl.log(s))
+            tl.store(f + F_WTOP, tl.log(s))
+            tl.store(f + F_MREF, m)
+            tl.store(f + F_S, s)
+            # the max's value key: thresholds keep the max unless min_keep lowers it
+            tl.store(ist_ptr + row * NI + I_KV, _vpos(m))
+        elif PHASE == 2:
+            n = tl.load(f + F_N)
+            zvar = tl.math.div_rn(tl.sum(tl.where(v == 0, sums, 0.0), axis=0), tl.maximum(n - 1.0, 1.0))
+            tl.store(f + F_ZCUT, m - param * tl.math.sqrt_rn(zvar))
+        elif PHASE == 3:
+            r2 = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
+            logs, wtop, mref = _toph_scale(tl.load(f + F_S), tl.load(f + F_N0), m, tl.load(f + F_M2), r2)
+            tl.store(f + F_LOGS, logs)
+            tl.store(f + F_WTOP, wtop)
+            tl.store(f + F_MREF, mref)
+        else:  # PH_HS: top-h's bound, the first token always kept
+            hs = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
+            tl.store(f + F_TARGET, tl.maximum(param * hs, tl.load(f + F_WTOP)))
+
+
+@triton.jit
+def _init_kernel(fst_ptr, ist_ptr, param, nbits, KNOB: tl.constexpr, SET_TARGET: tl.constexpr):
+    """Start a search of nbits (its target = param unless top-h's bound is already there); the p cut."""
+    row = tl.program_id(0).to(tl.int64)
+    f = fst_ptr + row * NF
+    if SET_TARGET:
+        tl.store(f + F_TARGET, param)
+    tl.store(ist_ptr + row * NI + I_BASE, tl.full([], 0, tl.int64))
+    tl.store(ist_ptr + row * NI + I_STEP, tl.full([], 1, tl.int64) << (nbits - 4))
+
+
+@triton.jit
+def _cut_kernel(fst_ptr, param, KNOB: tl.constexpr):
+    """The p cut of min-p / epsilon / eta / p-less."""
+    row = tl.program_id(0).to(tl.int64)
+    f = fst_ptr + row * NF
+    m = tl.load(f + F_M)
+    lse = tl.load(f + F_LSE)
+    if KNOB == 2:
+        cut = param * tl.exp(m - lse)
+    elif KNOB == 4:
+        cut = param + 0.0 * m
+    elif KNOB == 5:
+        cut = tl.minimum(param, tl.math.sqrt_rn(param) * tl.exp(-tl.load(f + F_H)))
+    else:
+        cut = tl.load(f + F_P2)
+    tl.store(f + F_CUT, cut)
+
+
+@triton.jit
+def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, IDB, KNOB: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    ptr = out_ptr + row * out_stride
+    lo = split * seg
+    hi = tl.minimum(lo + seg, V)
+    f = fst_ptr + row * NF
+    it = ist_ptr + row * NI
+    lse = tl.load(f + F_LSE)
+    H = tl.load(f + F_H)
+    m = tl.load(f + F_M)
+    cut = tl.load(f + F_CUT)
+    zcut = tl.load(f + F_ZCUT)
+    X = tl.load(it + I_X)
+    Y = tl.load(it + I_Y)
+    KV = tl.load(it + I_KV)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        msk = cols < hi
+        z = tl.load(ptr + cols, mask=msk, other=float("-inf"))
+        keep = _keep(z, cols, lse, H, m, cut, zcut, X, Y, KV, IDB, KNOB)
+        tl.store(ptr + cols, tl.where(keep, z, float("-inf")), mask=msk)
+
+
+# ---------------------------------------------------------------------------------- launcher
+
+BLOCK = 1024  # entries per chunk of the streaming passes
+SB = 256  # entries per chunk of a search pass ([SB, 16] sums)
+MAX_V = 2**24  # counts are float32 sums (exact below 2^24); positions need 32 + IDB <= 56 bits
+MIN_CHUNKS = 1  # a split segment holds at least this many BLOCKs
+
+
+def _p2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _idb(V: int) -> int:
+    """Bits of a position that hold the token id: a multiple of 4 with 2^IDB >= V."""
+    return 4 * ((max(V - 1, 0).bit_length() + 3) // 4)
+
+
+def split_plan(B: int, V: int, target_programs: int) -> tuple[int, int]:
+    """``(S, seg)``: S programs per row, each over ``seg`` entries (a multiple of BLOCK).
+
+    S = 1 (one program per row, one launch per knob) when B alone reaches the target
+    number of programs in flight (2 per SM); otherwise the rows are split so that B·S is
+    about the target, into segments of at least MIN_CHUNKS blocks: at B = 1, V = 262144,
+    256 programs of 1024 entries.
+    """
+    if B >= target_programs:
+        return 1, triton.cdiv(V, BLOCK) * BLOCK
+    chunks = triton.cdiv(V, BLOCK)
+    S = max(1, min(triton.cdiv(target_programs, max(B, 1)), chunks // MIN_CHUNKS))
+    seg = triton.cdiv(chunks, S) * BLOCK
+    return triton.cdiv(V, seg), seg
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _target_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 4  # interpreter: a few splits, enough to exercise the merge (tests override SPLIT_TARGET)
+
+
+SPLIT_TARGET: int | None = None  # tests force a target number of programs
+
+
+def _plan_knobs(V, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, mk):
+    """(knob, param, min_keep) in Hugging Face's order, for the knobs that are on."""
+    plan = [
+        (TOP_H, top_h if top_h > 0.0 else None, 1),
+        (TOP_K, float(min(max(int(top_k), mk), V)) if top_k > 0 else None, 1),
+        (TOP_P, float(top_p) if top_p < 1.0 else None, mk),
+        (MIN_P, min_p if min_p > 0.0 else None, mk),
+        (TYPICAL, typical_p if typical_p < 1.0 else None, mk),
+        (EPSILON, epsilon if epsilon > 0.0 else None, mk),
+        (ETA, eta if eta > 0.0 else None, mk),
+        (TOP_N_SIGMA, top_n_sigma if top_n_sigma >= 0.0 else None, 1),
+        (P_LESS, 1.0 if p_less else None, 1),
+    ]
+    return [(knob, float(param), min(keep, V)) for knob, param, keep in plan if param is not None]
+
+
+def _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, min_keep):
+    """One knob on split rows: the passes of _knob_kernel as (B, S) / (B,) launch pairs."""
+    idb = _idb(V)
+    S_PAD = max(2, _p2(S))
+
+    def phase(ph, pmode=0, wmode=0, slot=I_X.value, strict=False, p=0.0, bits=idb):
+        _part_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, part, bits,
+                             PHASE=ph, PMODE=pmode, WMODE=wmode, BLOCK=BLOCK, SB=SB, num_warps=8)
+        _fin_kernel[(B,)](fst, ist, part, S, p, bits, PHASE=ph, KNOB=knob, SLOT=slot, STRICT=strict, S_PAD=S_PAD)
+
+    def search(nbits, target, pmode, wmode, slot, strict=False, set_target=True):
+        _init_kernel[(B,)](fst, ist, target, nbits, KNOB=knob, SET_TARGET=set_target)
+        for _ in range(nbits // 4):
+            phase(PH_PIV, pmode, wmode, slot.value, strict, bits=nbits - 32)
+
+    phase(PH_MAX)
+    phase(PH_MOM)
+    nb = 32 + idb
+    if knob == TOP_K:
+        search(32, param, P_Z, W_CNT, I_X)
+    elif knob in (TOP_P, TYPICAL):
+        pm = P_Z if knob == TOP_P else P_TYP
+        search(nb, param, pm, W_P, I_X)
+        ist[:, I_Y.value] = 0
+        if min_keep > 1:
+            search(nb, float(min_keep), pm, W_CNT, I_Y)
+    elif knob == TOP_H:
+        phase(PH_R2)
+        phase(PH_HS, p=param)
+        search(nb, 0.0, P_Z, W_H, I_X, strict=True, set_target=False)
+    elif knob == TOP_N_SIGMA:
+        phase(PH_VAR, p=param)
+    else:
+        _cut_kernel[(B,)](fst, param, KNOB=knob)
+        if min_keep > 1:
+            search(32, float(min_keep), P_Z, W_CNT, I_KV)
+    _apply_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, idb, KNOB=knob, BLOCK=BLOCK, num_warps=8)
 
 
 def truncate(
@@ -257,31 +658,37 @@ def truncate(
     ``fuq::truncate`` schema): top_k 0, top_p 1, min_p 0, typical_p 1, epsilon 0, eta 0,
     top_h 0, top_n_sigma < 0 and p_less False are off; a row holding NaN or +inf comes
     back all NaN, an all -inf row stays all -inf. Arguments are assumed validated by
-    ``fuq.truncate``.
+    ``fuq.truncate``; V must be below 2^24.
+
+    Example (on a CUDA tensor, or a CPU one under ``TRITON_INTERPRET=1``):
+        >>> truncate(torch.tensor([[1.0, 1.0, 1.0, 1.0]]), top_p=0.5).tolist()
+        [[1.0, 1.0, -inf, -inf]]
     """
     B, V = logits.shape
-    out = torch.empty((B, V), dtype=torch.float32, device=logits.device)
+    if V >= MAX_V:
+        raise ValueError(f"the Triton truncation kernel needs V < 2^24, got V = {V}")
+    dev = logits.device
+    out = torch.empty((B, V), dtype=torch.float32, device=dev)
     if B == 0:
         return out
-    BLOCK = _block(V)
-    T = float(temperature)
-    bad = torch.empty((B,), dtype=torch.int32, device=logits.device)
-    _scale_kernel[(B,)](logits, out, bad, logits.stride(0), out.stride(0), V, T, BLOCK=BLOCK)
-    mk = int(min_tokens_to_keep)
-    plan = [
-        (TOP_H, top_h if top_h > 0.0 else None, 1),
-        (TOP_K, float(min(max(int(top_k), mk), V)) if top_k > 0 else None, mk),
-        (TOP_P, 1.0 - float(top_p) if top_p < 1.0 else None, mk),
-        (MIN_P, min_p if min_p > 0.0 else None, mk),
-        (TYPICAL, typical_p if typical_p < 1.0 else None, mk),
-        (EPSILON, epsilon if epsilon > 0.0 else None, mk),
-        (ETA, eta if eta > 0.0 else None, mk),
-        (TOP_N_SIGMA, top_n_sigma if top_n_sigma >= 0.0 else None, 1),
-        (P_LESS, 1.0 if p_less else None, 1),
-    ]
-    for knob, param, keep in plan:
-        if param is None:
-            continue
-        _knob_kernel[(B,)](out, out.stride(0), V, float(param), min(keep, V), KNOB=knob, BLOCK=BLOCK, num_warps=8)
-    _nan_rows_kernel[(B,)](out, bad, out.stride(0), V, BLOCK=BLOCK)
+    guard = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    with guard:
+        target = SPLIT_TARGET if SPLIT_TARGET is not None else _target_programs(dev)
+        S, seg = split_plan(B, V, target)
+        bad = torch.empty((B, S), dtype=torch.int32, device=dev)
+        _scale_kernel[(B, S)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, float(temperature),
+                              BLOCK=BLOCK, num_warps=8)
+        knobs = _plan_knobs(V, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
+                            int(min_tokens_to_keep))
+        if S == 1:
+            for knob, param, keep in knobs:
+                _knob_kernel[(B,)](out, out.stride(0), V, param, keep, _idb(V),
+                                   KNOB=knob, BLOCK=BLOCK, SB=SB, num_warps=8)
+        elif knobs:
+            fst = torch.zeros((B, NF.value), dtype=torch.float32, device=dev)
+            ist = torch.zeros((B, NI.value), dtype=torch.int64, device=dev)
+            part = torch.empty((B, S, VEC.value), dtype=torch.float32, device=dev)
+            for knob, param, keep in knobs:
+                _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, keep)
+        _nan_rows_kernel[(B, S)](out, bad, out.stride(0), V, seg, S, S_PAD=max(2, _p2(S)), BLOCK=BLOCK)
     return out

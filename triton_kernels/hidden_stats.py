@@ -174,13 +174,12 @@ def _p2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _plan(N: int, V: int, k: int, device: torch.device) -> dict:
-    """Block sizes, warps and the vocabulary split of one launch."""
+def _plan(N: int, V: int, k: int, n_sm: int | None) -> dict:
+    """Block sizes, warps and the vocabulary split of one launch on a GPU of ``n_sm`` SMs (None: interpreter)."""
     k_pad = 0 if k == 0 or k > K_MAX else max(2, _p2(k))
-    if device.type == "cuda":
+    if n_sm is not None:
         # untuned first choice (no GPU was at hand when this was written): 64 x 64 tiles
-        bm, bn, bk, warps = 64, 64, 32, 4
-        target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        bm, bn, bk, warps, target = 64, 64, 32, 4, 4 * n_sm
     else:  # interpreter: small tiles, a few splits to exercise the merge
         bm, bn, bk, warps, target = 16, 32, 16, 1, 3
     m_tiles = triton.cdiv(max(N, 1), bm)
@@ -219,7 +218,7 @@ def _merge(state: Tensor, amax: Tensor, cand: Tensor | None, k: int, has_tgt: bo
     maxlp = torch.where(bad, nan, M - (M + log_s))
     _, am = _unpack(amax.amax(1))
     if cand is not None and k > 0:
-        zk, ik = _unpack(torch.topk(cand.reshape(cand.shape[0], -1), k, dim=1).values)
+        zk, ik = _unpack(torch.topk(cand.flatten(1), k, dim=1).values)
         tkl = torch.where(bad[:, None], float("nan"), zk - lse[:, None])
         tki, tkm = ik, tkl.exp().sum(1)
     else:
@@ -292,7 +291,8 @@ def hidden_stats(
     if weight.stride(1) != 1:
         weight = weight.contiguous()
     dev = hidden.device
-    p = _plan(N, V, k, dev)
+    n_sm = _sm_count(dev.index if dev.index is not None else torch.cuda.current_device()) if dev.type == "cuda" else None
+    p = _plan(N, V, k, n_sm)
     S, kp = p["splits"], p["K_PAD"]
     state = torch.empty(N, S, 8, device=dev, dtype=torch.float32)
     amax = torch.empty(N, S, device=dev, dtype=torch.int64)

@@ -291,7 +291,9 @@ def hidden_stats(
     if weight.stride(1) != 1:
         weight = weight.contiguous()
     dev = hidden.device
-    n_sm = _sm_count(dev.index if dev.index is not None else torch.cuda.current_device()) if dev.type == "cuda" else None
+    n_sm = None
+    if dev.type == "cuda":
+        n_sm = _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
     p = _plan(N, V, k, n_sm)
     S, kp = p["splits"], p["K_PAD"]
     state = torch.empty(N, S, 8, device=dev, dtype=torch.float32)

@@ -266,3 +266,32 @@ def test_triton_kernel_compiles_for_sm80_and_sm90(tmp_path):
     r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, "80", "90"], env=env, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0 and "compiled 90" in r.stdout, r.stderr[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher forcing goes through hidden_stats: the LM head's full logits are never built
+
+
+def test_score_text_never_builds_full_logits(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from helpers import tiny_lm_folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_lm_folder(tmp_path)
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    text = "The cat sat on the mat. Entropy measures how unsure a model is."
+    ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].double(), -1)
+    seen = []
+    real = fuq.scores.hidden_stats
+    monkeypatch.setattr(fuq.scores, "hidden_stats", lambda *a, **kw: seen.append(kw["chunk"]) or real(*a, **kw))
+    hook = model.lm_head.register_forward_hook(lambda *a: pytest.fail("the LM head ran: [T, V] logits were built"))
+    try:
+        tr = fuq.score_text(model, tok, text, k=3, max_chunk_elems=10 * (len(ids) - 1))
+    finally:
+        hook.remove()
+    assert seen == [10]  # 10 vocabulary columns per position at once, of V = 320
+    want = [lp[t, ids[t + 1]].item() for t in range(len(ids) - 1)]
+    torch.testing.assert_close(tr.token_logprob[0], torch.tensor(want, dtype=torch.float32), atol=1e-4, rtol=1e-4)
+    assert tr.topk_ids[0].tolist() == lp.topk(3, -1).indices.tolist()

@@ -253,9 +253,16 @@ def hidden_stats(
         targets: ``[...]`` ids whose log-probability is wanted (teacher forcing), or None.
         temperature: finite, > 0, applied after the soft-capping.
         softcap: Gemma's final logit soft-capping ``cap · tanh(z / cap)``, or None.
-        chunk: how many vocabulary entries (columns of the logits) exist at once;
-            None picks one.
-        backend: as in :func:`logit_stats`.
+        chunk: how many vocabulary entries (columns of the logits) exist at once. The CPU
+            kernel's only logits are a float32 ``[min(N, 4096), chunk]`` buffer (None: about
+            32 MiB of it); the Triton kernel keeps its tiles in registers and ignores it.
+        backend: ``"auto"`` (C++ on CPU, Triton on CUDA), ``"cpp"``, ``"triton"``,
+            ``"reference"`` (row blocks of full logits, about 2^24 at once) or ``"cuda"``
+            (no kernel of its own: row blocks of logits through the CUDA C++ ``logit_stats``).
+
+    The logits are ``z = softcap · tanh((hidden @ weight.T + bias) / softcap) / temperature``,
+    multiplied in float32 (bfloat16 / float16 inputs are widened), the statistics
+    accumulated in float32 as in :func:`logit_stats`. No backward.
 
     Returns:
         :class:`LogitStats` with leading dims ``[...]`` (those of ``hidden``).

@@ -295,3 +295,24 @@ def test_score_text_never_builds_full_logits(tmp_path, monkeypatch):
     want = [lp[t, ids[t + 1]].item() for t in range(len(ids) - 1)]
     torch.testing.assert_close(tr.token_logprob[0], torch.tensor(want, dtype=torch.float32), atol=1e-4, rtol=1e-4)
     assert tr.topk_ids[0].tolist() == lp.topk(3, -1).indices.tolist()
+
+
+def test_teacher_forced_scale_bias_and_softcap(tmp_path):
+    """logits = softcap(scale · (h @ W.T + b)): the bias is scaled with the hidden state (Cohere / Granite)."""
+    pytest.importorskip("transformers")
+    from helpers import tiny_lm_folder
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_folder(tmp_path)).eval()
+    V = model.lm_head.weight.shape[0]
+    model.lm_head.bias = torch.nn.Parameter(torch.randn(V, generator=torch.Generator().manual_seed(0)))
+    model.config.logit_scale, model.config.final_logit_softcapping = 0.5, 20.0
+    ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
+    stats, _ = fuq.scores.teacher_forced(model, ids, k=4, chunk=37)
+    with torch.no_grad():
+        h = model.model(input_ids=ids).last_hidden_state[:, :-1]
+    z = 0.5 * (h.double() @ model.lm_head.weight.double().T + model.lm_head.bias.double())
+    lp = torch.log_softmax(torch.tanh(z / 20.0) * 20.0, -1)
+    want = lp.gather(-1, ids[:, 1:, None])[..., 0]
+    torch.testing.assert_close(stats.token_logprob, want.float(), atol=1e-4, rtol=1e-4)
+    assert torch.equal(stats.topk_ids, lp.topk(4, -1).indices)

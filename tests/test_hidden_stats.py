@@ -86,6 +86,15 @@ def test_against_float64(backend, dtype, case):
     assert got.topk_ids.shape == (N, k) and got.token_logprob.shape == (N,)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_dtypes(backend):
+    """bfloat16 hidden states with a float32 head (and a float16 bias): all widened to float32."""
+    h, w, b, tgt = make(6, 20, 130, torch.float32, seed=9, bias=True)
+    h, b = h.to(torch.bfloat16), b.to(torch.float16)
+    got = fuq.hidden_stats(h, w, b, k=7, targets=tgt, softcap=2.5, chunk=50, backend=backend)
+    assert_stats_close(got, stats64(h.cpu(), w.cpu(), b.cpu(), 7, tgt.cpu(), 1.0, 2.5), 130, torch.bfloat16)
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64, 4096, None])
 def test_cpp_chunks_agree(chunk):
     """Every chunk width (1 column, not a divisor of V, wider than V, the default) gives the same stats."""

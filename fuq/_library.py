@@ -275,3 +275,65 @@ HAS_CPP_ATTENTION_STATS = HAS_CPP and _has_kernel("attention_stats", "CPU")
 if not HAS_CPP_ATTENTION_STATS:
     LIB.impl("attention_stats", _attention_stats_cpu_fallback, "CPU")
 LIB.impl("attention_stats", _attention_stats_cuda, "CUDA")
+
+
+# ---------------------------------------------------------------------------------------
+# fuq::hidden_stats: the fields of logit_stats for the logits hidden @ weight.T (+ bias),
+# soft-capped (``softcap`` None: off) and divided by ``temperature``, computed ``chunk``
+# vocabulary columns at a time so that the [N, V] logits never exist. ``hidden`` is
+# ``[N, d]``, ``weight`` ``[V, d]``, ``bias`` ``[V]``, ``targets`` ``[N]`` int64.
+HIDDEN_STATS_SCHEMA = (
+    "hidden_stats(Tensor hidden, Tensor weight, Tensor? bias, int k, Tensor? targets, float temperature, "
+    "float? softcap, int chunk) -> "
+    "(Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
+    "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
+)
+LIB.define(HIDDEN_STATS_SCHEMA)
+
+
+@torch.library.register_fake("fuq::hidden_stats")
+def _hidden_stats_fake(hidden, weight, bias, k, targets, temperature, softcap, chunk):
+    return _logit_stats_fake(hidden.new_empty((hidden.shape[0], 0)), k, targets, temperature)
+
+
+def _hidden_stats_reference(hidden, weight, bias, k, targets, temperature, softcap, chunk):
+    """The reference, a block of rows at a time (it materialises ``[rows, V]``, about 2^24 logits)."""
+    rows = max(1, (1 << 24) // weight.shape[0])
+    parts = [
+        reference.hidden_stats(
+            hidden[s : s + rows], weight, bias, k, None if targets is None else targets[s : s + rows],
+            temperature, softcap,
+        )
+        for s in range(0, hidden.shape[0], rows)
+    ]
+    if not parts:
+        return _hidden_stats_fake(hidden, weight, bias, k, targets, temperature, softcap, chunk)
+    out = [torch.cat(f) for f in zip(*parts, strict=True)]
+    if targets is None:
+        out[-1] = hidden.new_empty((0,), dtype=torch.float32)
+    return tuple(out)
+
+
+def _hidden_stats_cpu_fallback(*args):
+    warn_once(
+        "cpp-hidden_stats",
+        f"fuq: fuq._C has no CPU kernel of fuq::hidden_stats ({C_ERROR or 'stale build'}); "
+        "falling back to the PyTorch reference (row chunks of the full logits). "
+        "Rebuild with `pip install --no-build-isolation -e .`.",
+    )
+    return _hidden_stats_reference(*args)
+
+
+def _hidden_stats_cuda(hidden, weight, bias, k, targets, temperature, softcap, chunk):
+    try:
+        from .triton_kernels import hidden_stats as kernel
+    except ImportError as exc:
+        warn_once("triton-hidden_stats", f"fuq: Triton is not available ({exc}); fuq.hidden_stats uses the reference.")
+        return _hidden_stats_reference(hidden, weight, bias, k, targets, temperature, softcap, chunk)
+    return kernel.hidden_stats(hidden, weight, bias, k, targets, temperature, softcap)
+
+
+HAS_CPP_HIDDEN_STATS = HAS_CPP and _has_kernel("hidden_stats", "CPU")
+if not HAS_CPP_HIDDEN_STATS:
+    LIB.impl("hidden_stats", _hidden_stats_cpu_fallback, "CPU")
+LIB.impl("hidden_stats", _hidden_stats_cuda, "CUDA")

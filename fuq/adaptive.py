@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .ops import logit_stats
+from .scores import teacher_forced
 from .trace import Trace
 
 __all__ = [
@@ -73,7 +73,8 @@ def teacher_forcing_entropy(
     """Per position of every text: the step entropy and whether the next reference token is the argmax.
 
     Args:
-        model: a causal LM returning ``.logits`` ``[1, T, V]``.
+        model: a causal LM (Hugging Face structure: through :func:`fuq.scores.teacher_forced`;
+            otherwise it must return ``.logits`` ``[1, T, V]``).
         tokenizer: its tokenizer (special tokens added as for generation), or None when
             ``texts`` are id tensors.
         texts: reference texts (str) or 1-D id tensors; each needs >= 2 tokens.
@@ -90,11 +91,11 @@ def teacher_forcing_entropy(
         ids = ids[:max_length]
         if ids.numel() < 2:
             raise ValueError(f"texts[{i}] has {ids.numel()} token(s); teacher forcing needs at least 2")
-        logits = model(input_ids=ids[None].to(device), use_cache=False).logits[0, :-1]
-        target = ids[1:].to(logits.device)
-        s = logit_stats(logits, k=0, tokens=target)
-        ents.append(s.entropy.float().cpu())
-        firsts.append((s.argmax == target).cpu())
+        # the last hidden state through fuq.hidden_stats: the [T, V] logits are never held
+        s, _ = teacher_forced(model, ids[None].to(device))
+        target = ids[1:].to(s.argmax.device)
+        ents.append(s.entropy[0].float().cpu())
+        firsts.append((s.argmax[0] == target).cpu())
     return torch.cat(ents), torch.cat(firsts)
 
 

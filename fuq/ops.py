@@ -189,6 +189,48 @@ def _check_float(x: Tensor, name: str, dims: tuple[int, ...]) -> None:
         raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got shape {tuple(x.shape)}")
 
 
+# The logits buffer of the CPU kernel when ``chunk`` is None: about this many float32 (32 MiB).
+_HIDDEN_BUFFER_FLOATS = 1 << 23
+_HIDDEN_MAX_ROWS = 4096  # rows per block of the CPU kernel (csrc/cpu/hidden_stats.cpp: kMaxRows)
+
+
+def _hidden_chunk(N: int, V: int) -> int:
+    """The default vocabulary chunk: ``rows x chunk`` logits fit the buffer; a multiple of 64, >= 256."""
+    rows = max(1, min(N, _HIDDEN_MAX_ROWS))
+    c = max(256, (_HIDDEN_BUFFER_FLOATS // rows) // 64 * 64)
+    return min(V, c)
+
+
+def _dispatch_hidden_stats(h, weight, bias, k, tok, t, softcap, chunk, backend):
+    N, V = h.shape[0], weight.shape[0]
+    c = _hidden_chunk(N, V) if chunk is None else min(chunk, V)
+    if backend == "auto":
+        return torch.ops.fuq.hidden_stats(h, weight, bias, k, tok, t, softcap, c)
+    if backend == "reference":
+        return _library._hidden_stats_reference(h, weight, bias, k, tok, t, softcap, c)
+    if backend == "cpp":
+        _check_cpp(h, "hidden_stats", _library.HAS_CPP_HIDDEN_STATS)
+        return torch.ops.fuq.hidden_stats(h, weight, bias, k, tok, t, softcap, c)
+    if backend == "triton":
+        from .triton_kernels.hidden_stats import hidden_stats as triton_hidden_stats
+
+        return triton_hidden_stats(h, weight, bias, k, tok, t, softcap)
+    # backend == "cuda": no CUDA C++ kernel of its own; the logits of a block of rows
+    # (rows x V, about 2^24 of them) go through the CUDA C++ logit_stats.
+    _check_cuda_cpp(h)
+    rows = max(1, (1 << 24) // V)
+    parts = [
+        torch.ops.fuq.logit_stats_cuda(
+            reference.hidden_logits(h[s : s + rows], weight, bias, softcap), k,
+            None if tok is None else tok[s : s + rows], t,
+        )
+        for s in range(0, N, rows)
+    ]
+    if not parts:
+        return torch.ops.fuq.hidden_stats(h, weight, bias, k, tok, t, softcap, c)
+    return tuple(torch.cat(f) for f in zip(*parts, strict=True))
+
+
 def hidden_stats(
     hidden: Tensor,
     weight: Tensor,
@@ -211,9 +253,16 @@ def hidden_stats(
         targets: ``[...]`` ids whose log-probability is wanted (teacher forcing), or None.
         temperature: finite, > 0, applied after the soft-capping.
         softcap: Gemma's final logit soft-capping ``cap · tanh(z / cap)``, or None.
-        chunk: how many vocabulary entries (columns of the logits) exist at once;
-            None picks one.
-        backend: as in :func:`logit_stats`.
+        chunk: how many vocabulary entries (columns of the logits) exist at once. The CPU
+            kernel's only logits are a float32 ``[min(N, 4096), chunk]`` buffer (None: about
+            32 MiB of it); the Triton kernel keeps its tiles in registers and ignores it.
+        backend: ``"auto"`` (C++ on CPU, Triton on CUDA), ``"cpp"``, ``"triton"``,
+            ``"reference"`` (row blocks of full logits, about 2^24 at once) or ``"cuda"``
+            (no kernel of its own: row blocks of logits through the CUDA C++ ``logit_stats``).
+
+    The logits are ``z = softcap · tanh((hidden @ weight.T + bias) / softcap) / temperature``,
+    multiplied in float32 (bfloat16 / float16 inputs are widened), the statistics
+    accumulated in float32 as in :func:`logit_stats`. No backward.
 
     Returns:
         :class:`LogitStats` with leading dims ``[...]`` (those of ``hidden``).
@@ -254,18 +303,7 @@ def hidden_stats(
     lead = hidden.shape[:-1]
     tok = None if targets is None else _check_tokens(targets, lead, V, hidden.device)
     h = hidden.reshape(-1, d)
-    # Interim implementation (row chunks through logit_stats); the fused kernels replace it.
-    rows = max(1, (1 << 24) // V)
-    parts = []
-    for s in range(0, h.shape[0], rows):
-        z = reference.hidden_logits(h[s : s + rows], weight, bias, softcap)
-        parts.append(
-            _dispatch_logit_stats(z, k, None if tok is None else tok[s : s + rows], t, backend)
-        )
-    if not parts:  # N == 0
-        z = torch.empty(0, V, device=hidden.device)
-        parts.append(_dispatch_logit_stats(z, k, None if tok is None else tok, t, "reference"))
-    out = [torch.cat(f) for f in zip(*parts, strict=True)]
+    out = _dispatch_hidden_stats(h, weight, bias, k, tok, t, softcap, chunk, backend)
     lse, ent, var, mx, am, tkl, tki, tkm, tl = out
     return LogitStats(
         lse.reshape(lead),

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .ops import LogitStats, hidden_stats, logit_stats
+from .ops import _HIDDEN_MAX_ROWS, LogitStats, hidden_stats, logit_stats
 from .trace import Trace
 
 __all__ = [
@@ -302,43 +302,6 @@ def summary(trace: Trace, K: int = 15, qs: Sequence[float] = (0.05, 0.25, 0.5)) 
 # teacher forcing
 
 
-def _logits_fn(model):
-    """``(decoder, head)``: the model body giving final hidden states, and hidden -> logits.
-
-    Splitting lets :func:`score_text` apply the output layer in chunks of positions,
-    so the ``[T, V]`` logits never exist at once. Returns ``(None, None)`` when the
-    model does not expose the usual Hugging Face structure; the caller then runs the
-    full model.
-    """
-    get_dec = getattr(model, "get_decoder", None)
-    get_head = getattr(model, "get_output_embeddings", None)
-    if get_dec is None or get_head is None:
-        return None, None
-    try:
-        dec, head = get_dec(), get_head()
-    except Exception:  # noqa: BLE001 - any failure means "not the usual structure"
-        return None, None
-    if dec is None or head is None or dec is model:
-        return None, None
-    cfg = getattr(model, "config", None)
-    cfg = getattr(cfg, "get_text_config", lambda: cfg)() if cfg is not None else None
-    softcap = getattr(cfg, "final_logit_softcapping", None)
-    scale = getattr(cfg, "logit_scale", None)  # Cohere: logits * logit_scale
-    divide = getattr(cfg, "logits_scaling", None)  # Granite: logits / logits_scaling
-
-    def head_fn(h: Tensor) -> Tensor:
-        z = head(h)
-        if scale is not None:
-            z = z * scale
-        if divide is not None:
-            z = z / divide
-        if softcap is not None:
-            z = torch.tanh(z / softcap) * softcap
-        return z
-
-    return dec, head_fn
-
-
 class LMHead(NamedTuple):
     """A causal LM split at its output layer: ``logits = softcap(scale · body(x) @ weight.T + bias)``."""
 
@@ -383,6 +346,7 @@ def teacher_forced(
     k: int = 0,
     past_key_values: Any = None,
     use_cache: bool = False,
+    chunk: int | None = None,
     **model_kwargs: Any,
 ) -> tuple[LogitStats, Any]:
     """Per-position statistics of a causal LM by teacher forcing, never holding ``[B, L, V]``.
@@ -401,6 +365,8 @@ def teacher_forced(
             ``input_ids[:, 1:]`` (``[B, L-1]`` fields).
         k: top tokens per position.
         past_key_values, use_cache: passed to the model (continue from a cache).
+        chunk: vocabulary columns of the logits built at once (``fuq.hidden_stats``'s
+            ``chunk``); None picks one.
         model_kwargs: more model arguments (``position_ids``, ``cache_position`` …).
 
     Returns:
@@ -430,9 +396,11 @@ def teacher_forced(
         if head is not None:
             out = head.body(input_ids=input_ids, **kw)
             h = out.last_hidden_state[:, keep]
-            if head.scale != 1.0:
+            bias = head.bias
+            if head.scale != 1.0:  # logits = scale · (h @ W.T + b) = (scale · h) @ W.T + scale · b
                 h = h * head.scale
-            stats = hidden_stats(h, head.weight, head.bias, k=k, targets=tgt, softcap=head.softcap)
+                bias = None if bias is None else bias * head.scale
+            stats = hidden_stats(h, head.weight, bias, k=k, targets=tgt, softcap=head.softcap, chunk=chunk)
         else:
             out = model(input_ids=input_ids, **kw)
             stats = logit_stats(out.logits[:, keep], k=k, tokens=tgt)
@@ -493,27 +461,14 @@ def _encode(tokenizer, text: str, add_bos: bool) -> tuple[list[int], list[str], 
 
 
 def _stats_one(model, ids: Tensor, k: int, chunk: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """LogitStats of positions 0..T-2 predicting ids[1:], each field ``[T-1]`` / ``[T-1, k]``."""
-    from .ops import logit_stats
+    """LogitStats of positions 0..T-2 predicting ids[1:], each field ``[T-1]`` / ``[T-1, k]``.
 
-    T = ids.shape[0]
-    targets = ids[1:]
-    dec, head_fn = _logits_fn(model)
-    parts: list = []
-    with torch.inference_mode():
-        if dec is not None:
-            h = dec(input_ids=ids[None]).last_hidden_state[0, : T - 1]
-            calls = 1
-            for s in range(0, T - 1, chunk):
-                z = head_fn(h[s : s + chunk])
-                parts.append(logit_stats(z, k=k, tokens=targets[s : s + chunk]))
-        else:
-            z_all = model(input_ids=ids[None]).logits[0, : T - 1]
-            calls = 1
-            for s in range(0, T - 1, chunk):
-                parts.append(logit_stats(z_all[s : s + chunk], k=k, tokens=targets[s : s + chunk]))
-    fields = {name: torch.cat([getattr(p, name) for p in parts]).cpu() for name in parts[0]._fields}
-    return fields, {"model_calls": calls, "chunked_head": dec is not None}
+    Through :func:`teacher_forced`: the model body once, then :func:`fuq.hidden_stats` on the
+    last hidden state, ``chunk`` vocabulary columns at a time (``[T-1, V]`` is never held).
+    """
+    stats, _ = teacher_forced(model, ids[None], k=k, chunk=chunk)
+    fields = {name: getattr(stats, name)[0].cpu() for name in stats._fields}
+    return fields, {"model_calls": 1, "chunked_head": lm_head(model) is not None}
 
 
 def score_text(
@@ -527,11 +482,11 @@ def score_text(
 ) -> Trace:
     """Per-token uncertainty of a given text by teacher forcing: one forward pass, no generation.
 
-    The model reads the whole text once (prefill); for every position ``t`` the logits
-    predicting token ``t + 1`` go through :func:`fuq.logit_stats` with the real next
-    token as ``tokens``, so ``token_logprob`` is the log-probability of the text's own
-    token. The output layer is applied in chunks of positions (at most
-    ``max_chunk_elems`` logits at once) so ``[T, V]`` is never held whole for a long text.
+    The model reads the whole text once (prefill); its last hidden state and output
+    embedding go through :func:`fuq.hidden_stats` (via :func:`teacher_forced`) with the
+    real next token as ``targets``, so ``token_logprob`` is the log-probability of the
+    text's own token. The logits are built a vocabulary chunk at a time (at most
+    ``max_chunk_elems`` of them at once), so ``[T, V]`` is never held for a long text.
 
     Args:
         model: a Hugging Face causal LM (``model(input_ids).logits`` ``[1, T, V]``).
@@ -541,7 +496,7 @@ def score_text(
         k: alternatives kept per token (``topk_logprobs`` / ``topk_ids`` ``[B, T, k]``).
         add_bos: prepend the tokenizer's BOS token (when it has one), so the first
             token of the text is scored too; otherwise the first token is only context.
-        max_chunk_elems: bound on ``chunk × V`` logits materialised at once.
+        max_chunk_elems: bound on the ``positions × vocabulary chunk`` logits built at once.
 
     Returns:
         :class:`Trace` with ``T = max`` scored tokens, ``tokens`` (text pieces),
@@ -561,11 +516,10 @@ def score_text(
         device = next(model.parameters()).device
     except (StopIteration, AttributeError):
         device = torch.device("cpu")
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1
     rows, pieces_all, ctx_all, calls = [], [], [], 0
     for t in texts:
         ids, pieces, ctx = _encode(tokenizer, t, add_bos)
-        chunk = max(1, max_chunk_elems // max(1, vocab))
+        chunk = max(1, max_chunk_elems // max(1, min(len(ids) - 1, _HIDDEN_MAX_ROWS)))  # rows x chunk logits
         fields, info = _stats_one(model, torch.tensor(ids, dtype=torch.long, device=device), k, chunk)
         calls += info["model_calls"]
         rows.append((torch.tensor(ids[1:], dtype=torch.long), fields))

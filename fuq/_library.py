@@ -116,14 +116,16 @@ LIB.impl("logit_stats", _logit_stats_cuda, "CUDA")
 # fuq::truncate and fuq::sample. Off-values of the knobs: top_k 0, top_p 1.0, min_p 0.0,
 # typical_p 1.0, epsilon 0.0, eta 0.0, top_h 0.0, top_n_sigma -1.0, p_less False.
 # ``uniform`` is float64 [B] in [0, 1) (one draw per row, from torch.rand); sample returns
-# the ids then the fields of logit_stats (token_logprob always [B]).
+# the ids then the fields of logit_stats (token_logprob always [B]), at ``temperature``, or
+# at T = 1 when ``base_stats`` (the model's own distribution; the CPU kernel takes both
+# temperatures from one pass over the row, the composed Triton / CUDA route with its stats call).
 _KNOBS_SCHEMA = (
     "float temperature, int top_k, float top_p, float min_p, float typical_p, float epsilon, "
     "float eta, float top_h, float top_n_sigma, bool p_less, int min_tokens_to_keep"
 )
 TRUNCATE_SCHEMA = f"truncate(Tensor logits, {_KNOBS_SCHEMA}) -> Tensor"
 SAMPLE_SCHEMA = (
-    f"sample(Tensor logits, Tensor uniform, int k, {_KNOBS_SCHEMA}) -> "
+    f"sample(Tensor logits, Tensor uniform, int k, {_KNOBS_SCHEMA}, bool base_stats=False) -> "
     "(Tensor ids, Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
     "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
 )
@@ -199,17 +201,22 @@ def _sample_cuda(logits, uniform, k, *knobs):
     kernels = _triton("sample")
     if kernels is None:
         return reference.sample(logits, uniform, k, *knobs)
-    return sample_composed(logits, uniform, k, knobs, kernels[1].truncate, kernels[0].logit_stats)
+    base = bool(knobs[N_KNOBS]) if len(knobs) > N_KNOBS else False
+    return sample_composed(logits, uniform, k, knobs[:N_KNOBS], kernels[1].truncate, kernels[0].logit_stats, base)
 
 
-def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn):
+N_KNOBS = 11  # temperature ... min_tokens_to_keep, as in _KNOBS_SCHEMA
+
+
+def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn, base_stats=False):
     """``fuq::sample`` from a truncation kernel and a stats kernel (the Triton and CUDA C++ routes).
 
     The draw is the reference's inverse CDF, so the ids equal every other backend's; it is not
-    one fused kernel (the CPU C++ kernel is).
+    one fused kernel (the CPU C++ kernel is). ``base_stats``: the stats call runs at T = 1
+    instead of at the sampling temperature (still one stats call: no second pass is added).
     """
     ids = reference.sample_from(truncate_fn(logits, *knobs), uniform)
-    return (ids, *stats_fn(logits, k, ids, knobs[0]))
+    return (ids, *stats_fn(logits, k, ids, 1.0 if base_stats else knobs[0]))
 
 
 HAS_CPP_TRUNCATE = HAS_CPP and _has_kernel("truncate", "CPU")

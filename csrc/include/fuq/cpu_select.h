@@ -2,9 +2,11 @@
 // the CPU core of fuq::truncate and fuq::sample.
 //
 // A row z (float32, already divided by T) is truncated in place, knob after knob, in
-// Hugging Face's order. The live tokens are always {z >= lo} (lo > -inf, so masked -inf
-// never counts): every knob but typical only raises lo, so a chain of them costs no write
-// until the end. Typical keeps a band of |z - c| and is written out at once.
+// Hugging Face's order. The live tokens are always a prefix of the order (z descending,
+// index ascending) of fuq/reference.py's tie rule: {z > lo} plus the tokens z == lo of
+// index <= lo_idx (lo > -inf, so masked -inf never counts; lo_idx = all for a threshold).
+// Every knob but typical only moves this cut forward, so a chain of them costs no write
+// until the end. Typical keeps a prefix of |z - c| ascending and is written out at once.
 //
 // How each cut-off is found, with p = exp(z - m) / S over the live set (m its max):
 //   * min-p, epsilon, eta, top-nσ, p-less: a direct threshold on z from one stats pass
@@ -19,8 +21,11 @@
 // Sums are float64; exp is cpu::fast_exp_nonpos (~2 ulp). The first scan and the draw's
 // per-chunk sums spread a row's chunks over threads (at::parallel_for; serial inside a
 // parallel region, i.e. when rows are already spread): each chunk's float partials are
-// stored and merged in chunk order afterwards, so the result is bit-identical to one thread. Ties at a cut are all kept,
-// except for top-h whose bound is an upper bound (ties at the cut dropped together).
+// stored and merged in chunk order afterwards, so the result is bit-identical to one thread.
+// Ties (fuq/reference.py): top-k and the thresholds keep equal values together; top-p,
+// typical and top-h cut inside a tie group, keeping its lower indices. Top-h takes its
+// exponentials relative to the runner-up when the max is alone, so a max 90 or 1000 nats
+// ahead of the rest does not underflow the entropy to 0.
 #pragma once
 
 #include <algorithm>
@@ -61,6 +66,7 @@ constexpr int64_t kHeapMax = 2048;  // top-k by heap up to this k, by histogram 
 constexpr int64_t kChunk = 256;
 constexpr int64_t kParGrain = 64;  // chunks per task of a row split over threads
 constexpr float kLowest = -std::numeric_limits<float>::max();
+constexpr int64_t kAllIdx = std::numeric_limits<int64_t>::max();  // a cut that keeps a whole tie group
 
 // The smallest float f with (double) f >= t (a threshold "z >= t" as "z >= f" on floats).
 inline float ceil_float(double t) {
@@ -150,6 +156,8 @@ class RowTruncator {
     m_ = mx;
     zmin_ = mn;
     lo_ = kLowest;
+    lo_idx_ = kAllIdx;
+    nan_ = nan;
     const bool ok = !nan && mx != kInf;
     if (with_stats && ok && mx > -kInf) {
       // 2. per chunk: float sums relative to the running max after that chunk (the prefix
@@ -208,6 +216,24 @@ class RowTruncator {
     return ok;
   }
 
+  // Switch the row to z = float(x) / t after an init at t = 1 (x itself), keeping that first
+  // scan: division by t > 0 is monotone and correctly rounded, so the per-chunk max / min
+  // of x / t are those of x divided by t. Returns init's verdict at t (false: NaN or +inf).
+  bool retemper(float t) {
+    t_ = t;
+    for (float& v : ws_.cmax) v = v / t;
+    for (float& v : ws_.cmin) v = v / t;
+    m_ = m_ / t;
+    zmin_ = zmin_ / t;
+    lo_ = kLowest;
+    lo_idx_ = kAllIdx;
+    stats_ok_ = moments_ok_ = false;
+    return !nan_ && m_ != kInf;
+  }
+
+  // init saw a NaN (its false then means NaN, not only +inf).
+  bool has_nan() const { return nan_; }
+
   // The first index of the max (call after init; 0 for a row of -inf).
   int64_t argmax() {
     for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
@@ -255,6 +281,18 @@ class RowTruncator {
   bool empty() const { return m_ == -kInf; }
   float lo() const { return lo_; }
 
+  // The live test of chunk i0: z >= lo for local index j <= jc, z >= up (the float above lo)
+  // after it; written as a select so the loops stay vectorised.
+  struct Thr {
+    float lo, up;
+    int64_t jc;
+    inline float at(int64_t j) const { return j <= jc ? lo : up; }
+  };
+  Thr thr(int64_t i0) const {
+    const int64_t jc = lo_idx_ == kAllIdx ? kChunk : std::clamp<int64_t>(lo_idx_ - i0, -1, kChunk);
+    return {lo_, std::nextafter(lo_, kInf), jc};
+  }
+
   // Stats of the live set (one pass). Sums run in float over chunks of kChunk tokens and
   // in float64 across chunks.
   const Stats& stats(bool moments = false) {
@@ -286,6 +324,7 @@ class RowTruncator {
         for (int64_t j = 0; j < n; ++j) {
           const float v = zc[j];
           if (!(v >= thr)) continue;
+          if (v == lo && i0 + j > lo_idx_) continue;  // past the cut inside the tie group at lo
           if (static_cast<int64_t>(h.size()) < k) {
             h.push_back(v);
             std::push_heap(h.begin(), h.end(), std::greater<float>());
@@ -301,7 +340,7 @@ class RowTruncator {
       if (static_cast<int64_t>(h.size()) < k) return kLowest;
       return h.front();
     }
-    histogram_desc<false, false>();
+    histogram_desc<false, false>(m_);
     int64_t c = 0;
     for (int b = 0; b <= kBins; ++b) {
       if (c + ws_.cnt[b] >= k) {
@@ -315,16 +354,36 @@ class RowTruncator {
 
   // ---- the knobs, in Hugging Face's order ----
 
+  // Top-H: the prefix of the order whose entropy terms -p log p, summed up to and including
+  // each token, stay <= alpha * H; the first token always. In units of S (e = exp(z - m),
+  // d = m - z): S · (-p log p) = e (d + log S). When the max is alone and the runner-up m2 is
+  // g nats below it, the rest is histogrammed relative to m2 (e' = exp(z - m2), every term
+  // times exp(g)) and the top token's term exp(g) log1p(x) = R log1p(x) / x, x = exp(-g) R,
+  // R = Σ e': no float32 exp underflows, whatever g is (as fuq/reference.py's _entropy_terms).
   void top_h(double alpha) {
-    histogram_desc<true, true>();
-    double S = 0, Dt = 0;
-    for (int b = 0; b <= kBins; ++b) S += ws_.mass[b], Dt += ws_.ment[b];
-    const double logS = std::log(S);
-    const double bound = alpha * (logS + Dt / S) * S;  // in units of 1/S: Σ e (log S + d) <= bound
-    double cum = 0;
+    int64_t n_top = 0;
+    float m2 = -kInf;
+    top_group(&n_top, &m2);
+    const bool alone = n_top == 1 && m2 > -kInf;
+    const float mref = alone ? m2 : m_;
+    const double g = alone ? static_cast<double>(m_) - static_cast<double>(m2) : 0.0;
+    histogram_desc<true, true>(mref);  // alone: the top token is left out
+    double R = 0, Dt = 0;
+    for (int b = 0; b <= kBins; ++b) R += ws_.mass[b], Dt += ws_.ment[b];
+    double logS, top_term = 0;
+    if (alone) {
+      const double x = std::exp(-g) * R;
+      logS = std::log1p(x);
+      top_term = x > 0 ? R * (logS / x) : R;
+    } else {
+      logS = std::log(R);
+    }
+    const double off = logS + g;  // the term of a histogrammed token: e' (off + (mref - z))
+    const double bound = alpha * (top_term + off * R + Dt);
+    double cum = top_term;  // alone: the top token, first and always kept
     int b = 0;
     for (; b <= kBins; ++b) {
-      const double add = ws_.mass[b] * logS + ws_.ment[b];
+      const double add = ws_.mass[b] * off + ws_.ment[b];
       if (cum + add > bound) break;
       cum += add;
     }
@@ -332,30 +391,26 @@ class RowTruncator {
     collect_desc(b);
     const auto& mem = ws_.members;
     size_t j = 0;
-    bool accepted_any = false;
-    while (j < mem.size()) {
-      size_t g = j;
-      double add = 0;
-      for (; g < mem.size() && mem[g].z == mem[j].z; ++g) {
-        add += static_cast<double>(fast_exp_nonpos(mem[g].z - m_)) * (logS + mem[g].key);
-      }
+    for (; j < mem.size(); ++j) {
+      const double add = static_cast<double>(fast_exp_nonpos(mem[j].z - mref)) * (off + mem[j].key);
       if (cum + add > bound) break;
       cum += add;
-      accepted_any = true;
-      j = g;
     }
-    if (j < mem.size()) {
-      // drop mem[j]'s tie group and everything below it; keep at least the max group
-      const float rejected = mem[j].z;
-      set_lo(rejected == m_ ? m_ : std::nextafter(rejected, kInf));
+    if (j == mem.size()) {  // rounding: the bin fitted after all; cut after it
+      set_cut(mem.back().z, mem.back().idx);
+    } else if (!alone && b == 0 && j == 0) {
+      set_cut(mem[0].z, mem[0].idx);  // the first token of the order is always kept
+    } else {
+      set_cut(mem[j].z, mem[j].idx - 1);  // everything before mem[j]
     }
-    (void)accepted_any;
   }
 
   void top_k(int64_t k) { set_lo(kth_largest(k)); }
 
+  // Top-p: the shortest prefix of the order of mass >= p (a token is kept iff the mass before
+  // it is < p), and at least its first mtk tokens.
   void top_p(double p, int64_t mtk) {
-    histogram_desc<true, false>();
+    histogram_desc<true, false>(m_);
     double S = 0;
     for (int b = 0; b <= kBins; ++b) S += ws_.mass[b];
     const double target = p * S;
@@ -366,17 +421,19 @@ class RowTruncator {
       cum += ws_.mass[b];
     }
     if (b > kBins) return;  // rounding: the whole row is needed
-    float cut = mtk > 1 ? count_cut(mtk) : m_;
+    Member last{kLowest, kAllIdx, 0.0};
+    if (mtk > 1) last = count_cut(mtk);
     collect_desc(b);
-    float cp = ws_.members.back().z;
+    Member cp = ws_.members.back();
     for (const auto& mb : ws_.members) {
       cum += static_cast<double>(fast_exp_nonpos(mb.z - m_));
       if (cum >= target) {
-        cp = mb.z;
+        cp = mb;
         break;
       }
     }
-    set_lo(std::min(cut, cp));
+    if (last.idx == kAllIdx || before_in_order(last, cp)) last = cp;  // the later of the two cuts
+    set_cut(last.z, last.idx);
   }
 
   void min_p(double mp, int64_t mtk) {
@@ -385,6 +442,8 @@ class RowTruncator {
     set_lo(std::min(cut, m_));
   }
 
+  // Typical: the prefix of the order (|z - c| ascending, index ascending) of mass >= mass
+  // (cut as top-p), and at least its first mtk tokens; written out at once.
   void typical(double mass, int64_t mtk) {
     const Stats& s = stats();
     const float c = static_cast<float>(static_cast<double>(m_) - s.D / s.S);  // lse - H
@@ -394,6 +453,7 @@ class RowTruncator {
     const double target = mass * S;
     // mass cut: the first token (key ascending) at which the cumulative mass reaches target
     float key_cut;
+    int64_t key_idx = kAllIdx;
     double cum = 0;
     int b = 0;
     for (; b <= kBins; ++b) {
@@ -405,10 +465,12 @@ class RowTruncator {
     } else {
       collect_typical(b, c);
       key_cut = static_cast<float>(ws_.members.back().key);
+      key_idx = ws_.members.back().idx;
       for (const auto& mb : ws_.members) {
         cum += static_cast<double>(fast_exp_nonpos(mb.z - m_));
         if (cum >= target) {
           key_cut = static_cast<float>(mb.key);
+          key_idx = mb.idx;
           break;
         }
       }
@@ -418,22 +480,26 @@ class RowTruncator {
       for (int bb = 0; bb <= kBins; ++bb) {
         if (cc + ws_.cnt[bb] >= mtk) {
           collect_typical(bb, c);
-          key_cut = std::max(key_cut, static_cast<float>(ws_.members[mtk - cc - 1].key));
+          const Member& mb = ws_.members[mtk - cc - 1];
+          const float k2 = static_cast<float>(mb.key);
+          if (k2 > key_cut || (k2 == key_cut && mb.idx > key_idx)) key_cut = k2, key_idx = mb.idx;
           break;
         }
         cc += ws_.cnt[bb];
       }
     }
-    // write the band out; the new max is that of the band
-    const float lo = lo_;
+    // write the prefix out; the new max is that of the kept tokens
     float mx = -kInf;
     for_chunks([&](const float* zc, int64_t i0, int64_t n) {
       float* o = z_ + i0;
       float cmx = -kInf;
+      const Thr t = thr(i0);
+      const int64_t jk = key_idx == kAllIdx ? kChunk : std::clamp<int64_t>(key_idx - i0, -1, kChunk);
 #pragma omp simd reduction(max : cmx)
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        const bool keep = v >= lo && std::fabs(v - c) <= key_cut;
+        const float key = std::fabs(v - c);
+        const bool keep = v >= t.at(j) && (key < key_cut || (key == key_cut && j <= jk));
         const float w = keep ? v : -kInf;
         o[j] = w;
         cmx = w > cmx ? w : cmx;
@@ -444,6 +510,7 @@ class RowTruncator {
     mat_ = true;
     m_ = mx;
     lo_ = kLowest;
+    lo_idx_ = kAllIdx;
     stats_ok_ = false;
   }
 
@@ -494,12 +561,12 @@ class RowTruncator {
 
   // Write -inf over the removed tokens.
   void finish() {
-    const float lo = lo_;
-    if (mat_ && lo == kLowest) return;
+    if (mat_ && lo_ == kLowest && lo_idx_ == kAllIdx) return;
     for_chunks_live([&](const float* zc, int64_t i0, int64_t n) {
       float* o = z_ + i0;
+      const Thr t = thr(i0);
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) o[j] = zc[j] >= lo ? zc[j] : -kInf;
+      for (int64_t j = 0; j < n; ++j) o[j] = zc[j] >= t.at(j) ? zc[j] : -kInf;
     }, [&](int64_t i0, int64_t n) { std::fill(z_ + i0, z_ + i0 + n, -kInf); });
   }
 
@@ -519,12 +586,13 @@ class RowTruncator {
       ps = big.data();
     }
     const float* cmaxs = ws_.cmax.data();
-    par_chunks([&, m, lo](const float* zc, int64_t i0, int64_t n) {
+    par_chunks([&, m](const float* zc, int64_t i0, int64_t n) {
       float s = 0;
+      const Thr t = thr(i0);
 #pragma omp simd reduction(+ : s)
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        s += v >= lo ? fast_exp_nonpos(v - m) : 0.0f;
+        s += v >= t.at(j) ? fast_exp_nonpos(v - m) : 0.0f;
       }
       ps[i0 / kChunk] = s;
     }, [&](int64_t c) { return cmaxs[c] >= lo; }, [&](int64_t c) { ps[c] = 0; });
@@ -538,10 +606,11 @@ class RowTruncator {
       if (cum + ps[c] > target) {
         const int64_t i0 = c * kChunk, i1 = std::min(V_, i0 + kChunk);
         const float* zc = chunk(i0, i1 - i0);
+        const Thr t = thr(i0);
         int64_t lastlive = -1;
         for (int64_t i = i0; i < i1; ++i) {
           const float v = zc[i - i0];
-          if (!(v >= lo)) continue;
+          if (!(v >= t.at(i - i0))) continue;
           lastlive = i;
           cum += static_cast<double>(fast_exp_nonpos(v - m));
           if (cum > target) return i;
@@ -556,33 +625,75 @@ class RowTruncator {
     if (last < 0) return 0;
     const int64_t l0 = last * kChunk, l1 = std::min(V_, l0 + kChunk);
     const float* zc = chunk(l0, l1 - l0);
+    const Thr t = thr(l0);
     for (int64_t i = l1 - 1; i >= l0; --i) {
-      if (zc[i - l0] >= lo) return i;
+      if (zc[i - l0] >= t.at(i - l0)) return i;
     }
     return 0;
   }
 
  private:
-  void set_lo(float v) {
-    if (v > lo_) {
-      lo_ = v;
+  // Keep z >= v (a threshold: equal values together).
+  void set_lo(float v) { set_cut(v, kAllIdx); }
+
+  // Keep the prefix of the order up to (z, idx) inclusive, within the live set: the cut only
+  // moves forward (an idx below the group's first index keeps none of the group).
+  void set_cut(float z, int64_t idx) {
+    if (z > lo_ || (z == lo_ && idx < lo_idx_)) {
+      lo_ = z;
+      lo_idx_ = idx;
       stats_ok_ = false;
     }
   }
 
+  // (a.z, a.idx) comes before (b.z, b.idx) in the order (z descending, index ascending).
+  static bool before_in_order(const Member& a, const Member& b) {
+    return a.z != b.z ? a.z > b.z : a.idx < b.idx;
+  }
+
+  // The size of the live top group (z == m) and the largest live value below it (-inf: none).
+  void top_group(int64_t* n_top, float* m2) {
+    int64_t cnt = 0;
+    float sec = -kInf;
+    const float* cmaxs = ws_.cmax.data();
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      const float cmx = cmaxs[i0 / kChunk];
+      if (!(cmx >= lo_)) continue;
+      if (cmx < m_ && cmx > lo_) {
+        sec = std::max(sec, cmx);
+        continue;
+      }
+      const int64_t n = std::min(kChunk, V_ - i0);
+      const float* zc = chunk(i0, n);
+      const Thr t = thr(i0);
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        if (!(v >= t.at(j))) continue;
+        if (v == m_) {
+          ++cnt;
+        } else {
+          sec = std::max(sec, v);
+        }
+      }
+    }
+    *n_top = cnt;
+    *m2 = sec;
+  }
+
   template <bool MOM>
   void stats_pass() {
-    const float m = m_, lo = lo_;
+    const float m = m_;
     double S = 0, D = 0, U = 0, E2 = 0, A = 0, A2 = 0;
     int64_t n = 0;
-    for_chunks_live([&](const float* zc, int64_t, int64_t nn) {
+    for_chunks_live([&](const float* zc, int64_t i0, int64_t nn) {
       float s = 0, dd = 0, uu = 0, e2 = 0;
       double a = 0, a2 = 0;  // top-nσ: float64, the variance is a difference of moments
       int32_t c = 0;
+      const Thr t = thr(i0);
 #pragma omp simd reduction(+ : s, dd, uu, e2, a, a2, c)
       for (int64_t j = 0; j < nn; ++j) {
         const float v = zc[j];
-        const bool live = v >= lo;
+        const bool live = v >= t.at(j);
         const float d = live ? m - v : 0.0f;
         const float e = live ? fast_exp_nonpos(v - m) : 0.0f;
         const float ed = e * d;
@@ -609,23 +720,25 @@ class RowTruncator {
     set_lo(cut);
   }
 
-  // the z at which the live count (descending) reaches n, from the current histogram
-  float count_cut(int64_t n) {
+  // the n-th live token of the order (z desc, index asc), from the current histogram
+  // ({kLowest, kAllIdx}: fewer than n are live)
+  Member count_cut(int64_t n) {
     int64_t c = 0;
     for (int b = 0; b <= kBins; ++b) {
       if (c + ws_.cnt[b] >= n) {
         collect_desc(b);
-        return ws_.members[n - c - 1].z;
+        return ws_.members[n - c - 1];
       }
       c += ws_.cnt[b];
     }
-    return kLowest;
+    return {kLowest, kAllIdx, 0.0};
   }
 
-  // Bins over d = m - z: width w spans [0, min(m - zmin, kRange)); bin kBins = overflow,
-  // kBins + 1 = not live.
-  void bin_setup_desc() {
-    const double range = std::min(static_cast<double>(m_) - static_cast<double>(zmin_), kRange);
+  // Bins over d = mref - z: width w spans [0, min(mref - zmin, kRange)); bin kBins = overflow,
+  // kBins + 1 = not live (or above mref: top-h leaves a lone max out this way).
+  void bin_setup_desc(float mref) {
+    mref_ = mref;
+    const double range = std::min(static_cast<double>(mref) - static_cast<double>(zmin_), kRange);
     inv_w_ = range > 1e-20 ? static_cast<float>(kBins / range) : 1e20f;
   }
 
@@ -641,17 +754,18 @@ class RowTruncator {
     std::fill(ws_.cnt.begin(), ws_.cnt.end(), 0);
     if (MASS) std::fill(ws_.mass.begin(), ws_.mass.end(), 0.0);
     if (ENT) std::fill(ws_.ment.begin(), ws_.ment.end(), 0.0);
-    const float m = m_, lo = lo_;
+    const float m = KEY == 0 ? mref_ : m_;  // the exponentials' reference point
     int64_t* cnt = ws_.cnt.data();
     double* mass = ws_.mass.data();
     double* ment = ws_.ment.data();
-    for_chunks_live([&](const float* zc, int64_t, int64_t n) {
+    for_chunks_live([&](const float* zc, int64_t i0, int64_t n) {
       float* e = ws_.e;
       int32_t* bn = ws_.bin;
+      const Thr t = thr(i0);
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        const bool live = v >= lo;
+        const bool live = v >= t.at(j) && (KEY != 0 || v <= m);
         bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), live, iw);
         if (MASS) e[j] = live ? fast_exp_nonpos(v - m) : 0.0f;
       }
@@ -669,7 +783,7 @@ class RowTruncator {
   void collect(int b, float c, float iw) {
     auto& mem = ws_.members;
     mem.clear();
-    const float m = m_, lo = lo_;
+    const float m = mref_, lo = lo_;
     const float* cmaxs = ws_.cmax.data();
     const float* cmins = ws_.cmin.data();
     for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
@@ -677,7 +791,7 @@ class RowTruncator {
       const float cmx = cmaxs[i0 / kChunk], cmn = cmins[i0 / kChunk];
       if (!(cmx >= lo)) continue;
       if (KEY == 0) {
-        if (bin_of(m - cmx, true, iw) > b || bin_of(m - std::max(cmn, lo), true, iw) < b) continue;
+        if (bin_of(std::max(m - cmx, 0.0f), true, iw) > b || bin_of(m - std::max(cmn, lo), true, iw) < b) continue;
       } else {
         const float klo = (c >= std::max(cmn, lo) && c <= cmx) ? 0.0f
                                                                 : std::min(std::fabs(cmx - c), std::fabs(std::max(cmn, lo) - c));
@@ -687,10 +801,11 @@ class RowTruncator {
       const int64_t n = std::min(kChunk, V_ - i0);
       const float* zc = chunk(i0, n);
       int32_t* bn = ws_.bin;
+      const Thr t = thr(i0);
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), v >= lo, iw);
+        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), v >= t.at(j) && (KEY != 0 || v <= m), iw);
       }
       for (int64_t j = 0; j < n; ++j) {
         if (bn[j] == b) {
@@ -709,8 +824,8 @@ class RowTruncator {
   }
 
   template <bool MASS, bool ENT>
-  void histogram_desc() {
-    bin_setup_desc();
+  void histogram_desc(float mref) {
+    bin_setup_desc(mref);
     histogram<0, MASS, ENT>(0.0f, inv_w_);
   }
 
@@ -802,10 +917,13 @@ class RowTruncator {
   int64_t V_;
   Workspace& ws_;
   float m_ = -kInf, zmin_ = kInf, lo_ = kLowest;
+  int64_t lo_idx_ = kAllIdx;  // the cut's index inside the tie group at lo_ (kAllIdx: all of it)
+  float mref_ = -kInf;        // the reference point of the descending histogram (m_, or m2 in top-h)
   float inv_w_ = 1.0f;
   float inv_wt_ = 1.0f;
   Stats st_;
   bool stats_ok_ = false, moments_ok_ = false;
+  bool nan_ = false;
 };
 
 }  // namespace cpu

@@ -3,11 +3,15 @@
 Install with ``pip install --no-build-isolation -e .`` so the extension builds
 against the torch already installed (never a second one).
 Environment: ``FUQ_NO_EXT=1`` skips the extensions (pure-Python install, the ops
-then fall back to the reference); ``FUQ_NO_CUDA=1`` skips the CUDA one.
+then fall back to the reference); ``FUQ_NO_CUDA=1`` skips the CUDA one;
+``FUQ_MARCH`` sets the CPU baseline of the C++ code (default ``x86-64-v3`` on x86-64:
+AVX2 + FMA + F16C, checked at import by ``fuq._library``; ``native`` for a build that
+only runs where it was built).
 """
 
 import glob
 import os
+import platform
 
 from setuptools import setup
 
@@ -22,7 +26,11 @@ def _extensions():
 
     include = [os.path.join(ROOT, "csrc", "include")]
     # -fno-trapping-math lets GCC if-convert (and so vectorise) the selects of the exp loops.
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-march=native", "-fno-math-errno", "-fno-trapping-math"]
+    # A stated baseline, not -march=native: a wheel built here runs on any x86-64-v3 CPU.
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    march = os.environ.get("FUQ_MARCH", "x86-64-v3" if x86 else "")
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    cxx += [f"-march={march}"] if march else []
     exts = [
         CppExtension(
             "fuq._C",
@@ -44,9 +52,11 @@ def _extensions():
                 "fuq._C_cuda",
                 cuda_sources,
                 include_dirs=include,
+                # no -std: BuildExtension adds the one the torch headers need (C++20 for
+                # torch >= 2.10, e.g. 2.11 and 2.13), for the host compiler and nvcc alike.
                 extra_compile_args={
-                    "cxx": ["-O3", "-std=c++17"],
-                    "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr",
+                    "cxx": ["-O3"],
+                    "nvcc": ["-O3", "--expt-relaxed-constexpr",
                              "-gencode=arch=compute_80,code=sm_80",
                              "-gencode=arch=compute_90,code=sm_90"],
                 },

@@ -16,6 +16,8 @@ Ops take ``[B, V]`` logits whose last dim is contiguous; the public functions in
 from __future__ import annotations
 
 import importlib
+import os
+import platform
 import warnings
 
 import torch
@@ -60,7 +62,44 @@ def _load(module: str) -> tuple[object | None, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-_C, C_ERROR = _load("._C")
+# fuq._C is built for a stated CPU baseline (setup.py's FUQ_MARCH, x86-64-v3 on x86-64). On a
+# CPU without those instructions it would die of SIGILL at the first one, so the CPU flags are
+# checked before loading it: without them the ops fall back to the reference with a warning
+# saying why, and backend="cpp" raises that reason.
+X86_64_V3 = ("avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe")
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_baseline_error(flags: set[str] | None = None) -> str | None:
+    """Why this CPU cannot run fuq._C's x86-64-v3 build, or None (also when it cannot tell:
+    not x86-64, no /proc/cpuinfo, or ``FUQ_MARCH=native`` set for a build made on this machine)."""
+    if flags is None:
+        if platform.machine().lower() not in ("x86_64", "amd64") or os.environ.get("FUQ_MARCH") == "native":
+            return None
+        flags = _cpu_flags()
+        if flags is None:
+            return None
+    missing = [f for f in X86_64_V3 if f not in flags]
+    if not missing:
+        return None
+    return (
+        f"this CPU lacks {', '.join(missing)}: fuq._C is built for x86-64-v3 (AVX2 + FMA + F16C); rebuild it "
+        "for this machine with `FUQ_MARCH=native pip install --no-build-isolation -e .` and run with FUQ_MARCH=native"
+    )
+
+
+CPU_ERROR = cpu_baseline_error()
+_C, C_ERROR = (None, CPU_ERROR) if CPU_ERROR else _load("._C")
 _C_CUDA, C_CUDA_ERROR = _load("._C_cuda") if torch.cuda.is_available() else (None, "torch has no CUDA")
 
 HAS_CPP = _C is not None

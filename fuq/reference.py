@@ -241,7 +241,7 @@ def _top_h(z: Tensor, alpha: float) -> Tensor:
     zs, order = _sort_desc(z)
     terms = _entropy_terms(zs)
     cum = torch.cumsum(terms, dim=-1)
-    kept = cum <= alpha * terms.sum(-1, keepdim=True)
+    kept = cum <= alpha * cum[..., -1:]  # H as the same running sum: alpha = 1 keeps every token
     kept[..., 0] = True
     return _keep_prefix(z, order, kept)
 

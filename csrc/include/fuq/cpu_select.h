@@ -368,8 +368,8 @@ class RowTruncator {
     const float mref = alone ? m2 : m_;
     const double g = alone ? static_cast<double>(m_) - static_cast<double>(m2) : 0.0;
     histogram_desc<true, true>(mref);  // alone: the top token is left out
-    double R = 0, Dt = 0;
-    for (int b = 0; b <= kBins; ++b) R += ws_.mass[b], Dt += ws_.ment[b];
+    double R = 0;
+    for (int b = 0; b <= kBins; ++b) R += ws_.mass[b];
     double logS, top_term = 0;
     if (alone) {
       const double x = std::exp(-g) * R;
@@ -379,7 +379,9 @@ class RowTruncator {
       logS = std::log(R);
     }
     const double off = logS + g;  // the term of a histogrammed token: e' (off + (mref - z))
-    const double bound = alpha * (top_term + off * R + Dt);
+    double H = top_term;  // summed as the walk below sums: alpha = 1 keeps every token
+    for (int b = 0; b <= kBins; ++b) H += ws_.mass[b] * off + ws_.ment[b];
+    const double bound = alpha * H;
     double cum = top_term;  // alone: the top token, first and always kept
     int b = 0;
     for (; b <= kBins; ++b) {

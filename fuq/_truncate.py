@@ -107,23 +107,28 @@ def truncate(
     and keep the same tokens as HF's warpers of the same names (``TopKLogitsWarper``,
     ``TopPLogitsWarper``, ``MinPLogitsWarper``, ``TypicalLogitsWarper``,
     ``EpsilonLogitsWarper``, ``EtaLogitsWarper``) except where a float rounding tie
-    decides; exact ties at a cut-off are all kept. No full-vocabulary sort.
+    decides. Exact ties follow one rule on every backend (``fuq/reference.py``): top-k and
+    the thresholds keep equal values together; top-p, typical and top-h keep a prefix of
+    their order (z descending, then token id ascending; typical: ``|-log p - H|``
+    ascending), so of a tie group at the cut only the lower ids stay. No full-vocabulary
+    sort.
 
     Args:
         logits: ``[..., V]`` float32 | bfloat16 | float16, any strides; ``-inf`` = masked.
         temperature: finite, > 0.
-        top_k: keep the k most probable tokens (and ties); None or 0 is off; >= 0.
-        top_p: keep the smallest most-probable set of mass >= top_p; in (0, 1], 1 is off.
+        top_k: keep the k most probable tokens (and ties with the k-th); None or 0 is off; >= 0.
+        top_p: keep the shortest prefix of the order of mass >= top_p; in (0, 1], 1 is off.
         min_p: keep p >= min_p * max p; in [0, 1], 0 is off.
         typical_p: keep the most typical tokens (|-log p - H| ascending) up to this
             mass; in (0, 1], 1 is off.
         epsilon: keep p >= epsilon (HF's ``epsilon_cutoff``); >= 0, 0 is off.
         eta: keep p >= min(eta, sqrt(eta) * exp(-H)) (HF's ``eta_cutoff``); >= 0, 0 is off.
-        top_h: Top-H with alpha = top_h over the full distribution: keep the largest
-            set of most probable tokens whose entropy terms sum to <= alpha * H(p) (at
-            least the top token); in (0, 1]. Unlike HF's ``TopHLogitsWarper`` (and the
-            paper's code), which computes both sums over the 100 most probable tokens
-            only, the sums here run over the whole vocabulary.
+        top_h: Top-H with alpha = top_h over the full distribution: keep the longest
+            prefix of the order whose entropy terms sum to <= alpha * H(p) (at least the
+            top token; exact when one logit is hundreds of nats ahead); in (0, 1].
+            Unlike HF's ``TopHLogitsWarper`` (and the paper's code), which computes both
+            sums over the 100 most probable tokens only, the sums here run over the
+            whole vocabulary.
         top_n_sigma: keep z >= max z - n * sigma, sigma the (N - 1)-normalised standard
             deviation of the finite z of the row; >= 0.
         p_less: keep p >= sum p^2 (the row's collision probability).

@@ -3,7 +3,8 @@
 * hand-made rows whose kept sets are known by heart (uniform rows, tie groups at the cut);
 * tie-heavy bfloat16 rows at V = 262144: the kept set of top-p and top-h is a prefix of the
   order (z descending, id ascending) on every backend, and the backends agree;
-* a logit 90, 300 and 1000 nats ahead of the rest: top-h follows a 60-digit computation.
+* a logit 90, 300 and 1000 nats ahead of the rest: top-h follows a 60-digit computation
+  (mpmath, log1p for the top token's term).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def test_bf16_tie_heavy_rows_at_262144(kw):
     prefix of the order, and the prefixes agree up to a float rounding tie (<= 3 tokens)."""
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(2, 262144, generator=g) * 1.5).to(torch.bfloat16)
-    assert x[0].float().unique().numel() < 3000  # ties are the common case here
+    assert x[0].float().unique().numel() < 5000  # ~50 tokens per value: ties are the common case
     z = x.float() / kw.get("temperature", 1.0)
     n = {}
     for backend in BACKENDS:
@@ -91,7 +92,7 @@ def test_bf16_tie_heavy_rows_at_262144(kw):
 @pytest.mark.parametrize("kw", [dict(typical_p=0.7), dict(typical_p=0.2, min_tokens_to_keep=40), dict(top_k=700),
                                 dict(min_p=0.02), dict(top_h=0.6, top_k=900, top_p=0.95, typical_p=0.99)], ids=str)
 def test_tie_heavy_rows_cpp_equals_reference(dtype, kw):
-    x = (make_logits(3, 20000, torch.float32, "normal", seed=6) * 0.7).to(dtype)
+    x = (make_logits(2, 9000, torch.float32, "normal", seed=6) * 0.7).to(dtype)
     got = fuq.truncate(x, backend="cpp", **kw)
     want = fuq.truncate(x, backend="reference", **kw)
     assert_same_kept(got, want, x, kw)
@@ -103,8 +104,11 @@ def _top_h_count_mp(row: torch.Tensor, alpha: float) -> int:
     mp.mp.dps = 60
     zs = [mp.mpf(float(v)) for v in torch.sort(row.double(), descending=True).values.tolist()]
     m = zs[0]
-    S = mp.fsum(mp.exp(z - m) for z in zs)
-    terms = [mp.exp(z - m) / S * ((m - z) + mp.log(S)) for z in zs]
+    n_top = sum(1 for z in zs if z == m)
+    rest = mp.fsum(mp.exp(z - m) for z in zs if z < m)  # S = n_top + rest; 1 + 1e-130 needs log1p
+    log_s = mp.log1p(rest) if n_top == 1 else mp.log(n_top + rest)
+    S = n_top + rest
+    terms = [mp.exp(z - m) / S * ((m - z) + log_s) for z in zs]
     bound = alpha * mp.fsum(terms)
     cum, n = mp.mpf(0), 0
     for t in terms:
@@ -121,16 +125,16 @@ def test_top_h_one_logit_far_ahead(gap, dtype):
     """float32 exp(-90) underflows: the kernel and the reference take the rest relative to the
     runner-up, and keep what 60-digit maths keeps (±1 token: the float64 rounding at the cut)."""
     g = torch.Generator().manual_seed(int(gap))
-    x = torch.randn(2, 3000, generator=g)
+    x = torch.randn(2, 2000, generator=g)
     x[0, 7] += gap
-    x[1, 2999] += gap
+    x[1, 1999] += gap
     x = x.to(dtype)
     for alpha in (0.4, 0.9):
         want = torch.tensor([_top_h_count_mp(x[r].float(), alpha) for r in range(2)])
         for backend in BACKENDS:
             n = _assert_prefix(_kept(fuq.truncate(x, top_h=alpha, backend=backend)), x.float())
             assert (n - want).abs().max() <= 1, (backend, gap, alpha, n.tolist(), want.tolist())
-            assert (n > 100).all()  # not the collapse to a handful or to all
+            assert (n > 100).all() and (n < 1990).all()  # not the collapse to a handful or to all
 
 
 @pytest.mark.parametrize("gap", [90.0, 300.0, 1000.0])
@@ -151,7 +155,7 @@ def test_sample_draws_inside_the_cut_tie_group(backend):
 
 
 def test_sample_ids_equal_on_tie_heavy_rows():
-    x = (make_logits(4, 65536, torch.float32, "normal", seed=8) * 0.5).to(torch.bfloat16)
+    x = (make_logits(2, 32768, torch.float32, "normal", seed=8) * 0.5).to(torch.bfloat16)
     for kw in (dict(top_p=0.7), dict(top_h=0.5), dict(typical_p=0.6, temperature=0.8)):
         ids = [fuq.sample(x, generator=torch.Generator().manual_seed(5), backend=b, **kw)[0] for b in BACKENDS]
         assert torch.equal(ids[0], ids[1]), kw

@@ -160,3 +160,12 @@ def test_sample_ids_equal_on_tie_heavy_rows():
         ids = [fuq.sample(x, generator=torch.Generator().manual_seed(5), backend=b, **kw)[0] for b in BACKENDS]
         assert torch.equal(ids[0], ids[1]), kw
         assert _kept(reference.truncate(x, *_op_args(kw))).gather(-1, ids[0][:, None]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_min_tokens_to_keep_beyond_the_live_tokens(backend):
+    """min_tokens_to_keep larger than the live count keeps every live token (and no -inf one)."""
+    x = torch.tensor([[NEG, 3.0, NEG, 1.0, 0.5, NEG]])
+    for kw in (dict(top_p=0.1), dict(typical_p=0.1), dict(top_k=1), dict(min_p=0.9), dict(epsilon=0.5)):
+        got = fuq.truncate(x, min_tokens_to_keep=5, backend=backend, **kw)
+        assert _kept(got).tolist() == [[False, True, False, True, True, False]], kw

@@ -423,8 +423,8 @@ class RowTruncator {
       cum += ws_.mass[b];
     }
     if (b > kBins) return;  // rounding: the whole row is needed
-    Member last{kLowest, kAllIdx, 0.0};
-    if (mtk > 1) last = count_cut(mtk);
+    const Member mk = mtk > 1 ? count_cut(mtk) : Member{m_, 0, 0.0};  // the mtk-th token of the order
+    if (mk.idx == kAllIdx) return;  // fewer than mtk live tokens: keep them all
     collect_desc(b);
     Member cp = ws_.members.back();
     for (const auto& mb : ws_.members) {
@@ -434,8 +434,8 @@ class RowTruncator {
         break;
       }
     }
-    if (last.idx == kAllIdx || before_in_order(last, cp)) last = cp;  // the later of the two cuts
-    set_cut(last.z, last.idx);
+    const Member& cut = mtk > 1 && before_in_order(cp, mk) ? mk : cp;  // the later of the two cuts
+    set_cut(cut.z, cut.idx);
   }
 
   void min_p(double mp, int64_t mtk) {
@@ -479,7 +479,8 @@ class RowTruncator {
     }
     if (mtk > 1) {
       int64_t cc = 0;
-      for (int bb = 0; bb <= kBins; ++bb) {
+      int bb = 0;
+      for (; bb <= kBins; ++bb) {
         if (cc + ws_.cnt[bb] >= mtk) {
           collect_typical(bb, c);
           const Member& mb = ws_.members[mtk - cc - 1];
@@ -489,6 +490,7 @@ class RowTruncator {
         }
         cc += ws_.cnt[bb];
       }
+      if (bb > kBins) key_cut = kInf, key_idx = kAllIdx;  // fewer than mtk live tokens: keep them all
     }
     // write the prefix out; the new max is that of the kept tokens
     float mx = -kInf;

@@ -2,11 +2,11 @@
 // the CPU core of fuq::truncate and fuq::sample.
 //
 // A row z (float32, already divided by T) is truncated in place, knob after knob, in
-// Hugging Face's order. The live tokens are always a prefix of the order (z descending,
-// index ascending) of fuq/reference.py's tie rule: {z > lo} plus the tokens z == lo of
-// index <= lo_idx (lo > -inf, so masked -inf never counts; lo_idx = all for a threshold).
-// Every knob but typical only moves this cut forward, so a chain of them costs no write
-// until the end. Typical keeps a prefix of |z - c| ascending and is written out at once.
+// Hugging Face's order. The live tokens are always {z >= lo} (lo > -inf, so masked -inf
+// never counts): every knob only raises lo, so a chain of them costs no write until the
+// end, except where a cut falls inside a tie group (fuq/reference.py's tie rule keeps its
+// lower indices: top-p, top-h) and for typical (a prefix of |z - c| ascending): then the
+// row is written out with the removed tokens at -inf and lo starts again from the bottom.
 //
 // How each cut-off is found, with p = exp(z - m) / S over the live set (m its max):
 //   * min-p, epsilon, eta, top-nσ, p-less: a direct threshold on z from one stats pass
@@ -156,7 +156,6 @@ class RowTruncator {
     m_ = mx;
     zmin_ = mn;
     lo_ = kLowest;
-    lo_idx_ = kAllIdx;
     nan_ = nan;
     const bool ok = !nan && mx != kInf;
     if (with_stats && ok && mx > -kInf) {
@@ -226,7 +225,6 @@ class RowTruncator {
     m_ = m_ / t;
     zmin_ = zmin_ / t;
     lo_ = kLowest;
-    lo_idx_ = kAllIdx;
     stats_ok_ = moments_ok_ = false;
     return !nan_ && m_ != kInf;
   }
@@ -281,17 +279,6 @@ class RowTruncator {
   bool empty() const { return m_ == -kInf; }
   float lo() const { return lo_; }
 
-  // The live test of chunk i0: z >= lo for local index j <= jc, z >= up (the float above lo)
-  // after it; written as a select so the loops stay vectorised.
-  struct Thr {
-    float lo, up;
-    int64_t jc;
-    inline float at(int64_t j) const { return j <= jc ? lo : up; }
-  };
-  Thr thr(int64_t i0) const {
-    const int64_t jc = lo_idx_ == kAllIdx ? kChunk : std::clamp<int64_t>(lo_idx_ - i0, -1, kChunk);
-    return {lo_, std::nextafter(lo_, kInf), jc};
-  }
 
   // Stats of the live set (one pass). Sums run in float over chunks of kChunk tokens and
   // in float64 across chunks.
@@ -324,7 +311,6 @@ class RowTruncator {
         for (int64_t j = 0; j < n; ++j) {
           const float v = zc[j];
           if (!(v >= thr)) continue;
-          if (v == lo && i0 + j > lo_idx_) continue;  // past the cut inside the tie group at lo
           if (static_cast<int64_t>(h.size()) < k) {
             h.push_back(v);
             std::push_heap(h.begin(), h.end(), std::greater<float>());
@@ -399,11 +385,13 @@ class RowTruncator {
       cum += add;
     }
     if (j == mem.size()) {  // rounding: the bin fitted after all; cut after it
-      set_cut(mem.back().z, mem.back().idx);
+      apply_cut(desc_cut(mem.size() - 1));
     } else if (!alone && b == 0 && j == 0) {
-      set_cut(mem[0].z, mem[0].idx);  // the first token of the order is always kept
+      apply_cut(desc_cut(0));  // the first token of the order is always kept
+    } else if (j > 0) {
+      apply_cut(desc_cut(j - 1));  // everything before mem[j]
     } else {
-      set_cut(mem[j].z, mem[j].idx - 1);  // everything before mem[j]
+      set_lo(std::nextafter(mem[0].z, kInf));  // mem[0] is its group's first: drop the group
     }
   }
 
@@ -423,19 +411,17 @@ class RowTruncator {
       cum += ws_.mass[b];
     }
     if (b > kBins) return;  // rounding: the whole row is needed
-    const Member mk = mtk > 1 ? count_cut(mtk) : Member{m_, 0, 0.0};  // the mtk-th token of the order
+    const Cut mk = mtk > 1 ? count_cut(mtk) : Cut{m_, 0, false};  // the mtk-th token of the order
     if (mk.idx == kAllIdx) return;  // fewer than mtk live tokens: keep them all
     collect_desc(b);
-    Member cp = ws_.members.back();
-    for (const auto& mb : ws_.members) {
-      cum += static_cast<double>(fast_exp_nonpos(mb.z - m_));
-      if (cum >= target) {
-        cp = mb;
-        break;
-      }
+    const auto& mem = ws_.members;
+    size_t j = 0;
+    for (; j + 1 < mem.size(); ++j) {
+      cum += static_cast<double>(fast_exp_nonpos(mem[j].z - m_));
+      if (cum >= target) break;
     }
-    const Member& cut = mtk > 1 && before_in_order(cp, mk) ? mk : cp;  // the later of the two cuts
-    set_cut(cut.z, cut.idx);
+    const Cut cp = desc_cut(j);
+    apply_cut(mtk > 1 && before_in_order(cp, mk) ? mk : cp);  // the later of the two cuts
   }
 
   void min_p(double mp, int64_t mtk) {
@@ -466,16 +452,14 @@ class RowTruncator {
       key_cut = kInf;  // rounding: keep every live token
     } else {
       collect_typical(b, c);
-      key_cut = static_cast<float>(ws_.members.back().key);
-      key_idx = ws_.members.back().idx;
-      for (const auto& mb : ws_.members) {
-        cum += static_cast<double>(fast_exp_nonpos(mb.z - m_));
-        if (cum >= target) {
-          key_cut = static_cast<float>(mb.key);
-          key_idx = mb.idx;
-          break;
-        }
+      const auto& mem = ws_.members;
+      size_t j = 0;
+      for (; j + 1 < mem.size(); ++j) {
+        cum += static_cast<double>(fast_exp_nonpos(mem[j].z - m_));
+        if (cum >= target) break;
       }
+      key_cut = static_cast<float>(mem[j].key);
+      key_idx = j + 1 < mem.size() && mem[j + 1].key == mem[j].key ? mem[j].idx : kAllIdx;
     }
     if (mtk > 1) {
       int64_t cc = 0;
@@ -483,30 +467,42 @@ class RowTruncator {
       for (; bb <= kBins; ++bb) {
         if (cc + ws_.cnt[bb] >= mtk) {
           collect_typical(bb, c);
-          const Member& mb = ws_.members[mtk - cc - 1];
-          const float k2 = static_cast<float>(mb.key);
-          if (k2 > key_cut || (k2 == key_cut && mb.idx > key_idx)) key_cut = k2, key_idx = mb.idx;
+          const auto& mem = ws_.members;
+          const size_t j = static_cast<size_t>(mtk - cc - 1);
+          const float k2 = static_cast<float>(mem[j].key);
+          const int64_t i2 = j + 1 < mem.size() && mem[j + 1].key == mem[j].key ? mem[j].idx : kAllIdx;
+          if (k2 > key_cut || (k2 == key_cut && i2 > key_idx)) key_cut = k2, key_idx = i2;
           break;
         }
         cc += ws_.cnt[bb];
       }
       if (bb > kBins) key_cut = kInf, key_idx = kAllIdx;  // fewer than mtk live tokens: keep them all
     }
-    // write the prefix out; the new max is that of the kept tokens
+    // write the prefix out; the new max is that of the kept tokens. key_idx: the cut falls
+    // inside a group of equal keys, whose indices up to key_idx stay (rare: a loop of its own)
+    const float lo = lo_;
     float mx = -kInf;
     for_chunks([&](const float* zc, int64_t i0, int64_t n) {
       float* o = z_ + i0;
       float cmx = -kInf;
-      const Thr t = thr(i0);
-      const int64_t jk = key_idx == kAllIdx ? kChunk : std::clamp<int64_t>(key_idx - i0, -1, kChunk);
+      if (key_idx == kAllIdx) {
 #pragma omp simd reduction(max : cmx)
-      for (int64_t j = 0; j < n; ++j) {
-        const float v = zc[j];
-        const float key = std::fabs(v - c);
-        const bool keep = v >= t.at(j) && (key < key_cut || (key == key_cut && j <= jk));
-        const float w = keep ? v : -kInf;
-        o[j] = w;
-        cmx = w > cmx ? w : cmx;
+        for (int64_t j = 0; j < n; ++j) {
+          const float v = zc[j];
+          const bool keep = v >= lo && std::fabs(v - c) <= key_cut;
+          const float w = keep ? v : -kInf;
+          o[j] = w;
+          cmx = w > cmx ? w : cmx;
+        }
+      } else {
+        for (int64_t j = 0; j < n; ++j) {
+          const float v = zc[j];
+          const float key = std::fabs(v - c);
+          const bool keep = v >= lo && (key < key_cut || (key == key_cut && i0 + j <= key_idx));
+          const float w = keep ? v : -kInf;
+          o[j] = w;
+          cmx = w > cmx ? w : cmx;
+        }
       }
       ws_.cmax[i0 / kChunk] = cmx;
       mx = std::max(mx, cmx);
@@ -514,7 +510,6 @@ class RowTruncator {
     mat_ = true;
     m_ = mx;
     lo_ = kLowest;
-    lo_idx_ = kAllIdx;
     stats_ok_ = false;
   }
 
@@ -565,12 +560,12 @@ class RowTruncator {
 
   // Write -inf over the removed tokens.
   void finish() {
-    if (mat_ && lo_ == kLowest && lo_idx_ == kAllIdx) return;
+    const float lo = lo_;
+    if (mat_ && lo == kLowest) return;
     for_chunks_live([&](const float* zc, int64_t i0, int64_t n) {
       float* o = z_ + i0;
-      const Thr t = thr(i0);
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) o[j] = zc[j] >= t.at(j) ? zc[j] : -kInf;
+      for (int64_t j = 0; j < n; ++j) o[j] = zc[j] >= lo ? zc[j] : -kInf;
     }, [&](int64_t i0, int64_t n) { std::fill(z_ + i0, z_ + i0 + n, -kInf); });
   }
 
@@ -590,13 +585,12 @@ class RowTruncator {
       ps = big.data();
     }
     const float* cmaxs = ws_.cmax.data();
-    par_chunks([&, m](const float* zc, int64_t i0, int64_t n) {
+    par_chunks([&, m, lo](const float* zc, int64_t i0, int64_t n) {
       float s = 0;
-      const Thr t = thr(i0);
 #pragma omp simd reduction(+ : s)
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        s += v >= t.at(j) ? fast_exp_nonpos(v - m) : 0.0f;
+        s += v >= lo ? fast_exp_nonpos(v - m) : 0.0f;
       }
       ps[i0 / kChunk] = s;
     }, [&](int64_t c) { return cmaxs[c] >= lo; }, [&](int64_t c) { ps[c] = 0; });
@@ -610,11 +604,10 @@ class RowTruncator {
       if (cum + ps[c] > target) {
         const int64_t i0 = c * kChunk, i1 = std::min(V_, i0 + kChunk);
         const float* zc = chunk(i0, i1 - i0);
-        const Thr t = thr(i0);
         int64_t lastlive = -1;
         for (int64_t i = i0; i < i1; ++i) {
           const float v = zc[i - i0];
-          if (!(v >= t.at(i - i0))) continue;
+          if (!(v >= lo)) continue;
           lastlive = i;
           cum += static_cast<double>(fast_exp_nonpos(v - m));
           if (cum > target) return i;
@@ -629,29 +622,69 @@ class RowTruncator {
     if (last < 0) return 0;
     const int64_t l0 = last * kChunk, l1 = std::min(V_, l0 + kChunk);
     const float* zc = chunk(l0, l1 - l0);
-    const Thr t = thr(l0);
     for (int64_t i = l1 - 1; i >= l0; --i) {
-      if (zc[i - l0] >= t.at(i - l0)) return i;
+      if (zc[i - l0] >= lo) return i;
     }
     return 0;
   }
 
  private:
   // Keep z >= v (a threshold: equal values together).
-  void set_lo(float v) { set_cut(v, kAllIdx); }
-
-  // Keep the prefix of the order up to (z, idx) inclusive, within the live set: the cut only
-  // moves forward (an idx below the group's first index keeps none of the group).
-  void set_cut(float z, int64_t idx) {
-    if (z > lo_ || (z == lo_ && idx < lo_idx_)) {
-      lo_ = z;
-      lo_idx_ = idx;
+  void set_lo(float v) {
+    if (v > lo_) {
+      lo_ = v;
       stats_ok_ = false;
     }
   }
 
+  // A cut of the order (z descending, index ascending) after the token (z, idx); partial: the
+  // token's tie group goes on past it (only its lower indices stay).
+  struct Cut {
+    float z;
+    int64_t idx;
+    bool partial;
+  };
+
+  // The cut after members[j] of a descending bin (every live token of its value is there).
+  Cut desc_cut(size_t j) const {
+    const auto& mem = ws_.members;
+    return {mem[j].z, mem[j].idx, j + 1 < mem.size() && mem[j + 1].z == mem[j].z};
+  }
+
+  void apply_cut(const Cut& c) {
+    if (c.partial) {
+      write_cut(c.z, c.idx);
+    } else {
+      set_lo(c.z);
+    }
+  }
+
+  // Write the row out keeping {z >= lo} ∩ ({z > zc} ∪ {z == zc, index <= idx}): a cut inside
+  // a tie group, which no threshold on z can express. lo starts again from the bottom.
+  void write_cut(float zcut, int64_t idx) {
+    const float lo = lo_;
+    float mx = -kInf;
+    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
+      float* o = z_ + i0;
+      float cmx = -kInf;
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        const bool keep = v >= lo && (v > zcut || (v == zcut && i0 + j <= idx));
+        const float w = keep ? v : -kInf;
+        o[j] = w;
+        cmx = w > cmx ? w : cmx;
+      }
+      ws_.cmax[i0 / kChunk] = cmx;
+      mx = std::max(mx, cmx);
+    });
+    mat_ = true;
+    m_ = mx;
+    lo_ = kLowest;
+    stats_ok_ = false;
+  }
+
   // (a.z, a.idx) comes before (b.z, b.idx) in the order (z descending, index ascending).
-  static bool before_in_order(const Member& a, const Member& b) {
+  static bool before_in_order(const Cut& a, const Cut& b) {
     return a.z != b.z ? a.z > b.z : a.idx < b.idx;
   }
 
@@ -669,10 +702,9 @@ class RowTruncator {
       }
       const int64_t n = std::min(kChunk, V_ - i0);
       const float* zc = chunk(i0, n);
-      const Thr t = thr(i0);
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        if (!(v >= t.at(j))) continue;
+        if (!(v >= lo_)) continue;
         if (v == m_) {
           ++cnt;
         } else {
@@ -686,18 +718,17 @@ class RowTruncator {
 
   template <bool MOM>
   void stats_pass() {
-    const float m = m_;
+    const float m = m_, lo = lo_;
     double S = 0, D = 0, U = 0, E2 = 0, A = 0, A2 = 0;
     int64_t n = 0;
-    for_chunks_live([&](const float* zc, int64_t i0, int64_t nn) {
+    for_chunks_live([&](const float* zc, int64_t, int64_t nn) {
       float s = 0, dd = 0, uu = 0, e2 = 0;
       double a = 0, a2 = 0;  // top-nσ: float64, the variance is a difference of moments
       int32_t c = 0;
-      const Thr t = thr(i0);
 #pragma omp simd reduction(+ : s, dd, uu, e2, a, a2, c)
       for (int64_t j = 0; j < nn; ++j) {
         const float v = zc[j];
-        const bool live = v >= t.at(j);
+        const bool live = v >= lo;
         const float d = live ? m - v : 0.0f;
         const float e = live ? fast_exp_nonpos(v - m) : 0.0f;
         const float ed = e * d;
@@ -724,18 +755,18 @@ class RowTruncator {
     set_lo(cut);
   }
 
-  // the n-th live token of the order (z desc, index asc), from the current histogram
-  // ({kLowest, kAllIdx}: fewer than n are live)
-  Member count_cut(int64_t n) {
+  // the cut after the n-th live token of the order (z desc, index asc), from the current
+  // histogram ({kLowest, kAllIdx}: fewer than n are live)
+  Cut count_cut(int64_t n) {
     int64_t c = 0;
     for (int b = 0; b <= kBins; ++b) {
       if (c + ws_.cnt[b] >= n) {
         collect_desc(b);
-        return ws_.members[n - c - 1];
+        return desc_cut(static_cast<size_t>(n - c - 1));
       }
       c += ws_.cnt[b];
     }
-    return {kLowest, kAllIdx, 0.0};
+    return {kLowest, kAllIdx, false};
   }
 
   // Bins over d = mref - z: width w spans [0, min(mref - zmin, kRange)); bin kBins = overflow,
@@ -758,18 +789,17 @@ class RowTruncator {
     std::fill(ws_.cnt.begin(), ws_.cnt.end(), 0);
     if (MASS) std::fill(ws_.mass.begin(), ws_.mass.end(), 0.0);
     if (ENT) std::fill(ws_.ment.begin(), ws_.ment.end(), 0.0);
-    const float m = KEY == 0 ? mref_ : m_;  // the exponentials' reference point
+    const float m = KEY == 0 ? mref_ : m_, lo = lo_;  // m: the exponentials' reference point
     int64_t* cnt = ws_.cnt.data();
     double* mass = ws_.mass.data();
     double* ment = ws_.ment.data();
-    for_chunks_live([&](const float* zc, int64_t i0, int64_t n) {
+    for_chunks_live([&](const float* zc, int64_t, int64_t n) {
       float* e = ws_.e;
       int32_t* bn = ws_.bin;
-      const Thr t = thr(i0);
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        const bool live = v >= t.at(j) && (KEY != 0 || v <= m);
+        const bool live = v >= lo && (KEY != 0 || v <= m);
         bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), live, iw);
         if (MASS) e[j] = live ? fast_exp_nonpos(v - m) : 0.0f;
       }
@@ -805,11 +835,10 @@ class RowTruncator {
       const int64_t n = std::min(kChunk, V_ - i0);
       const float* zc = chunk(i0, n);
       int32_t* bn = ws_.bin;
-      const Thr t = thr(i0);
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), v >= t.at(j) && (KEY != 0 || v <= m), iw);
+        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), v >= lo && (KEY != 0 || v <= m), iw);
       }
       for (int64_t j = 0; j < n; ++j) {
         if (bn[j] == b) {
@@ -921,7 +950,6 @@ class RowTruncator {
   int64_t V_;
   Workspace& ws_;
   float m_ = -kInf, zmin_ = kInf, lo_ = kLowest;
-  int64_t lo_idx_ = kAllIdx;  // the cut's index inside the tie group at lo_ (kAllIdx: all of it)
   float mref_ = -kInf;        // the reference point of the descending histogram (m_, or m2 in top-h)
   float inv_w_ = 1.0f;
   float inv_wt_ = 1.0f;

@@ -6,7 +6,9 @@ Environment: ``FUQ_NO_EXT=1`` skips the extensions (pure-Python install, the ops
 then fall back to the reference); ``FUQ_NO_CUDA=1`` skips the CUDA one;
 ``FUQ_MARCH`` sets the CPU baseline of the C++ code (default ``x86-64-v3`` on x86-64:
 AVX2 + FMA + F16C, checked at import by ``fuq._library``; ``native`` for a build that
-only runs where it was built).
+only runs where it was built). With the default, the same sources are also built for
+x86-64-v4 (AVX-512) as ``fuq._C_v4``, which ``fuq._library`` loads instead on a CPU that
+has it (runtime dispatch by build, as ATen compiles its kernels per CPU capability).
 """
 
 import glob
@@ -31,15 +33,24 @@ def _extensions():
     march = os.environ.get("FUQ_MARCH", "x86-64-v3" if x86 else "")
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     cxx += [f"-march={march}"] if march else []
+    cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp"))
     exts = [
         CppExtension(
             "fuq._C",
-            sorted(glob.glob("csrc/cpu/*.cpp")),
+            cpu_sources,
             include_dirs=include,
             extra_compile_args={"cxx": cxx},
             extra_link_args=["-fopenmp"],
         )
     ]
+    if x86 and "FUQ_MARCH" not in os.environ:  # the AVX-512 build of the same sources
+        v4 = [f for f in cxx if not f.startswith("-march=")] + ["-march=x86-64-v4", "-mprefer-vector-width=256"]
+        exts.append(
+            CppExtension(
+                "fuq._C_v4", cpu_sources, include_dirs=include, extra_compile_args={"cxx": v4},
+                extra_link_args=["-fopenmp"],
+            )
+        )
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     if (
         os.environ.get("FUQ_NO_CUDA") != "1"

@@ -67,6 +67,7 @@ def _load(module: str) -> tuple[object | None, str | None]:
 # checked before loading it: without them the ops fall back to the reference with a warning
 # saying why, and backend="cpp" raises that reason.
 X86_64_V3 = ("avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe")
+X86_64_V4 = ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")  # fuq._C_v4, when built
 
 
 def _cpu_flags() -> set[str] | None:
@@ -98,8 +99,24 @@ def cpu_baseline_error(flags: set[str] | None = None) -> str | None:
     )
 
 
+def _load_cpu() -> tuple[object | None, str | None, str | None]:
+    """``(module, error, name)``: fuq._C_v4 (x86-64-v4 build) on a CPU with AVX-512 when it was
+    built, else fuq._C (x86-64-v3), unless the CPU lacks even that. Only one is ever loaded (both
+    register the same kernels)."""
+    err = cpu_baseline_error()
+    if err:
+        return None, err, None
+    flags = _cpu_flags() if platform.machine().lower() in ("x86_64", "amd64") else None
+    if flags and all(f in flags for f in X86_64_V4) and os.environ.get("FUQ_MARCH") != "native":
+        mod, _ = _load("._C_v4")
+        if mod is not None:
+            return mod, None, "_C_v4"
+    mod, why = _load("._C")
+    return mod, why, "_C" if mod is not None else None
+
+
+_C, C_ERROR, CPU_BUILD = _load_cpu()
 CPU_ERROR = cpu_baseline_error()
-_C, C_ERROR = (None, CPU_ERROR) if CPU_ERROR else _load("._C")
 _C_CUDA, C_CUDA_ERROR = _load("._C_cuda") if torch.cuda.is_available() else (None, "torch has no CUDA")
 
 HAS_CPP = _C is not None

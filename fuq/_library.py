@@ -16,6 +16,8 @@ Ops take ``[B, V]`` logits whose last dim is contiguous; the public functions in
 from __future__ import annotations
 
 import importlib
+import os
+import platform
 import warnings
 
 import torch
@@ -60,7 +62,61 @@ def _load(module: str) -> tuple[object | None, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-_C, C_ERROR = _load("._C")
+# fuq._C is built for a stated CPU baseline (setup.py's FUQ_MARCH, x86-64-v3 on x86-64). On a
+# CPU without those instructions it would die of SIGILL at the first one, so the CPU flags are
+# checked before loading it: without them the ops fall back to the reference with a warning
+# saying why, and backend="cpp" raises that reason.
+X86_64_V3 = ("avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe")
+X86_64_V4 = ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")  # fuq._C_v4, when built
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_baseline_error(flags: set[str] | None = None) -> str | None:
+    """Why this CPU cannot run fuq._C's x86-64-v3 build, or None (also when it cannot tell:
+    not x86-64, no /proc/cpuinfo, or ``FUQ_MARCH=native`` set for a build made on this machine)."""
+    if flags is None:
+        if platform.machine().lower() not in ("x86_64", "amd64") or os.environ.get("FUQ_MARCH") == "native":
+            return None
+        flags = _cpu_flags()
+        if flags is None:
+            return None
+    missing = [f for f in X86_64_V3 if f not in flags]
+    if not missing:
+        return None
+    return (
+        f"this CPU lacks {', '.join(missing)}: fuq._C is built for x86-64-v3 (AVX2 + FMA + F16C); rebuild it "
+        "for this machine with `FUQ_MARCH=native pip install --no-build-isolation -e .` and run with FUQ_MARCH=native"
+    )
+
+
+def _load_cpu() -> tuple[object | None, str | None, str | None]:
+    """``(module, error, name)``: fuq._C_v4 (x86-64-v4 build) on a CPU with AVX-512 when it was
+    built, else fuq._C (x86-64-v3), unless the CPU lacks even that. Only one is ever loaded (both
+    register the same kernels)."""
+    err = cpu_baseline_error()
+    if err:
+        return None, err, None
+    flags = _cpu_flags() if platform.machine().lower() in ("x86_64", "amd64") else None
+    if flags and all(f in flags for f in X86_64_V4) and os.environ.get("FUQ_MARCH") != "native":
+        mod, _ = _load("._C_v4")
+        if mod is not None:
+            return mod, None, "_C_v4"
+    mod, why = _load("._C")
+    return mod, why, "_C" if mod is not None else None
+
+
+_C, C_ERROR, CPU_BUILD = _load_cpu()
+CPU_ERROR = cpu_baseline_error()
 _C_CUDA, C_CUDA_ERROR = _load("._C_cuda") if torch.cuda.is_available() else (None, "torch has no CUDA")
 
 HAS_CPP = _C is not None
@@ -116,14 +172,16 @@ LIB.impl("logit_stats", _logit_stats_cuda, "CUDA")
 # fuq::truncate and fuq::sample. Off-values of the knobs: top_k 0, top_p 1.0, min_p 0.0,
 # typical_p 1.0, epsilon 0.0, eta 0.0, top_h 0.0, top_n_sigma -1.0, p_less False.
 # ``uniform`` is float64 [B] in [0, 1) (one draw per row, from torch.rand); sample returns
-# the ids then the fields of logit_stats (token_logprob always [B]).
+# the ids then the fields of logit_stats (token_logprob always [B]), at ``temperature``, or
+# at T = 1 when ``base_stats`` (the model's own distribution; the CPU kernel takes both
+# temperatures from one pass over the row, the composed Triton / CUDA route with its stats call).
 _KNOBS_SCHEMA = (
     "float temperature, int top_k, float top_p, float min_p, float typical_p, float epsilon, "
     "float eta, float top_h, float top_n_sigma, bool p_less, int min_tokens_to_keep"
 )
 TRUNCATE_SCHEMA = f"truncate(Tensor logits, {_KNOBS_SCHEMA}) -> Tensor"
 SAMPLE_SCHEMA = (
-    f"sample(Tensor logits, Tensor uniform, int k, {_KNOBS_SCHEMA}) -> "
+    f"sample(Tensor logits, Tensor uniform, int k, {_KNOBS_SCHEMA}, bool base_stats=False) -> "
     "(Tensor ids, Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
     "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
 )
@@ -202,17 +260,22 @@ def _sample_cuda(logits, uniform, k, *knobs):
     kernels = _triton("sample")
     if kernels is None:
         return reference.sample(logits, uniform, k, *knobs)
-    return sample_composed(logits, uniform, k, knobs, kernels[1].truncate, kernels[0].logit_stats)
+    base = bool(knobs[N_KNOBS]) if len(knobs) > N_KNOBS else False
+    return sample_composed(logits, uniform, k, knobs[:N_KNOBS], kernels[1].truncate, kernels[0].logit_stats, base)
 
 
-def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn):
+N_KNOBS = 11  # temperature ... min_tokens_to_keep, as in _KNOBS_SCHEMA
+
+
+def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn, base_stats=False):
     """``fuq::sample`` from a truncation kernel and a stats kernel (the Triton and CUDA C++ routes).
 
     The draw is the reference's inverse CDF, so the ids equal every other backend's; it is not
-    one fused kernel (the CPU C++ kernel is).
+    one fused kernel (the CPU C++ kernel is). ``base_stats``: the stats call runs at T = 1
+    instead of at the sampling temperature (still one stats call: no second pass is added).
     """
     ids = reference.sample_from(truncate_fn(logits, *knobs), uniform)
-    return (ids, *stats_fn(logits, k, ids, knobs[0]))
+    return (ids, *stats_fn(logits, k, ids, 1.0 if base_stats else knobs[0]))
 
 
 HAS_CPP_TRUNCATE = HAS_CPP and _has_kernel("truncate", "CPU")

@@ -107,23 +107,28 @@ def truncate(
     and keep the same tokens as HF's warpers of the same names (``TopKLogitsWarper``,
     ``TopPLogitsWarper``, ``MinPLogitsWarper``, ``TypicalLogitsWarper``,
     ``EpsilonLogitsWarper``, ``EtaLogitsWarper``) except where a float rounding tie
-    decides; exact ties at a cut-off are all kept. No full-vocabulary sort.
+    decides. Exact ties follow one rule on every backend (``fuq/reference.py``): top-k and
+    the thresholds keep equal values together; top-p, typical and top-h keep a prefix of
+    their order (z descending, then token id ascending; typical: ``|-log p - H|``
+    ascending), so of a tie group at the cut only the lower ids stay. No full-vocabulary
+    sort.
 
     Args:
         logits: ``[..., V]`` float32 | bfloat16 | float16, any strides; ``-inf`` = masked.
         temperature: finite, > 0.
-        top_k: keep the k most probable tokens (and ties); None or 0 is off; >= 0.
-        top_p: keep the smallest most-probable set of mass >= top_p; in (0, 1], 1 is off.
+        top_k: keep the k most probable tokens (and ties with the k-th); None or 0 is off; >= 0.
+        top_p: keep the shortest prefix of the order of mass >= top_p; in (0, 1], 1 is off.
         min_p: keep p >= min_p * max p; in [0, 1], 0 is off.
         typical_p: keep the most typical tokens (|-log p - H| ascending) up to this
             mass; in (0, 1], 1 is off.
         epsilon: keep p >= epsilon (HF's ``epsilon_cutoff``); >= 0, 0 is off.
         eta: keep p >= min(eta, sqrt(eta) * exp(-H)) (HF's ``eta_cutoff``); >= 0, 0 is off.
-        top_h: Top-H with alpha = top_h over the full distribution: keep the largest
-            set of most probable tokens whose entropy terms sum to <= alpha * H(p) (at
-            least the top token); in (0, 1]. Unlike HF's ``TopHLogitsWarper`` (and the
-            paper's code), which computes both sums over the 100 most probable tokens
-            only, the sums here run over the whole vocabulary.
+        top_h: Top-H with alpha = top_h over the full distribution: keep the longest
+            prefix of the order whose entropy terms sum to <= alpha * H(p) (at least the
+            top token; exact when one logit is hundreds of nats ahead); in (0, 1].
+            Unlike HF's ``TopHLogitsWarper`` (and the paper's code), which computes both
+            sums over the 100 most probable tokens only, the sums here run over the
+            whole vocabulary.
         top_n_sigma: keep z >= max z - n * sigma, sigma the (N - 1)-normalised standard
             deviation of the finite z of the row; >= 0.
         p_less: keep p >= sum p^2 (the row's collision probability).
@@ -180,6 +185,7 @@ def sample(
     min_tokens_to_keep: int = 1,
     generator: torch.Generator | None = None,
     k: int = 0,
+    base_stats: bool = False,
     backend: str = "auto",
 ) -> tuple[Tensor, LogitStats]:
     """Draw one token per row from the truncated distribution, with the step's stats, in one call.
@@ -194,14 +200,18 @@ def sample(
         logits: ``[..., V]`` float32 | bfloat16 | float16.
         generator: a ``torch.Generator`` (any device) or None for the default one.
         k: how many top tokens the returned stats hold, ``0 <= k <= V``.
+        base_stats: return the stats at temperature 1 (the model's own distribution, what
+            a trace records) instead of at ``temperature``. The C++ kernel computes both
+            temperatures in the same pass over the row; the Triton / CUDA routes run their
+            one stats call at T = 1 instead.
         backend: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"reference"``.
 
     Returns:
         ``(ids, stats)``: int64 ids ``[...]`` and the :class:`fuq.LogitStats` of the
         *untruncated* step at this temperature (as ``fuq.logit_stats(logits, k=k,
-        tokens=ids, temperature=temperature)``), ``token_logprob`` being log p of the drawn
-        id under the untruncated distribution. A row with no live token (all ``-inf``,
-        NaN) gives id 0.
+        tokens=ids, temperature=temperature)``; at 1 with ``base_stats``), ``token_logprob``
+        being log p of the drawn id under the untruncated distribution. A row with no live
+        token (all ``-inf``, NaN) gives id 0.
 
     Example:
         >>> import torch, fuq
@@ -215,6 +225,8 @@ def sample(
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 0 or k > V:
         raise ValueError(f"k must be in [0, V] = [0, {V}], got k = {k}")
+    if not isinstance(base_stats, bool):
+        raise TypeError(f"base_stats must be a bool, got {type(base_stats).__name__}")
     knobs = _knobs(
         temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep
     )
@@ -225,20 +237,21 @@ def sample(
     gdev = generator.device if generator is not None else rows.device
     u = torch.rand((B,), dtype=torch.float64, generator=generator, device=gdev).to(rows.device)
     if backend == "auto":
-        out = torch.ops.fuq.sample(rows, u, k, *knobs)
+        out = torch.ops.fuq.sample(rows, u, k, *knobs, base_stats)
     elif backend == "reference":
-        out = reference.sample(rows, u, k, *knobs)
+        out = reference.sample(rows, u, k, *knobs, base_stats=base_stats)
     elif backend == "cpp":
         _check_cpp(rows, "sample", _library.HAS_CPP_SAMPLE)
-        out = torch.ops.fuq.sample(rows, u, k, *knobs)
+        out = torch.ops.fuq.sample(rows, u, k, *knobs, base_stats)
     elif backend == "triton":
         from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
         from .triton_kernels.truncate import truncate as triton_truncate
 
-        out = _library.sample_composed(rows, u, k, knobs, triton_truncate, triton_logit_stats)
+        out = _library.sample_composed(rows, u, k, knobs, triton_truncate, triton_logit_stats, base_stats)
     else:
         _check_cuda_cpp(rows)
-        out = torch.ops.fuq.sample_cuda(rows, u, k, *knobs)  # truncate + draw + stats, no host round trip
+        # truncate + draw + stats in one launch sequence, no host round trip
+        out = torch.ops.fuq.sample_cuda(rows, u, k, *knobs, base_stats)
     ids, lse, ent, var, mx, am, tkl, tki, tkm, tl = out
     return ids.reshape(lead), LogitStats(
         lse.reshape(lead),

@@ -19,8 +19,8 @@ Strategies (objects with ``choose(logits, state) -> (ids, stats)``), by name:
 
 Conventions of the trace: the stats are those of the model's own distribution
 (temperature 1, no truncation), so ``token_logprob`` is log p of the chosen token
-under the model (sampling at a temperature other than 1 therefore costs one more
-``fuq.logit_stats`` call per step, for the T = 1 stats). A row that has finished (EOS,
+under the model (at a temperature other than 1, ``fuq.sample(base_stats=True)``
+returns those T = 1 stats from the same call; the C++ kernel from the same pass). A row that has finished (EOS,
 a stop string) emits the pad id with ``mask = False``; the EOS token itself is kept
 (``mask = True``).
 
@@ -185,22 +185,10 @@ class Sample(Strategy):
         return dict(self.knobs)
 
     def _sample(self, logits: Tensor, state: DecodeState, k: int, **override: Any) -> tuple[Tensor, LogitStats]:
-        return _sample_fn()(logits, **{**self.knobs, **override}, generator=state.generator, k=k)
+        return _sample_fn()(logits, **{**self.knobs, **override}, generator=state.generator, k=k, base_stats=True)
 
     def choose(self, logits: Tensor, state: DecodeState) -> tuple[Tensor, LogitStats]:
-        ids, s = self._sample(logits, state, state.k)
-        return ids, _model_stats(s, logits, ids, self.knobs.get("temperature", 1.0))
-
-
-def _model_stats(s: LogitStats, logits: Tensor, ids: Tensor, temperature: float) -> LogitStats:
-    """The step stats of the model's own distribution, ``token_logprob`` = log p(ids).
-
-    ``fuq.sample`` returns the stats at the sampling temperature; at T = 1 they are the
-    model's and are kept as they are; otherwise one ``fuq.logit_stats`` call at T = 1 is added.
-    """
-    if float(temperature) == 1.0:
-        return s
-    return logit_stats(logits, k=s.topk_ids.shape[-1], tokens=ids)
+        return self._sample(logits, state, state.k)  # base_stats: the model's (T = 1) stats, same pass
 
 
 class TopH(Sample):

@@ -80,7 +80,10 @@ def _check_tokens(tokens: Tensor, lead: torch.Size, V: int, device: torch.device
         )
     if tokens.device != device:
         raise ValueError(f"tokens is on {tokens.device} but logits is on {device}")
-    if not torch.compiler.is_compiling() and tokens.numel() > 0:
+    # The range check reads the ids on the host: only for CPU tensors. On a CUDA (or other
+    # device) tensor it would sync every call and break CUDA-graph capture, so it is skipped
+    # there; the kernels then give token_logprob = NaN for an id outside [0, V).
+    if not torch.compiler.is_compiling() and tokens.numel() > 0 and tokens.device.type == "cpu":
         lo, hi = (int(v) for v in torch.aminmax(tokens))
         if lo < 0 or hi >= V:
             raise ValueError(f"tokens must be in [0, {V}) (V = {V}), got values in [{lo}, {hi}]")
@@ -133,7 +136,10 @@ def logit_stats(
             ``-inf`` are masked tokens.
         k: how many top tokens to return, ``0 <= k <= V``.
         tokens: ``[...]`` integer ids in ``[0, V)`` whose log-probability is wanted
-            (the sampled or target token), or None.
+            (the sampled or target token), or None. An id outside ``[0, V)`` raises
+            ``ValueError`` on a CPU tensor; on a CUDA tensor it is not checked (the check
+            would sync the host and break CUDA-graph capture) and gives
+            ``token_logprob = NaN`` for that row.
         temperature: finite, > 0; the stats are those of ``softmax(logits / T)``.
         backend: ``"auto"`` (C++ on CPU, Triton on CUDA), ``"cpp"``, ``"triton"``,
             ``"cuda"`` or ``"reference"``.

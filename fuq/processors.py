@@ -12,7 +12,9 @@ where the choice hinges on a float rounding tie, with one documented difference:
 ``TopHLogitsWarper`` applies the exact Top-H rule over the whole vocabulary, whereas
 Hugging Face's (and the paper's reference code) compute both entropy sums over the
 100 most probable tokens only; the two agree when those 100 tokens hold almost all
-of the mass.
+of the mass. Exact ties follow fuq's one tie rule (``fuq/reference.py``): where a tie
+group straddles a top-p / typical / top-h cut, the lower token ids are kept (Hugging
+Face's typical keeps the whole group; its top-p keeps whichever its unstable sort puts first).
 
 ``FusedLogitsWarper`` applies several knobs (temperature, top-h, top-k, top-p, min-p,
 typical, epsilon, eta, then top-nσ and p-less) in ONE call, in Hugging Face's order;

@@ -15,9 +15,36 @@ Conventions shared by all ops:
 * Ties in top-k are broken by the lower token index (stable order), and
   ``argmax`` is the first index of the maximum.
 * A row that is all ``-inf`` has ``lse = -inf`` and NaN log-probabilities,
-  entropy and varentropy. A row holding a NaN (or ``+inf``) has NaN ``lse``,
-  entropy, varentropy and log-probabilities; its ids are unspecified but always
-  valid indices.
+  entropy and varentropy. A row holding a NaN has NaN ``lse``, entropy,
+  varentropy and log-probabilities; its ids are unspecified but always valid
+  indices. A row holding ``+inf`` and no NaN has ``lse = +inf`` (as
+  ``torch.logsumexp``), NaN entropy, varentropy, ``max_logprob``, top-k
+  log-probabilities, ``topk_mass`` (0 when k = 0) and ``token_logprob``;
+  ``argmax`` is the first ``+inf`` and the top-k ids follow the order below.
+
+The tie rule of the truncation knobs (every backend implements exactly this):
+
+* **The order.** Tokens are ordered by ``z`` descending, then token id ascending
+  (``z = logits / T``; ``-0.0`` and ``+0.0`` are equal).
+* **top-k** keeps every token whose ``z`` equals the k-th largest ``z`` (as Hugging
+  Face's ``TopKLogitsWarper``: it may keep more than k).
+* **top-p** keeps the shortest prefix of the order whose cumulative probability
+  reaches ``top_p``: token j is kept iff the mass strictly before it in the order is
+  ``< top_p``. On a tie group at the cut only the lower ids are kept, so the bound
+  holds exactly and a uniform row is cut (4 equal tokens, top_p = 0.5: 2 kept).
+* **typical** keeps a prefix of the order (``|-log p - H|`` ascending, token id
+  ascending), cut the same way (as HF's ``TypicalLogitsWarper`` on rows without ties).
+* **top-H** keeps a prefix of the order (z descending, id ascending): token j is kept
+  iff the sum of the entropy terms ``-p log p`` up to and including it is ``<= alpha *
+  H``, and the first token always (as HF's ``TopHLogitsWarper`` cuts: the uniform row
+  ``log([.25] * 4)`` with alpha 0.5 keeps 2 tokens), but summed over the whole
+  vocabulary and computed relative to the runner-up when the maximum is alone, so a
+  logit 90, 300 or 1000 nats ahead of the rest does not collapse the sums.
+* **thresholds** (min-p, epsilon, eta, top-nσ, p-less) keep or drop equal values
+  together.
+* ``min_tokens_to_keep`` keeps the first ``min_tokens_to_keep`` tokens of the knob's
+  order (top-p, typical), or lowers top-k's / a threshold's value to the
+  ``min_tokens_to_keep``-th largest ``z`` (ties with it kept).
 """
 
 from __future__ import annotations
@@ -84,8 +111,8 @@ def logit_stats(
 # Off-values of the knobs, shared with the schemas: top_k 0, top_p 1.0, min_p 0.0,
 # typical_p 1.0, epsilon 0.0, eta 0.0, top_h 0.0, top_n_sigma -1.0, p_less False.
 # Each knob runs on the output of the previous one, in Hugging Face's order, and keeps
-# a threshold set of the live tokens: ties at a cut are all kept (as TopKLogitsWarper
-# does), except for top-h, whose bound is an upper bound (see _top_h). Probabilities
+# the tokens the module docstring's tie rule says: top-k and the thresholds keep equal
+# values together; top-p, typical and top-h keep a prefix of their order. Probabilities
 # are computed in float64 from the float32 z; removed tokens are -inf.
 _NEG_INF = float("-inf")
 
@@ -115,15 +142,34 @@ def _top_k(z: Tensor, top_k: int, mtk: int) -> Tensor:
     return _apply(z, _keep_top_n(z, max(top_k, mtk)))
 
 
+def _sort_desc(z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(zs, order)``: the row in the order of the tie rule (z descending, token id ascending)."""
+    return torch.sort(z, dim=-1, descending=True, stable=True)
+
+
+def _keep_prefix(z: Tensor, order: Tensor, kept_sorted: Tensor) -> Tensor:
+    """``z`` with the tokens whose sorted position is not kept at -inf."""
+    keep = torch.zeros_like(kept_sorted).scatter(-1, order, kept_sorted)
+    return _apply(z, keep & (z > _NEG_INF))
+
+
+def _mass_prefix(p_sorted: Tensor, mass: float, mtk: int) -> Tensor:
+    """Sorted positions kept by a mass cut: the mass strictly before the position is < ``mass``,
+    or the position is among the first ``mtk``."""
+    before = torch.cat([torch.zeros_like(p_sorted[..., :1]), torch.cumsum(p_sorted, dim=-1)[..., :-1]], dim=-1)
+    first = torch.arange(p_sorted.shape[-1], device=p_sorted.device) < mtk
+    return (before < mass) | first
+
+
 def _top_p(z: Tensor, top_p: float, mtk: int) -> Tensor:
-    """Smallest set of most probable tokens of mass >= top_p (HF: remove ascending cumsum <= 1 - top_p)."""
-    zs, _ = torch.sort(z, dim=-1, descending=True, stable=True)
+    """The shortest prefix of the order (z desc, id asc) of mass >= top_p, at least ``mtk`` tokens.
+
+    HF's rule (remove ascending cumsum <= 1 - top_p) on a strict order: token j is kept iff
+    the mass strictly before it is < top_p; of a tie group at the cut only the lower ids stay.
+    """
+    zs, order = _sort_desc(z)
     p, _ = _probs64(zs)
-    above = torch.cumsum(p, dim=-1) - p  # mass strictly before each token in descending order
-    kept = (above < top_p) & (zs > _NEG_INF)
-    # the cut value: the smallest kept value; ties with it are kept
-    cut = torch.where(kept, zs, torch.full_like(zs, float("inf"))).amin(-1, keepdim=True)
-    return _apply(z, ((z >= cut) & (z > _NEG_INF)) | _keep_top_n(z, mtk))
+    return _keep_prefix(z, order, _mass_prefix(p, top_p, mtk))
 
 
 def _min_p(z: Tensor, min_p: float, mtk: int) -> Tensor:
@@ -133,15 +179,12 @@ def _min_p(z: Tensor, min_p: float, mtk: int) -> Tensor:
 
 
 def _typical(z: Tensor, mass: float, mtk: int) -> Tensor:
-    """Most typical tokens (|-log p - H| ascending) until their mass reaches ``mass`` (ties kept)."""
+    """Most typical tokens (|-log p - H| ascending, id ascending) until their mass reaches
+    ``mass``: a prefix of that order, cut as top-p's (at least ``mtk`` tokens)."""
     p, logp = _probs64(z)
     key = torch.abs(-logp - _entropy64(p, logp))  # +inf for removed tokens
-    ks, order = torch.sort(key, dim=-1, stable=True)
-    cum = torch.cumsum(p.gather(-1, order), dim=-1)
-    last = (cum < mass).sum(-1, keepdim=True).clamp(max=z.shape[-1] - 1)
-    cut = ks.gather(-1, last)
-    cut = torch.maximum(cut, ks[..., min(mtk, z.shape[-1]) - 1 :][..., :1])
-    return _apply(z, (key <= cut) & (z > _NEG_INF))
+    _, order = torch.sort(key, dim=-1, stable=True)
+    return _keep_prefix(z, order, _mass_prefix(p.gather(-1, order), mass, mtk))
 
 
 def _epsilon(z: Tensor, epsilon: float, mtk: int) -> Tensor:
@@ -155,25 +198,52 @@ def _eta(z: Tensor, epsilon: float, mtk: int) -> Tensor:
     return _apply(z, ((p >= eta) & (z > _NEG_INF)) | _keep_top_n(z, mtk))
 
 
-def _top_h(z: Tensor, alpha: float) -> Tensor:
-    """Top-H over the full distribution: the largest threshold set {z >= c} whose entropy terms
-    sum to at most ``alpha * H(p)``, and at least the most probable token(s).
+def _entropy_terms(zs: Tensor) -> Tensor:
+    """The entropy terms ``-p log p`` of a sorted row (z descending), each scaled by one positive
+    factor per row, float64, robust to a maximum far ahead of the rest.
 
-    Exact version of the Top-H paper's rule (HF's TopHLogitsWarper and the paper's code
-    compute both sums over the top 100 tokens only). Ties at the cut are dropped together,
-    so the bound holds; a tie at the maximum is kept whole.
+    With ``d = m - z``, ``S = Σ exp(-d)``: ``S · (-p log p) = exp(-d) (d + log S)``. When the
+    maximum is alone and the runner-up ``g`` nats below, every term is scaled by ``exp(g)``
+    (exponentials relative to the runner-up), and the top token's term ``exp(g) log1p(x)``,
+    ``x = exp(-g) R``, is ``R log1p(x) / x`` with ``R = Σ exp(g - d)`` over the rest: nothing
+    underflows to a collapsed entropy, whatever g is. A tie at the maximum needs no scaling
+    (then ``log S >= log 2``).
     """
-    zs, _ = torch.sort(z, dim=-1, descending=True, stable=True)
-    p, logp = _probs64(zs)
-    terms = -torch.where(p > 0, p * logp, torch.zeros_like(p))
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=zs.device)
+    zero = torch.zeros((), dtype=torch.float64, device=zs.device)
+    live = zs > _NEG_INF
+    zd = zs.double()
+    d = torch.where(live, zd[..., :1] - zd, inf)  # >= 0; 0 on the top group
+    top = live & (d == 0)
+    rest = live & ~top
+    n_top = top.sum(-1, keepdim=True).double()
+    g = torch.where(rest, d, inf).amin(-1, keepdim=True)  # the runner-up's gap (inf: none)
+    alone = (n_top == 1) & torch.isfinite(g)
+    s = torch.where(alone, g, zero)
+    e = torch.where(rest, torch.exp(s - torch.where(rest, d, zero)), zero)
+    R = e.sum(-1, keepdim=True)
+    x = torch.exp(-s) * R  # S = n_top + x
+    log_s = torch.where(alone, torch.log1p(x), torch.log(n_top + x))
+    ratio = torch.where(x > 0, torch.log1p(x) / torch.where(x > 0, x, 1.0), 1.0)  # log1p(x) / x
+    top_term = torch.where(alone, R * ratio, log_s)
+    return torch.where(rest, e * (torch.where(rest, d, zero) + log_s), torch.where(top, top_term, zero))
+
+
+def _top_h(z: Tensor, alpha: float) -> Tensor:
+    """Top-H over the full distribution: the prefix of the order (z desc, id asc) whose
+    entropy terms, summed up to and including each kept token, stay <= ``alpha * H(p)``;
+    the first token is always kept.
+
+    HF's ``TopHLogitsWarper`` cut (``cumsum(-p log p) <= alpha * H``, first token forced),
+    exact over the whole vocabulary where HF and the paper's code sum over the top 100
+    tokens only; the terms come from :func:`_entropy_terms` (robust to huge gaps).
+    """
+    zs, order = _sort_desc(z)
+    terms = _entropy_terms(zs)
     cum = torch.cumsum(terms, dim=-1)
-    bound = alpha * cum[..., -1:]
-    # cumulative sum up to the end of each token's tie group: the sum of the set {z >= zs_j}
-    end = torch.searchsorted(-zs.contiguous(), -zs.contiguous(), right=True) - 1
-    ok = (cum.gather(-1, end) <= bound) & (zs > _NEG_INF)
-    ok[..., 0] = zs[..., 0] > _NEG_INF
-    cut = torch.where(ok, zs, torch.full_like(zs, float("inf"))).amin(-1, keepdim=True)
-    return _apply(z, (z >= cut) & (z > _NEG_INF))
+    kept = cum <= alpha * cum[..., -1:]  # H as the same running sum: alpha = 1 keeps every token
+    kept[..., 0] = True
+    return _keep_prefix(z, order, kept)
 
 
 def _top_n_sigma(z: Tensor, n: float) -> Tensor:
@@ -277,16 +347,18 @@ def sample(
     top_n_sigma: float = -1.0,
     p_less: bool = False,
     min_tokens_to_keep: int = 1,
+    base_stats: bool = False,
 ) -> tuple[Tensor, ...]:
     """Reference for ``fuq::sample``: ``(ids, *logit_stats(logits, k, ids, temperature))``.
 
     The id is drawn from the truncated distribution with :func:`sample_from`; the stats
-    are those of the untruncated step at the same temperature.
+    are those of the untruncated step at the same temperature, or at temperature 1 when
+    ``base_stats`` (the model's own distribution; ``token_logprob`` = log p(ids) under it).
     """
     z = truncate(logits, temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
                  min_tokens_to_keep)
     ids = sample_from(z, uniform)
-    return (ids, *logit_stats(logits, k, ids, temperature))
+    return (ids, *logit_stats(logits, k, ids, 1.0 if base_stats else temperature))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -237,3 +237,33 @@ def test_cpp_op_token_out_of_range_is_nan():
     want = reference.logit_stats(x, 2, tokens, 1.0)
     assert torch.isnan(got[8][:3]).all()
     torch.testing.assert_close(got[8][3], want[8][3])
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_pinf_row_has_lse_pinf(backend):
+    """A row holding +inf (no NaN): lse = +inf as torch.logsumexp; NaN entropy, log-probs, mass."""
+    x = torch.tensor([[0.0, float("inf"), 1.0, float("inf")], [0.0, float("inf"), float("nan"), 1.0]])
+    s = fuq.logit_stats(x, k=2, tokens=torch.tensor([2, 0]), backend=backend)
+    assert s.lse[0].item() == float("inf") == torch.logsumexp(x[0], -1).item()
+    assert torch.isnan(s.lse[1])  # NaN wins
+    assert s.argmax[0].item() == 1 and s.topk_ids[0].tolist() == [1, 3]
+    for f in (s.entropy, s.varentropy, s.max_logprob, s.topk_mass, s.token_logprob):
+        assert torch.isnan(f).all()
+    assert torch.isnan(s.topk_logprobs).all()
+
+
+def test_token_range_checked_on_cpu_only(monkeypatch):
+    """CPU ids out of range raise; on another device the check would sync the host (and break
+    CUDA-graph capture), so it is skipped: the kernels give token_logprob = NaN there."""
+    from fuq.ops import _check_tokens
+
+    with pytest.raises(ValueError, match="tokens must be in"):
+        fuq.logit_stats(torch.randn(2, 5), tokens=torch.tensor([0, 5]))
+    calls = []
+    real = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    meta = torch.tensor([7, -1], device="meta")  # a device that is not the CPU: no value can be read
+    out = _check_tokens(meta, torch.Size([2]), 5, meta.device)
+    assert out.device.type == "meta" and out.dtype == torch.int64 and not calls
+    _check_tokens(torch.tensor([0, 4]), torch.Size([2]), 5, torch.device("cpu"))
+    assert calls  # the CPU path does check

@@ -52,3 +52,45 @@ def test_reference_token_logprob_and_masks():
     assert tl[0].item() == pytest.approx(1.0 - math.log(1 + math.e))
     assert lse[1].item() == float("-inf") and math.isnan(H[1].item()) and math.isnan(tl[1].item())
     assert tki[0].tolist() == [2, 0, 1] and tkm[0].item() == pytest.approx(1.0)
+
+
+def _prefix_f64(p, order_key, keep):
+    """Token ids kept by a prefix cut: the order by ``order_key``, each token kept while
+    ``keep(position, mass_before, entropy_terms_through)`` (plain float64 Python)."""
+    order = sorted(range(len(p)), key=order_key)
+    out, before, terms = set(), 0.0, 0.0
+    for pos, i in enumerate(order):
+        terms += -p[i] * math.log(p[i]) if p[i] > 0 else 0.0
+        if p[i] > 0 and keep(pos, before, terms):
+            out.add(i)
+        before += p[i]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_tie_rule_vs_float64(seed):
+    """top-p, typical and top-h keep a prefix of their order (ties by id), as written in
+    fuq/reference.py, checked against plain float64 loops on tie-heavy rows."""
+    g = torch.Generator().manual_seed(seed)
+    V = 40
+    x = torch.round(torch.randn(1, V, generator=g) * 2) / 2  # about 10 distinct values
+    x[0, torch.randint(0, V, (3,), generator=g)] = float("-inf")
+    z = x[0].double().tolist()
+    m = max(z)
+    e = [math.exp(v - m) if v > float("-inf") else 0.0 for v in z]
+    p = [w / sum(e) for w in e]
+    H = -sum(q * math.log(q) for q in p if q > 0)
+    desc = lambda i: (-z[i], i)  # noqa: E731
+    typ = lambda i: (abs(-math.log(p[i]) - H) if p[i] > 0 else math.inf, i)  # noqa: E731
+
+    def kept(**kw):
+        return set(torch.nonzero(reference.truncate(x, **kw)[0] > float("-inf")).flatten().tolist())
+
+    for top_p in (0.3, 0.5, 0.9):
+        assert kept(top_p=top_p) == _prefix_f64(p, desc, lambda pos, b, t, q=top_p: b < q), top_p
+    for mass in (0.2, 0.6):
+        assert kept(typical_p=mass) == _prefix_f64(p, typ, lambda pos, b, t, q=mass: b < q), mass
+    for alpha in (0.3, 0.7, 1.0):
+        want = _prefix_f64(p, desc, lambda pos, b, t, a=alpha: pos == 0 or t <= a * H * (1 + 1e-12))
+        assert kept(top_h=alpha) == want, alpha
+    assert kept(top_k=3) == {i for i in range(V) if z[i] >= sorted(z, reverse=True)[2] and z[i] > -math.inf}

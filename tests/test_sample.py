@@ -139,3 +139,18 @@ def test_leading_dims_and_default_generator():
 def test_bad_k():
     with pytest.raises(ValueError, match="k must be"):
         fuq.sample(torch.randn(2, 5), k=6)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_base_stats_are_the_temperature_one_stats(backend, dtype):
+    """base_stats=True: the same ids as without it, and the stats of softmax(logits) (T = 1)."""
+    x = make_logits(3, 5003, dtype, "llm", seed=4)
+    kw = dict(temperature=0.6, top_p=0.9, k=4)
+    ids, st = fuq.sample(x, generator=torch.Generator().manual_seed(2), base_stats=True, backend=backend, **kw)
+    ids_t, st_t = fuq.sample(x, generator=torch.Generator().manual_seed(2), backend=backend, **kw)
+    assert torch.equal(ids, ids_t)
+    assert_stats_close(st, reference.logit_stats(x, 4, ids, 1.0), 5003, dtype)
+    assert not torch.allclose(st.entropy, st_t.entropy)  # T = 0.6 stats are another thing
+    with pytest.raises(TypeError, match="base_stats"):
+        fuq.sample(x, base_stats=1)

@@ -170,6 +170,8 @@ void scan_segment(const typename Tag::storage* row, int64_t begin, int64_t end, 
     float cmax;
     const float* z = load_chunk<Tag>(row + c0, scratch, n, temperature, bmax, &cmax, &bad);
     if (bad || cmax == kInf) out.st.nan = true;  // NaN statistics from here on: stop accumulating
+    out.st.qnan = out.st.qnan || bad;
+    out.st.pinf = out.st.pinf || cmax == kInf;
     if (!out.st.nan && cmax > -kInf) out.st.add(z, n, cmax);
     if (cmax > out.best) {  // first index of the new max
       int64_t bi = 0;

@@ -1,14 +1,23 @@
-// The Python module fuq._C. Importing it loads this shared library, whose static
+// The Python module fuq._C (or fuq._C_v4: the same sources built for x86-64-v4, see
+// setup.py; the name comes from TORCH_EXTENSION_NAME). Importing it loads this shared library, whose static
 // initialisers (TORCH_LIBRARY_IMPL blocks in the other files of csrc/cpu/) register the
 // C++ kernels against the schemas that fuq/_library.py defines first. The module itself
 // has no Python-visible members (the pattern of pytorch/extension-cpp).
 #include <Python.h>
 
+#ifndef TORCH_EXTENSION_NAME
+#define TORCH_EXTENSION_NAME _C
+#endif
+#define FUQ_CAT2(a, b) a##b
+#define FUQ_CAT(a, b) FUQ_CAT2(a, b)
+#define FUQ_STR2(a) #a
+#define FUQ_STR(a) FUQ_STR2(a)
+
 extern "C" {
-PyObject* PyInit__C(void) {
+PyObject* FUQ_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT,
-      "_C",  // name
+      FUQ_STR(TORCH_EXTENSION_NAME),  // name
       "fuq's C++ CPU kernels, registered as torch.ops.fuq.*",
       -1,    // no per-module state
       nullptr,

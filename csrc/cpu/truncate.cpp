@@ -6,7 +6,10 @@
 // cut-off without sorting the vocabulary, and writes z with -inf over the removed tokens
 // in one final pass. sample takes the stats of the untruncated row (lse, entropy,
 // varentropy, max log-prob from the first scan; argmax, top-k) before truncating, then
-// draws by inverse CDF with the caller's uniform; it writes no row.
+// draws by inverse CDF with the caller's uniform; it writes no row. With base_stats at
+// T != 1 the first scan reads x itself: it gives the stats at T = 1 and, divided by T, the
+// per-chunk max / min the truncation at T starts from (RowTruncator::retemper): the two
+// temperatures cost one pass.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -117,6 +120,7 @@ struct SampleOut {
   float *tkm, *tl;
   const double* u;
   int64_t k;
+  bool base_stats;
 };
 
 template <typename Tag>
@@ -130,12 +134,15 @@ void sample_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, con
     std::vector<cpu::TopCandidate> top;
     for (int64_t r = r0; r < r1; ++r) {
       const S* x = base + r * stride;
-      cpu::RowTruncator<Tag> row(x, t, buf.data(), V, ws);
-      const bool ok = row.init(/*with_stats=*/true);  // the untruncated stats, in the first scan
+      const float ts = o.base_stats ? 1.0f : t;  // the temperature of the stats
+      cpu::RowTruncator<Tag> row(x, ts, buf.data(), V, ws);
+      const bool ok_s = row.init(/*with_stats=*/true);  // the untruncated stats, in the first scan
       const float m = row.max();
+      const bool pinf = !ok_s && !row.has_nan();  // +inf and no NaN: lse = +inf
       float lse, ent, var, mxl;
-      if (!ok) {
-        lse = ent = var = mxl = kNaN;
+      if (!ok_s) {
+        lse = pinf ? kInf : kNaN;
+        ent = var = mxl = kNaN;
       } else if (m == -kInf) {
         lse = -kInf;
         ent = var = mxl = kNaN;
@@ -149,11 +156,11 @@ void sample_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, con
         mxl = static_cast<float>(-logS);
       }
       o.lse[r] = lse, o.ent[r] = ent, o.var[r] = var, o.mx[r] = mxl;
-      o.am[r] = ok ? row.argmax() : 0;
+      o.am[r] = ok_s || pinf ? row.argmax() : 0;
       row.top_candidates(k, top);
       double mass = 0;
       for (int64_t j = 0; j < k; ++j) {
-        const float lp = ok ? top[j].z - lse : kNaN;
+        const float lp = ok_s ? top[j].z - lse : kNaN;
         o.tkl[r * k + j] = lp;
         o.tki[r * k + j] = top[j].idx;
         mass += std::exp(static_cast<double>(lp));
@@ -161,14 +168,15 @@ void sample_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, con
       o.tkm[r] = k == 0 ? 0.0f : static_cast<float>(mass);
       // truncate and draw
       int64_t id = 0;
+      const bool ok = ts != t ? ok_s && row.retemper(t) : ok_s;
       if (ok) {
         row.apply(knobs);
         id = row.draw(o.u[r]);
       }
       o.ids[r] = id;
       float zid = cpu::scalar_to_float(x[id], Tag{});
-      if (t != 1.0f) zid = zid / t;
-      o.tl[r] = ok && m > -kInf ? zid - lse : kNaN;
+      if (ts != 1.0f) zid = zid / ts;
+      o.tl[r] = ok_s && m > -kInf ? zid - lse : kNaN;
     }
   });
 }
@@ -177,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
            at::Tensor>
 sample_cpu(const at::Tensor& logits_in, const at::Tensor& uniform_in, int64_t k, double temperature, int64_t top_k,
            double top_p, double min_p, double typical_p, double epsilon, double eta, double top_h, double top_n_sigma,
-           bool p_less, int64_t min_tokens_to_keep) {
+           bool p_less, int64_t min_tokens_to_keep, bool base_stats) {
   check_knobs("fuq::sample", logits_in, temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h,
               min_tokens_to_keep);
   const int64_t B = logits_in.size(0), V = logits_in.size(1);
@@ -196,7 +204,8 @@ sample_cpu(const at::Tensor& logits_in, const at::Tensor& uniform_in, int64_t k,
   if (B > 0) {
     const SampleOut o{ids.data_ptr<int64_t>(), lse.data_ptr<float>(), ent.data_ptr<float>(), var.data_ptr<float>(),
                       mx.data_ptr<float>(),    am.data_ptr<int64_t>(), tkl.data_ptr<float>(), tki.data_ptr<int64_t>(),
-                      tkm.data_ptr<float>(),   tl.data_ptr<float>(),   u.const_data_ptr<double>(), k};
+                      tkm.data_ptr<float>(),   tl.data_ptr<float>(),   u.const_data_ptr<double>(), k,
+                      base_stats};
     const auto knobs = make_knobs(top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
                                   min_tokens_to_keep);
     const float t = static_cast<float>(temperature);

@@ -84,10 +84,11 @@ using Sample = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor
 
 // fuq::sample on the CUDA C++ kernels, one launch sequence on the current stream with no
 // host round trip: truncate (one block per row, or split rows), the draw (ids stay on the
-// device), then fuq::logit_stats_cuda of the untruncated step with the drawn ids as tokens.
+// device), then fuq::logit_stats_cuda of the untruncated step with the drawn ids as tokens
+// (at T, or at T = 1 with base_stats).
 Sample sample_cuda(const Tensor& logits, const Tensor& uniform, int64_t k, double temperature, int64_t top_k,
                    double top_p, double min_p, double typical_p, double epsilon, double eta, double top_h,
-                   double top_n_sigma, bool p_less, int64_t min_tokens_to_keep) {
+                   double top_n_sigma, bool p_less, int64_t min_tokens_to_keep, bool base_stats) {
   TORCH_CHECK(uniform.is_cuda() && uniform.scalar_type() == at::kDouble && uniform.dim() == 1 &&
                   uniform.size(0) == logits.size(0),
               "fuq::sample_cuda: uniform must be a float64 CUDA tensor [B], got ", uniform.sizes());
@@ -106,7 +107,8 @@ Sample sample_cuda(const Tensor& logits, const Tensor& uniform, int64_t k, doubl
                              .findSchemaOrThrow("fuq::logit_stats_cuda", "")
                              .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
                                  const Tensor&, int64_t, const std::optional<Tensor>&, double)>();
-  auto st = stats_op.call(logits, k, std::optional<Tensor>(ids), temperature);
+  // base_stats: the stats of the model's own distribution (T = 1), as the CPU kernel gives them
+  auto st = stats_op.call(logits, k, std::optional<Tensor>(ids), base_stats ? 1.0 : temperature);
   return {ids,
           std::get<0>(st),
           std::get<1>(st),

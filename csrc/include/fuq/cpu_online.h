@@ -164,13 +164,16 @@ inline float fast_exp_nonpos(float d) {
 // Then with p_i = exp(d_i) / s:
 //   lse = m + log s,  H = log s - t / s,  Var[-log p] = u / s - (t / s)^2,
 //   log p_i = (z_i - m) - log s,  max log p = -log s.
-// `nan` records a NaN or +inf seen (the reference gives NaN statistics for such rows).
+// `nan` records a NaN or +inf seen (the reference gives NaN statistics for such rows);
+// `pinf` a +inf, `qnan` a NaN: a row with +inf and no NaN has lse = +inf (torch.logsumexp).
 struct OnlineStats {
   float m = -kInf;
   float s = 0.0f;
   float t = 0.0f;
   float u = 0.0f;
   bool nan = false;
+  bool pinf = false;
+  bool qnan = false;
 
   // Move the reference point to new_m >= m (new_m finite).
   inline void rescale_to(float new_m) {
@@ -210,6 +213,8 @@ struct OnlineStats {
   // Fold another partial state (of a disjoint set of entries) into this one.
   inline void merge(const OnlineStats& o) {
     nan = nan || o.nan;
+    pinf = pinf || o.pinf;
+    qnan = qnan || o.qnan;
     if (o.m == -kInf) return;  // o saw only -inf (or nothing)
     OnlineStats b = o;
     if (b.m > m) {
@@ -224,7 +229,7 @@ struct OnlineStats {
 
   // log s, NaN if a NaN / +inf was seen, -inf if every entry was -inf.
   inline float log_s() const { return nan ? kNaN : std::log(s); }
-  inline float lse() const { return m + log_s(); }
+  inline float lse() const { return nan ? (pinf && !qnan ? kInf : kNaN) : m + log_s(); }
   inline float entropy() const { return nan ? kNaN : std::log(s) - t / s; }
   inline float varentropy() const {
     if (nan) return kNaN;

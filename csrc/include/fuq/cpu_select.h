@@ -3,8 +3,10 @@
 //
 // A row z (float32, already divided by T) is truncated in place, knob after knob, in
 // Hugging Face's order. The live tokens are always {z >= lo} (lo > -inf, so masked -inf
-// never counts): every knob but typical only raises lo, so a chain of them costs no write
-// until the end. Typical keeps a band of |z - c| and is written out at once.
+// never counts): every knob only raises lo, so a chain of them costs no write until the
+// end, except where a cut falls inside a tie group (fuq/reference.py's tie rule keeps its
+// lower indices: top-p, top-h) and for typical (a prefix of |z - c| ascending): then the
+// row is written out with the removed tokens at -inf and lo starts again from the bottom.
 //
 // How each cut-off is found, with p = exp(z - m) / S over the live set (m its max):
 //   * min-p, epsilon, eta, top-nσ, p-less: a direct threshold on z from one stats pass
@@ -19,8 +21,11 @@
 // Sums are float64; exp is cpu::fast_exp_nonpos (~2 ulp). The first scan and the draw's
 // per-chunk sums spread a row's chunks over threads (at::parallel_for; serial inside a
 // parallel region, i.e. when rows are already spread): each chunk's float partials are
-// stored and merged in chunk order afterwards, so the result is bit-identical to one thread. Ties at a cut are all kept,
-// except for top-h whose bound is an upper bound (ties at the cut dropped together).
+// stored and merged in chunk order afterwards, so the result is bit-identical to one thread.
+// Ties (fuq/reference.py): top-k and the thresholds keep equal values together; top-p,
+// typical and top-h cut inside a tie group, keeping its lower indices. Top-h takes its
+// exponentials relative to the runner-up when the max is alone, so a max 90 or 1000 nats
+// ahead of the rest does not underflow the entropy to 0.
 #pragma once
 
 #include <algorithm>
@@ -61,6 +66,7 @@ constexpr int64_t kHeapMax = 2048;  // top-k by heap up to this k, by histogram 
 constexpr int64_t kChunk = 256;
 constexpr int64_t kParGrain = 64;  // chunks per task of a row split over threads
 constexpr float kLowest = -std::numeric_limits<float>::max();
+constexpr int64_t kAllIdx = std::numeric_limits<int64_t>::max();  // a cut that keeps a whole tie group
 
 // The smallest float f with (double) f >= t (a threshold "z >= t" as "z >= f" on floats).
 inline float ceil_float(double t) {
@@ -150,6 +156,7 @@ class RowTruncator {
     m_ = mx;
     zmin_ = mn;
     lo_ = kLowest;
+    nan_ = nan;
     const bool ok = !nan && mx != kInf;
     if (with_stats && ok && mx > -kInf) {
       // 2. per chunk: float sums relative to the running max after that chunk (the prefix
@@ -208,6 +215,23 @@ class RowTruncator {
     return ok;
   }
 
+  // Switch the row to z = float(x) / t after an init at t = 1 (x itself), keeping that first
+  // scan: division by t > 0 is monotone and correctly rounded, so the per-chunk max / min
+  // of x / t are those of x divided by t. Returns init's verdict at t (false: NaN or +inf).
+  bool retemper(float t) {
+    t_ = t;
+    for (float& v : ws_.cmax) v = v / t;
+    for (float& v : ws_.cmin) v = v / t;
+    m_ = m_ / t;
+    zmin_ = zmin_ / t;
+    lo_ = kLowest;
+    stats_ok_ = moments_ok_ = false;
+    return !nan_ && m_ != kInf;
+  }
+
+  // init saw a NaN (its false then means NaN, not only +inf).
+  bool has_nan() const { return nan_; }
+
   // The first index of the max (call after init; 0 for a row of -inf).
   int64_t argmax() {
     for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
@@ -255,6 +279,7 @@ class RowTruncator {
   bool empty() const { return m_ == -kInf; }
   float lo() const { return lo_; }
 
+
   // Stats of the live set (one pass). Sums run in float over chunks of kChunk tokens and
   // in float64 across chunks.
   const Stats& stats(bool moments = false) {
@@ -301,7 +326,7 @@ class RowTruncator {
       if (static_cast<int64_t>(h.size()) < k) return kLowest;
       return h.front();
     }
-    histogram_desc<false, false>();
+    histogram_desc<false, false>(m_);
     int64_t c = 0;
     for (int b = 0; b <= kBins; ++b) {
       if (c + ws_.cnt[b] >= k) {
@@ -315,16 +340,38 @@ class RowTruncator {
 
   // ---- the knobs, in Hugging Face's order ----
 
+  // Top-H: the prefix of the order whose entropy terms -p log p, summed up to and including
+  // each token, stay <= alpha * H; the first token always. In units of S (e = exp(z - m),
+  // d = m - z): S · (-p log p) = e (d + log S). When the max is alone and the runner-up m2 is
+  // g nats below it, the rest is histogrammed relative to m2 (e' = exp(z - m2), every term
+  // times exp(g)) and the top token's term exp(g) log1p(x) = R log1p(x) / x, x = exp(-g) R,
+  // R = Σ e': no float32 exp underflows, whatever g is (as fuq/reference.py's _entropy_terms).
   void top_h(double alpha) {
-    histogram_desc<true, true>();
-    double S = 0, Dt = 0;
-    for (int b = 0; b <= kBins; ++b) S += ws_.mass[b], Dt += ws_.ment[b];
-    const double logS = std::log(S);
-    const double bound = alpha * (logS + Dt / S) * S;  // in units of 1/S: Σ e (log S + d) <= bound
-    double cum = 0;
+    int64_t n_top = 0;
+    float m2 = -kInf;
+    top_group(&n_top, &m2);
+    const bool alone = n_top == 1 && m2 > -kInf;
+    const float mref = alone ? m2 : m_;
+    const double g = alone ? static_cast<double>(m_) - static_cast<double>(m2) : 0.0;
+    histogram_desc<true, true>(mref);  // alone: the top token is left out
+    double R = 0;
+    for (int b = 0; b <= kBins; ++b) R += ws_.mass[b];
+    double logS, top_term = 0;
+    if (alone) {
+      const double x = std::exp(-g) * R;
+      logS = std::log1p(x);
+      top_term = x > 0 ? R * (logS / x) : R;
+    } else {
+      logS = std::log(R);
+    }
+    const double off = logS + g;  // the term of a histogrammed token: e' (off + (mref - z))
+    double H = top_term;  // summed as the walk below sums: alpha = 1 keeps every token
+    for (int b = 0; b <= kBins; ++b) H += ws_.mass[b] * off + ws_.ment[b];
+    const double bound = alpha * H;
+    double cum = top_term;  // alone: the top token, first and always kept
     int b = 0;
     for (; b <= kBins; ++b) {
-      const double add = ws_.mass[b] * logS + ws_.ment[b];
+      const double add = ws_.mass[b] * off + ws_.ment[b];
       if (cum + add > bound) break;
       cum += add;
     }
@@ -332,30 +379,28 @@ class RowTruncator {
     collect_desc(b);
     const auto& mem = ws_.members;
     size_t j = 0;
-    bool accepted_any = false;
-    while (j < mem.size()) {
-      size_t g = j;
-      double add = 0;
-      for (; g < mem.size() && mem[g].z == mem[j].z; ++g) {
-        add += static_cast<double>(fast_exp_nonpos(mem[g].z - m_)) * (logS + mem[g].key);
-      }
+    for (; j < mem.size(); ++j) {
+      const double add = static_cast<double>(fast_exp_nonpos(mem[j].z - mref)) * (off + mem[j].key);
       if (cum + add > bound) break;
       cum += add;
-      accepted_any = true;
-      j = g;
     }
-    if (j < mem.size()) {
-      // drop mem[j]'s tie group and everything below it; keep at least the max group
-      const float rejected = mem[j].z;
-      set_lo(rejected == m_ ? m_ : std::nextafter(rejected, kInf));
+    if (j == mem.size()) {  // rounding: the bin fitted after all; cut after it
+      apply_cut(desc_cut(mem.size() - 1));
+    } else if (!alone && b == 0 && j == 0) {
+      apply_cut(desc_cut(0));  // the first token of the order is always kept
+    } else if (j > 0) {
+      apply_cut(desc_cut(j - 1));  // everything before mem[j]
+    } else {
+      set_lo(std::nextafter(mem[0].z, kInf));  // mem[0] is its group's first: drop the group
     }
-    (void)accepted_any;
   }
 
   void top_k(int64_t k) { set_lo(kth_largest(k)); }
 
+  // Top-p: the shortest prefix of the order of mass >= p (a token is kept iff the mass before
+  // it is < p), and at least its first mtk tokens.
   void top_p(double p, int64_t mtk) {
-    histogram_desc<true, false>();
+    histogram_desc<true, false>(m_);
     double S = 0;
     for (int b = 0; b <= kBins; ++b) S += ws_.mass[b];
     const double target = p * S;
@@ -366,17 +411,17 @@ class RowTruncator {
       cum += ws_.mass[b];
     }
     if (b > kBins) return;  // rounding: the whole row is needed
-    float cut = mtk > 1 ? count_cut(mtk) : m_;
+    const Cut mk = mtk > 1 ? count_cut(mtk) : Cut{m_, 0, false};  // the mtk-th token of the order
+    if (mk.idx == kAllIdx) return;  // fewer than mtk live tokens: keep them all
     collect_desc(b);
-    float cp = ws_.members.back().z;
-    for (const auto& mb : ws_.members) {
-      cum += static_cast<double>(fast_exp_nonpos(mb.z - m_));
-      if (cum >= target) {
-        cp = mb.z;
-        break;
-      }
+    const auto& mem = ws_.members;
+    size_t j = 0;
+    for (; j + 1 < mem.size(); ++j) {
+      cum += static_cast<double>(fast_exp_nonpos(mem[j].z - m_));
+      if (cum >= target) break;
     }
-    set_lo(std::min(cut, cp));
+    const Cut cp = desc_cut(j);
+    apply_cut(mtk > 1 && before_in_order(cp, mk) ? mk : cp);  // the later of the two cuts
   }
 
   void min_p(double mp, int64_t mtk) {
@@ -385,6 +430,8 @@ class RowTruncator {
     set_lo(std::min(cut, m_));
   }
 
+  // Typical: the prefix of the order (|z - c| ascending, index ascending) of mass >= mass
+  // (cut as top-p), and at least its first mtk tokens; written out at once.
   void typical(double mass, int64_t mtk) {
     const Stats& s = stats();
     const float c = static_cast<float>(static_cast<double>(m_) - s.D / s.S);  // lse - H
@@ -394,6 +441,7 @@ class RowTruncator {
     const double target = mass * S;
     // mass cut: the first token (key ascending) at which the cumulative mass reaches target
     float key_cut;
+    int64_t key_idx = kAllIdx;
     double cum = 0;
     int b = 0;
     for (; b <= kBins; ++b) {
@@ -404,39 +452,57 @@ class RowTruncator {
       key_cut = kInf;  // rounding: keep every live token
     } else {
       collect_typical(b, c);
-      key_cut = static_cast<float>(ws_.members.back().key);
-      for (const auto& mb : ws_.members) {
-        cum += static_cast<double>(fast_exp_nonpos(mb.z - m_));
-        if (cum >= target) {
-          key_cut = static_cast<float>(mb.key);
-          break;
-        }
+      const auto& mem = ws_.members;
+      size_t j = 0;
+      for (; j + 1 < mem.size(); ++j) {
+        cum += static_cast<double>(fast_exp_nonpos(mem[j].z - m_));
+        if (cum >= target) break;
       }
+      key_cut = static_cast<float>(mem[j].key);
+      key_idx = j + 1 < mem.size() && mem[j + 1].key == mem[j].key ? mem[j].idx : kAllIdx;
     }
     if (mtk > 1) {
       int64_t cc = 0;
-      for (int bb = 0; bb <= kBins; ++bb) {
+      int bb = 0;
+      for (; bb <= kBins; ++bb) {
         if (cc + ws_.cnt[bb] >= mtk) {
           collect_typical(bb, c);
-          key_cut = std::max(key_cut, static_cast<float>(ws_.members[mtk - cc - 1].key));
+          const auto& mem = ws_.members;
+          const size_t j = static_cast<size_t>(mtk - cc - 1);
+          const float k2 = static_cast<float>(mem[j].key);
+          const int64_t i2 = j + 1 < mem.size() && mem[j + 1].key == mem[j].key ? mem[j].idx : kAllIdx;
+          if (k2 > key_cut || (k2 == key_cut && i2 > key_idx)) key_cut = k2, key_idx = i2;
           break;
         }
         cc += ws_.cnt[bb];
       }
+      if (bb > kBins) key_cut = kInf, key_idx = kAllIdx;  // fewer than mtk live tokens: keep them all
     }
-    // write the band out; the new max is that of the band
+    // write the prefix out; the new max is that of the kept tokens. key_idx: the cut falls
+    // inside a group of equal keys, whose indices up to key_idx stay (rare: a loop of its own)
     const float lo = lo_;
     float mx = -kInf;
     for_chunks([&](const float* zc, int64_t i0, int64_t n) {
       float* o = z_ + i0;
       float cmx = -kInf;
+      if (key_idx == kAllIdx) {
 #pragma omp simd reduction(max : cmx)
-      for (int64_t j = 0; j < n; ++j) {
-        const float v = zc[j];
-        const bool keep = v >= lo && std::fabs(v - c) <= key_cut;
-        const float w = keep ? v : -kInf;
-        o[j] = w;
-        cmx = w > cmx ? w : cmx;
+        for (int64_t j = 0; j < n; ++j) {
+          const float v = zc[j];
+          const bool keep = v >= lo && std::fabs(v - c) <= key_cut;
+          const float w = keep ? v : -kInf;
+          o[j] = w;
+          cmx = w > cmx ? w : cmx;
+        }
+      } else {
+        for (int64_t j = 0; j < n; ++j) {
+          const float v = zc[j];
+          const float key = std::fabs(v - c);
+          const bool keep = v >= lo && (key < key_cut || (key == key_cut && i0 + j <= key_idx));
+          const float w = keep ? v : -kInf;
+          o[j] = w;
+          cmx = w > cmx ? w : cmx;
+        }
       }
       ws_.cmax[i0 / kChunk] = cmx;
       mx = std::max(mx, cmx);
@@ -563,11 +629,91 @@ class RowTruncator {
   }
 
  private:
+  // Keep z >= v (a threshold: equal values together).
   void set_lo(float v) {
     if (v > lo_) {
       lo_ = v;
       stats_ok_ = false;
     }
+  }
+
+  // A cut of the order (z descending, index ascending) after the token (z, idx); partial: the
+  // token's tie group goes on past it (only its lower indices stay).
+  struct Cut {
+    float z;
+    int64_t idx;
+    bool partial;
+  };
+
+  // The cut after members[j] of a descending bin (every live token of its value is there).
+  Cut desc_cut(size_t j) const {
+    const auto& mem = ws_.members;
+    return {mem[j].z, mem[j].idx, j + 1 < mem.size() && mem[j + 1].z == mem[j].z};
+  }
+
+  void apply_cut(const Cut& c) {
+    if (c.partial) {
+      write_cut(c.z, c.idx);
+    } else {
+      set_lo(c.z);
+    }
+  }
+
+  // Write the row out keeping {z >= lo} ∩ ({z > zc} ∪ {z == zc, index <= idx}): a cut inside
+  // a tie group, which no threshold on z can express. lo starts again from the bottom.
+  void write_cut(float zcut, int64_t idx) {
+    const float lo = lo_;
+    float mx = -kInf;
+    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
+      float* o = z_ + i0;
+      float cmx = -kInf;
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        const bool keep = v >= lo && (v > zcut || (v == zcut && i0 + j <= idx));
+        const float w = keep ? v : -kInf;
+        o[j] = w;
+        cmx = w > cmx ? w : cmx;
+      }
+      ws_.cmax[i0 / kChunk] = cmx;
+      mx = std::max(mx, cmx);
+    });
+    mat_ = true;
+    m_ = mx;
+    lo_ = kLowest;
+    stats_ok_ = false;
+  }
+
+  // (a.z, a.idx) comes before (b.z, b.idx) in the order (z descending, index ascending).
+  static bool before_in_order(const Cut& a, const Cut& b) {
+    return a.z != b.z ? a.z > b.z : a.idx < b.idx;
+  }
+
+  // The size of the live top group (z == m) and the largest live value below it (-inf: none).
+  void top_group(int64_t* n_top, float* m2) {
+    int64_t cnt = 0;
+    float sec = -kInf;
+    const float* cmaxs = ws_.cmax.data();
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      const float cmx = cmaxs[i0 / kChunk];
+      if (!(cmx >= lo_)) continue;
+      if (cmx < m_ && cmx > lo_) {
+        sec = std::max(sec, cmx);
+        continue;
+      }
+      const int64_t n = std::min(kChunk, V_ - i0);
+      const float* zc = chunk(i0, n);
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = zc[j];
+        if (!(v >= lo_)) continue;
+        if (v == m_) {
+          ++cnt;
+        } else {
+          sec = std::max(sec, v);
+        }
+      }
+    }
+    *n_top = cnt;
+    *m2 = sec;
   }
 
   template <bool MOM>
@@ -609,23 +755,25 @@ class RowTruncator {
     set_lo(cut);
   }
 
-  // the z at which the live count (descending) reaches n, from the current histogram
-  float count_cut(int64_t n) {
+  // the cut after the n-th live token of the order (z desc, index asc), from the current
+  // histogram ({kLowest, kAllIdx}: fewer than n are live)
+  Cut count_cut(int64_t n) {
     int64_t c = 0;
     for (int b = 0; b <= kBins; ++b) {
       if (c + ws_.cnt[b] >= n) {
         collect_desc(b);
-        return ws_.members[n - c - 1].z;
+        return desc_cut(static_cast<size_t>(n - c - 1));
       }
       c += ws_.cnt[b];
     }
-    return kLowest;
+    return {kLowest, kAllIdx, false};
   }
 
-  // Bins over d = m - z: width w spans [0, min(m - zmin, kRange)); bin kBins = overflow,
-  // kBins + 1 = not live.
-  void bin_setup_desc() {
-    const double range = std::min(static_cast<double>(m_) - static_cast<double>(zmin_), kRange);
+  // Bins over d = mref - z: width w spans [0, min(mref - zmin, kRange)); bin kBins = overflow,
+  // kBins + 1 = not live (or above mref: top-h leaves a lone max out this way).
+  void bin_setup_desc(float mref) {
+    mref_ = mref;
+    const double range = std::min(static_cast<double>(mref) - static_cast<double>(zmin_), kRange);
     inv_w_ = range > 1e-20 ? static_cast<float>(kBins / range) : 1e20f;
   }
 
@@ -641,7 +789,7 @@ class RowTruncator {
     std::fill(ws_.cnt.begin(), ws_.cnt.end(), 0);
     if (MASS) std::fill(ws_.mass.begin(), ws_.mass.end(), 0.0);
     if (ENT) std::fill(ws_.ment.begin(), ws_.ment.end(), 0.0);
-    const float m = m_, lo = lo_;
+    const float m = KEY == 0 ? mref_ : m_, lo = lo_;  // m: the exponentials' reference point
     int64_t* cnt = ws_.cnt.data();
     double* mass = ws_.mass.data();
     double* ment = ws_.ment.data();
@@ -651,7 +799,7 @@ class RowTruncator {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        const bool live = v >= lo;
+        const bool live = v >= lo && (KEY != 0 || v <= m);
         bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), live, iw);
         if (MASS) e[j] = live ? fast_exp_nonpos(v - m) : 0.0f;
       }
@@ -669,7 +817,7 @@ class RowTruncator {
   void collect(int b, float c, float iw) {
     auto& mem = ws_.members;
     mem.clear();
-    const float m = m_, lo = lo_;
+    const float m = mref_, lo = lo_;
     const float* cmaxs = ws_.cmax.data();
     const float* cmins = ws_.cmin.data();
     for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
@@ -677,7 +825,7 @@ class RowTruncator {
       const float cmx = cmaxs[i0 / kChunk], cmn = cmins[i0 / kChunk];
       if (!(cmx >= lo)) continue;
       if (KEY == 0) {
-        if (bin_of(m - cmx, true, iw) > b || bin_of(m - std::max(cmn, lo), true, iw) < b) continue;
+        if (bin_of(std::max(m - cmx, 0.0f), true, iw) > b || bin_of(m - std::max(cmn, lo), true, iw) < b) continue;
       } else {
         const float klo = (c >= std::max(cmn, lo) && c <= cmx) ? 0.0f
                                                                 : std::min(std::fabs(cmx - c), std::fabs(std::max(cmn, lo) - c));
@@ -690,7 +838,7 @@ class RowTruncator {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), v >= lo, iw);
+        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), v >= lo && (KEY != 0 || v <= m), iw);
       }
       for (int64_t j = 0; j < n; ++j) {
         if (bn[j] == b) {
@@ -709,8 +857,8 @@ class RowTruncator {
   }
 
   template <bool MASS, bool ENT>
-  void histogram_desc() {
-    bin_setup_desc();
+  void histogram_desc(float mref) {
+    bin_setup_desc(mref);
     histogram<0, MASS, ENT>(0.0f, inv_w_);
   }
 
@@ -802,10 +950,12 @@ class RowTruncator {
   int64_t V_;
   Workspace& ws_;
   float m_ = -kInf, zmin_ = kInf, lo_ = kLowest;
+  float mref_ = -kInf;        // the reference point of the descending histogram (m_, or m2 in top-h)
   float inv_w_ = 1.0f;
   float inv_wt_ = 1.0f;
   Stats st_;
   bool stats_ok_ = false, moments_ok_ = false;
+  bool nan_ = false;
 };
 
 }  // namespace cpu

@@ -75,6 +75,7 @@ __all__ = [
     "KVPolicy",
     "cache_bytes",
     "allocate_budgets",
+    "capture_queries",
 ]
 
 _INF = float("inf")
@@ -233,8 +234,9 @@ class H2O(Scorer):
     name = "h2o"
     queries = -1
 
-    def __init__(self, chunk: int = 256) -> None:
+    def __init__(self, chunk: int = 256, init: dict[int, Tensor] | None = None) -> None:
         self.chunk = int(chunk)
+        self.init = init  # a known prefill mass {layer: [B, Hkv, T]} (e.g. shared by runs on one prompt)
         self.buf: dict[int, Tensor] = {}  # [B, Hkv, capacity] float32, grown by doubling
         self.n: dict[int, int] = {}  # slots in use
 
@@ -248,6 +250,9 @@ class H2O(Scorer):
 
     def observe(self, ctx: KVContext, new: int) -> None:
         T = ctx.keys.shape[2]
+        if ctx.phase == "prefill" and self.init is not None and self.init[ctx.layer].shape[2] == T:
+            self.buf[ctx.layer], self.n[ctx.layer] = self.init[ctx.layer].clone(), T
+            return
         buf = self.buf.get(ctx.layer)
         if buf is None or buf.shape[2] < T:
             grown = ctx.keys.new_zeros((*ctx.keys.shape[:2], max(T, 2 * (0 if buf is None else buf.shape[2]))),
@@ -449,6 +454,37 @@ def _attention_modules(model: Any) -> dict[int, Any]:
     return out
 
 
+class capture_queries:
+    """Context manager: record, for every full-attention layer, the ``hidden_states`` and
+    ``position_embeddings`` its attention module receives (the last call wins), so that one prefill
+    can be replayed under many policies (:meth:`KVPolicy.replay_prefill`).
+
+    Example:
+        >>> with fuq.kv.capture_queries(model) as cap:  # doctest: +SKIP
+        ...     out = model(input_ids=ids, use_cache=True)
+        >>> cap.inputs[layer_idx]  # (hidden [B, L, D], cos, sin)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.modules = _attention_modules(model)
+        self.inputs: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> capture_queries:
+        for i, m in self.modules.items():
+            def hook(module, args, kwargs, i=i):
+                h = kwargs.get("hidden_states", args[0] if args else None)
+                cos, sin = kwargs["position_embeddings"]
+                self.inputs[i] = (h, cos, sin)
+
+            self._handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+
+
 class _Layer:
     """The policy's bookkeeping of one full-attention layer."""
 
@@ -589,6 +625,18 @@ class KVPolicy:
         self._pending = None
         self.sizes.append(cache_bytes(cache))
         self.slots.append(self._live_slots())
+
+    def replay_prefill(self, cache: Any, position_ids: Tensor, attention_mask: Tensor | None,
+                       inputs: dict[int, tuple[Tensor, Tensor, Tensor]]) -> None:
+        """Apply the prefill step to ``cache`` (modified in place: pass a copy) from inputs recorded
+        by :class:`capture_queries` instead of hooking a forward; then attach for the decode steps."""
+        L = position_ids.shape[1]
+        n = self._n_queries(L)
+        for i, lay in self.layers.items():
+            h, cos, sin = inputs[i]
+            lay.hidden, lay.cos_sin = (h[:, -n:], (cos[:, -n:], sin[:, -n:])) if n > 0 else (None, None)
+        self.before(position_ids, attention_mask, None)
+        self.after(cache, "prefill")
 
     def _decode_steps(self) -> int:
         return len(self.sizes)  # forwards so far, the prefill included; this one not yet counted

@@ -731,8 +731,14 @@ class KVPolicy:
         share = tot / heads
         return [[round(float(x), 4) for x in share[b, : self._prompt_len[b]]] for b in range(share.shape[0])]
 
+    def evicted_share(self) -> list[float]:
+        """Per row: the share of its seen tokens no longer held (mean over full-attention layers and KV heads)."""
+        live = sum(lay.alive.sum(-1).float().mean(1) for lay in self.layers.values()) / len(self.layers)
+        return [round(1.0 - float(x) / max(1, int(n)), 6) for x, n in zip(live, self.seen, strict=True)]
+
     def report(self) -> dict[str, Any]:
         return {
+            "evicted_share": self.evicted_share() if self.seen is not None else [],
             "scorer": self.scorer.name,
             "scorer_args": self.scorer.config(),
             "budget": self.budget,

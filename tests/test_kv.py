@@ -6,6 +6,7 @@ bad arguments are refused."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -257,3 +258,47 @@ def test_entropy_budget_shares_the_same_total():
                        kv_scorer=kv.SnapKV(window=8), kv_sinks=2, kv_window=4)
     # same total live slots (mean over layers and heads), different split
     assert tr.meta["kv"]["live_slots"][0] == pytest.approx(uni.meta["kv"]["live_slots"][0], abs=0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> str:
+    from helpers import tiny_lm_folder
+
+    return tiny_lm_folder(tmp_path_factory.mktemp("tiny_kv"))
+
+
+def test_cli_kv_budget_prints_cache_and_greys_evicted_prompt(tiny_folder, tmp_path, capsys):
+    from html.parser import HTMLParser
+
+    from fuq import cli
+
+    assert cli.KV_SCORERS == tuple(sorted(kv.SCORERS))
+    page = tmp_path / "kv.html"
+    prompt = "The cat sat on the mat and the dog sat on the log while the bird sang in the tree"
+    rc = cli.main(["generate", prompt, "--model", tiny_folder, "--max-new-tokens", "6", "--kv-budget", "0.25",
+                   "--kv-scorer", "snapkv", "--kv-sinks", "1", "--kv-window", "2", "--json", "--html", str(page)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "KV cache" in out.err and "MiB" in out.err and "evicted" in out.err
+    meta = json.loads(out.out)["meta"]
+    ev = meta["kv"]["evicted_share"][0]
+    assert 0.5 < ev < 1.0 and f"{100 * ev:.1f}%" in out.err
+
+    class Spans(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.cls: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            c = dict(attrs).get("class") or ""
+            if tag == "span" and c.startswith("prompt") and dict(attrs).get("title"):
+                self.cls.append(c)
+
+    p = Spans()
+    p.feed(page.read_text(encoding="utf-8"))
+    kept = meta["kv"]["kept_prompt"][0]
+    assert len(p.cls) == len(kept) == len(meta["kv"]["prompt_tokens"][0])
+    assert [c == "prompt kvev" for c in p.cls] == [x == 0 for x in kept]
+    assert "prompt kvev" in p.cls and p.cls[0] == "prompt"  # something evicted; the sink kept
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "x", "--model", tiny_folder, "--kv-budget", "1.5"])

@@ -67,7 +67,7 @@ class Runner:
         self.cache_kw = "cache" if "cache" in sig else "past_key_values"
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, cache=None):
-        kw = {"input_ids": ids, "position_ids": pos, "use_cache": True}
+        kw = {"input_ids": ids, "position_ids": pos, "use_cache": True, "logits_to_keep": 1}
         if cache is not None:
             kw[self.cache_kw] = cache
         out = self.model(**kw)

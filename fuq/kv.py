@@ -171,6 +171,16 @@ class Scorer:
     Class attributes: ``name``; ``queries`` (how many of the newest prompt query rows the scorer
     reads at prefill: 0 none, -1 all); ``decode_every`` (the default ``kv_every``: evict every
     n decode steps, 0 = only after the prefill).
+
+    Example:
+        >>> import torch
+        >>> from fuq import kv
+        >>> k = torch.randn(1, 2, 10, 8)  # [B, Hkv, T, d]
+        >>> ctx = kv.KVContext(0, "prefill", k, k, torch.ones(1, 2, 10, dtype=torch.bool),
+        ...                    torch.arange(10).expand(1, 2, 10), torch.full((1, 2, 10), float("nan")),
+        ...                    8**-0.5, q=torch.randn(1, 4, 3, 8))  # 4 query heads, the last 3 positions
+        >>> kv.TOVA().score(ctx).shape
+        torch.Size([1, 2, 10])
     """
 
     name = "scorer"
@@ -508,6 +518,14 @@ class KVPolicy:
         sinks: first tokens of every row always kept.
         window: most recent tokens always kept.
         every: evict every n decode steps; 0 = only after the prefill; None = the scorer's default.
+
+    Example (what ``fuq.generate(model, tok, prompt, kv_budget=0.25, kv_scorer="h2o")`` does):
+        >>> pol = KVPolicy(model, "h2o", 0.25)  # doctest: +SKIP
+        >>> pol.attach()  # doctest: +SKIP
+        >>> pol.before(position_ids, attention_mask)  # doctest: +SKIP
+        >>> out = model(input_ids=ids, position_ids=position_ids, use_cache=True)  # doctest: +SKIP
+        >>> pol.after(out.past_key_values, "prefill")  # evicts down to 25 %  # doctest: +SKIP
+        >>> pol.detach()  # doctest: +SKIP
     """
 
     def __init__(self, model: Any, scorer: str | Scorer = "h2o", budget: float | int = 0.5, *, sinks: int = 4,

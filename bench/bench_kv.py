@@ -249,7 +249,8 @@ def main() -> None:
             quality(r, text, args.context, steps, rows, qual)
         needles(r, texts(4)[-1], args.context, depths, needle_budgets, hay)
         del r
-    tag = "bench_kv_quick" if args.quick else "bench_kv"
+    tag = ("bench_kv_quick" if args.quick else "bench_kv") + ("" if args.models == "gemma3,smollm2" else
+                                                              "_" + args.models.replace(",", "_"))
     cols = ["model", "scorer", "budget", "KL nats", "ppl", "cache MiB", "tok/s", "scorer ms/step"]
     print_table(f"KV eviction, teacher-forced ({steps} steps after {args.context} tokens)", cols, rows)
     # needle table

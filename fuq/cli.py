@@ -87,6 +87,45 @@ def _add_display(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
 
 
+def _kv_budget(s: str) -> float | int:
+    """A share in (0, 1] (with a decimal point) or a token count (an integer)."""
+    try:
+        v = float(s) if any(c in s for c in ".eE") else int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share like 0.25 or a token count like 512, got {s!r}") from None
+    if (isinstance(v, float) and not 0.0 < v <= 1.0) or (isinstance(v, int) and v < 1):
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1] or a token count >= 1, got {s!r}")
+    return v
+
+
+#: the names of fuq.kv.SCORERS (not imported here: the parser must not import torch)
+KV_SCORERS = ("entropy-budget", "h2o", "knorm", "snapkv", "streaming", "tova", "uncertain")
+
+
+def _add_kv(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("KV cache eviction (fuq.kv)")
+    g.add_argument("--kv-budget", type=_kv_budget, default=None, metavar="B",
+                   help="keep this share (0.25) or number (512) of each row's tokens in the KV cache (default: all)")
+    g.add_argument("--kv-scorer", choices=KV_SCORERS, default="snapkv", help="which tokens to keep (snapkv)")
+    g.add_argument("--kv-sinks", type=_nonneg_int, default=4, metavar="N", help="first tokens always kept (4)")
+    g.add_argument("--kv-window", type=_nonneg_int, default=32, metavar="N", help="recent tokens always kept (32)")
+    g.add_argument("--kv-every", type=_nonneg_int, default=None, metavar="N",
+                   help="evict every N decode steps, 0 = after the prefill only (default: the scorer's)")
+
+
+def _kv_line(trace) -> str | None:
+    """'KV cache: …' for a run with --kv-budget: measured cache size and the evicted share."""
+    kvm = trace.meta.get("kv")
+    if not kvm:
+        return None
+    sizes = trace.meta.get("cache_bytes") or [0]
+    ev = kvm.get("evicted_share") or []
+    share = ", ".join(f"{100 * x:.1f}%" for x in ev)
+    return (f"fuq: KV cache {sizes[-1] / 2**20:.2f} MiB after the last step (peak {max(sizes) / 2**20:.2f} MiB); "
+            f"evicted {share} of the tokens seen ({kvm.get('scorer')}, budget {kvm.get('budget')}, "
+            f"{kvm.get('evictions')} evictions, scorer {1e3 * kvm.get('score_s', 0.0):.1f} ms in all)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``fuq`` (sub-commands ``generate``, ``score``, ``bench``)."""
     from . import __version__
@@ -122,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--seed", type=int, default=None, help="random seed of the sampling strategies")
     gd.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
     gd.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    _add_kv(gen)
     _add_display(gen)
     gen.set_defaults(func=_cmd_generate)
 
@@ -293,6 +333,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             stop=args.stop,
             generator=generator,
             chat=args.chat,
+            **_kv_kwargs(args),
             **kw,
         )
     except (ValueError, TypeError) as exc:
@@ -300,7 +341,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.chat:
         trace.meta["chat"] = True
     _show(trace, tokenizer, args)
+    if (line := _kv_line(trace)) is not None:
+        print(line, file=sys.stderr)
     return 0
+
+
+def _kv_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.kv_budget is None:
+        return {}
+    return {"kv_budget": args.kv_budget, "kv_scorer": args.kv_scorer, "kv_sinks": args.kv_sinks,
+            "kv_window": args.kv_window, "kv_every": args.kv_every}
 
 
 def _cmd_score(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .kv import cache_bytes
 from .ops import LogitStats, logit_stats
 from .trace import Trace
 
@@ -427,6 +428,8 @@ class DecodeState:
         self.attention_mask: Tensor | None = None  # [B, T_seen] or None when there is no padding
         self.next_pos: Tensor = torch.zeros(0, dtype=torch.long)  # [B] position of the next fed token
         self.calls: list[tuple[int, int]] = []  # (rows, tokens per row) of every model call
+        self.kv: Any = None  # a fuq.kv.KVPolicy when evicting
+        self.cache_bytes: list[int] = []  # KV-cache bytes after every call of the main sequence
         sig = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in sig else "past_key_values"
         self._keep = "logits_to_keep" in sig
@@ -540,69 +543,9 @@ def _model_name(model: Any) -> str:
     return str(name) if name else type(model).__name__
 
 
-@torch.no_grad()
-def generate(
-    model: Any,
-    tokenizer_or_ids: Any,
-    prompts: str | Sequence[str] | None = None,
-    *,
-    max_new_tokens: int = 64,
-    strategy: str | Strategy = "greedy",
-    k: int = 15,
-    eos_token_id: int | Sequence[int] | None = None,
-    stop: str | Sequence[str] | None = None,
-    hook: Callable[[int, LogitStats, Tensor], Any] | None = None,
-    attention_mask: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    chat: bool = False,
-    **strategy_kwargs: Any,
-) -> Trace:
-    """Generate up to ``max_new_tokens`` per row, recording every step's uncertainty.
-
-    Args:
-        model: a causal LM (``transformers`` or compatible, see the module doc).
-        tokenizer_or_ids: a tokenizer (then ``prompts`` is a str or a list of str, tokenised with
-            the tokenizer's special tokens and left-padded; the chat template is applied only
-            when ``chat=True``), or ``[B, T]`` integer prompt ids (left-padded, with
-            ``attention_mask`` ``[B, T]`` of 0/1 when there is padding).
-        prompts: the prompt(s), with a tokenizer only.
-        max_new_tokens: >= 1.
-        strategy: a name (``"greedy"``, ``"sample"``, ``"top-h"``, ``"entropy-gated"``,
-            ``"adadec"``) whose arguments come from ``**strategy_kwargs``, or a :class:`Strategy`.
-        k: alternatives recorded per token (``trace.topk_ids``), 0 <= k <= V.
-        eos_token_id: id(s) that end a row; None takes the model's generation config and the
-            tokenizer's EOS; ``[]`` disables EOS.
-        stop: string(s) that end a row once they appear in its decoded new text (the text
-            keeps the stop string, as Hugging Face does). Needs a tokenizer.
-        hook: ``hook(step, stats, tokens)`` after every step, with the step's ``LogitStats``
-            (``[B]`` fields) and the chosen ids ``[B]`` (pad for finished rows). If it
-            returns True, generation stops after this step.
-        attention_mask: ``[B, T]`` with prompt ids only.
-        generator: ``torch.Generator`` for the sampling strategies.
-        chat: apply the tokenizer's chat template to each prompt (one user turn).
-
-    Returns:
-        a :class:`~fuq.trace.Trace` ``[B, T_new]``: chosen ids, mask (False after a row ended),
-        the step stats of the model's distribution (``token_logprob`` = log p of the chosen
-        token), and with a tokenizer ``tokens`` (the text piece of every token), ``prompt``
-        and ``text`` (special tokens skipped). ``meta`` holds the strategy, its arguments and
-        counters, the model name, ``wall_s``, ``tokens_per_s``, ``model_calls`` and
-        ``model_tokens`` (tokens fed to the model, prompt included).
-
-    Example:
-        >>> model, tok = fuq.models.load("smollm2")  # doctest: +SKIP
-        >>> tr = fuq.generate(model, tok, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
-        >>> tr.text[0], tr.token_logprob[0].exp()  # doctest: +SKIP
-    """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be an int >= 0, got {k!r}")
-    strat = make_strategy(strategy, **strategy_kwargs)
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
-
+def _inputs(model: Any, tokenizer_or_ids: Any, prompts: Any, attention_mask: Tensor | None, stops: list[str],
+            eos_token_id: Any, chat: bool) -> tuple[Any, Tensor, Tensor, list[str] | None, list[int], int]:
+    """Check and tokenise the prompts: ``(tokenizer, ids [B, T], mask [B, T], prompt_text, eos ids, pad id)``."""
     if isinstance(tokenizer_or_ids, Tensor):
         tokenizer = None
         ids = tokenizer_or_ids
@@ -647,77 +590,228 @@ def generate(
         pad_id = pad_id[0]
     if tokenizer is not None:
         ids, mask = _left_pad(_encode(tokenizer, prompt_text, chat), int(pad_id))
+    return tokenizer, ids, mask, prompt_text, eos_list, int(pad_id)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer_or_ids: Any,
+    prompts: str | Sequence[str] | None = None,
+    *,
+    max_new_tokens: int = 64,
+    strategy: str | Strategy = "greedy",
+    k: int = 15,
+    eos_token_id: int | Sequence[int] | None = None,
+    stop: str | Sequence[str] | None = None,
+    hook: Callable[[int, LogitStats, Tensor], Any] | None = None,
+    attention_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    chat: bool = False,
+    kv_budget: float | int | None = None,
+    kv_scorer: Any = "snapkv",
+    kv_sinks: int = 4,
+    kv_window: int = 32,
+    kv_every: int | None = None,
+    **strategy_kwargs: Any,
+) -> Trace:
+    """Generate up to ``max_new_tokens`` per row, recording every step's uncertainty.
+
+    Args:
+        model: a causal LM (``transformers`` or compatible, see the module doc).
+        tokenizer_or_ids: a tokenizer (then ``prompts`` is a str or a list of str, tokenised with
+            the tokenizer's special tokens and left-padded; the chat template is applied only
+            when ``chat=True``), or ``[B, T]`` integer prompt ids (left-padded, with
+            ``attention_mask`` ``[B, T]`` of 0/1 when there is padding).
+        prompts: the prompt(s), with a tokenizer only.
+        max_new_tokens: >= 1.
+        strategy: a name (``"greedy"``, ``"sample"``, ``"top-h"``, ``"entropy-gated"``,
+            ``"adadec"``) whose arguments come from ``**strategy_kwargs``, or a :class:`Strategy`.
+        k: alternatives recorded per token (``trace.topk_ids``), 0 <= k <= V.
+        eos_token_id: id(s) that end a row; None takes the model's generation config and the
+            tokenizer's EOS; ``[]`` disables EOS.
+        stop: string(s) that end a row once they appear in its decoded new text (the text
+            keeps the stop string, as Hugging Face does). Needs a tokenizer.
+        hook: ``hook(step, stats, tokens)`` after every step, with the step's ``LogitStats``
+            (``[B]`` fields) and the chosen ids ``[B]`` (pad for finished rows). If it
+            returns True, generation stops after this step.
+        attention_mask: ``[B, T]`` with prompt ids only.
+        generator: ``torch.Generator`` for the sampling strategies.
+        chat: apply the tokenizer's chat template to each prompt (one user turn).
+        kv_budget: KV-cache eviction (:mod:`fuq.kv`): a float in (0, 1] keeps that share of the tokens
+            each row has seen, an int that many tokens per row; None (default) never evicts, and
+            1.0 gives exactly the tokens of None.
+        kv_scorer: which tokens to keep: a name of ``fuq.kv.SCORERS`` (``"snapkv"``, ``"h2o"``,
+            ``"tova"``, ``"knorm"``, ``"streaming"``, ``"entropy-budget"``, ``"uncertain"``) or a
+            ``fuq.kv.Scorer``.
+        kv_sinks: first tokens of every row always kept (4).
+        kv_window: most recent tokens always kept (32).
+        kv_every: evict every n decode steps (0: only after the prefill); None: the scorer's
+            default (SnapKV: after the prefill only; the others: every step).
+
+    Returns:
+        a :class:`~fuq.trace.Trace` ``[B, T_new]``: chosen ids, mask (False after a row ended),
+        the step stats of the model's distribution (``token_logprob`` = log p of the chosen
+        token), and with a tokenizer ``tokens`` (the text piece of every token), ``prompt``
+        and ``text`` (special tokens skipped). ``meta`` holds the strategy, its arguments and
+        counters, the model name, ``wall_s``, ``tokens_per_s``, ``model_calls`` and
+        ``model_tokens`` (tokens fed to the model, prompt included), ``cache_bytes`` (bytes of the
+        KV cache after every model call, measured on its tensors) and, with ``kv_budget``, ``kv``
+        (the policy's settings, evictions, scorer time, live slots per step and ``kept_prompt``:
+        per prompt token, the share of full-attention KV heads that still hold it).
+
+    Example:
+        >>> model, tok = fuq.models.load("smollm2")  # doctest: +SKIP
+        >>> tr = fuq.generate(model, tok, "The capital of France is", max_new_tokens=8)  # doctest: +SKIP
+        >>> tr.text[0], tr.token_logprob[0].exp()  # doctest: +SKIP
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be an int >= 0, got {k!r}")
+    strat = make_strategy(strategy, **strategy_kwargs)
+    if kv_budget is not None and isinstance(strat, AdaDec):
+        raise ValueError("kv_budget does not combine with strategy 'adadec' (its rollouts fork the cache)")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+
+    tokenizer, ids, mask, prompt_text, eos_list, pad_id = _inputs(
+        model, tokenizer_or_ids, prompts, attention_mask, stops, eos_token_id, chat
+    )
 
     device = next(model.parameters()).device
-    B = ids.shape[0]
     ids, mask = ids.to(device), mask.to(device)
     st = DecodeState(model, k, generator, torch.tensor(eos_list, dtype=torch.long, device=device), device)
-    st.finished = torch.zeros(B, dtype=torch.bool, device=device)
+    if kv_budget is not None:
+        from .kv import KVPolicy
+
+        st.kv = KVPolicy(model, kv_scorer, kv_budget, sinks=kv_sinks, window=kv_window, every=kv_every)
+        st.kv.attach()
+    try:
+        run = _Run(B=ids.shape[0], pad_id=int(pad_id), tokenizer=tokenizer, stops=stops)
+        strat.start()
+        t0 = time.perf_counter()
+        logits = _prefill(st, ids, mask)
+        t_prefill = time.perf_counter() - t0
+        for step in range(max_new_tokens):
+            st.step = step
+            nxt, stats = _choose(strat, logits, st, run.pad_id)
+            if _record(run, st, step, stats, nxt, hook) or step == max_new_tokens - 1:
+                break
+            logits = _decode(st, nxt, stats)
+        wall = time.perf_counter() - t0
+    finally:
+        if st.kv is not None:
+            st.kv.detach()
+    return _finish(run, st, strat, model, tokenizer, prompt_text, ids, mask,
+                   dict(max_new_tokens=max_new_tokens, k=k, eos_token_id=eos_list, stop=stops),
+                   wall, t_prefill)
+
+
+class _Run:
+    """What the loop records: the step stats, chosen ids, live masks and the decoded rows."""
+
+    def __init__(self, B: int, pad_id: int, tokenizer: Any, stops: list[str]) -> None:
+        self.B, self.pad_id, self.tokenizer, self.stops = B, pad_id, tokenizer, stops
+        self.steps: list[LogitStats] = []
+        self.chosen: list[Tensor] = []
+        self.masks: list[Tensor] = []
+        self.gen: list[list[int]] = [[] for _ in range(B)]
+
+
+def _feed(st: DecodeState, ids: Tensor, position_ids: Tensor, phase: str, entropy: Tensor | None = None) -> Tensor:
+    """One model call on the main sequence, with the KV policy's hook around it (evict)."""
+    if st.kv is not None:
+        st.kv.before(position_ids, st.attention_mask, entropy)
+    logits, st.cache = st.forward(ids, st.attention_mask, position_ids, st.cache)
+    if st.kv is not None:
+        st.kv.after(st.cache, phase)
+    st.cache_bytes.append(cache_bytes(st.cache))
+    return logits
+
+
+def _prefill(st: DecodeState, ids: Tensor, mask: Tensor) -> Tensor:
+    """Run the prompt once; returns the last logits ``[B, V]``."""
+    st.finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=st.device)
     # Like Hugging Face: positions count real tokens; an all-ones mask is not passed at all.
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     st.attention_mask = None if bool(mask.all()) else mask
     st.next_pos = mask.sum(-1)
-    strat.start()
+    return _feed(st, ids, pos, "prefill")
 
-    steps: list[LogitStats] = []
-    chosen: list[Tensor] = []
-    masks: list[Tensor] = []
-    gen: list[list[int]] = [[] for _ in range(B)]
-    t0 = time.perf_counter()
-    logits, st.cache = st.forward(ids, st.attention_mask, pos, None)
-    t_prefill = time.perf_counter() - t0
-    for step in range(max_new_tokens):
-        st.step = step
-        nxt, stats = strat.choose(logits, st)
-        live = ~st.finished
-        nxt = torch.where(live, nxt.to(device), torch.full_like(nxt, int(pad_id), device=device))
-        steps.append(stats)
-        chosen.append(nxt)
-        masks.append(live)
-        stop_now = bool(hook(step, stats, nxt)) if hook is not None else False
-        st.finished = st.finished | (live & torch.isin(nxt, st.eos))
-        if tokenizer is not None:
-            nl, ll = nxt.tolist(), live.tolist()
-            for b in range(B):
-                if ll[b]:
-                    gen[b].append(nl[b])
-            if stops:
-                for b in range(B):
-                    if ll[b] and not bool(st.finished[b]):
-                        text = tokenizer.decode(gen[b], skip_special_tokens=False)
-                        if any(s in text for s in stops):
-                            st.finished[b] = True
-        if stop_now or bool(st.finished.all()) or step == max_new_tokens - 1:
-            break
-        if st.attention_mask is not None:
-            st.attention_mask = torch.cat([st.attention_mask, st.attention_mask.new_ones(B, 1)], dim=1)
-        logits, st.cache = st.forward(nxt[:, None], st.attention_mask, st.next_pos[:, None], st.cache)
-        st.next_pos = st.next_pos + 1
-    wall = time.perf_counter() - t0
 
-    real = int(torch.stack(masks).sum())
+def _choose(strat: Strategy, logits: Tensor, st: DecodeState, pad_id: int) -> tuple[Tensor, LogitStats]:
+    """The strategy's pick; finished rows get the pad id."""
+    nxt, stats = strat.choose(logits, st)
+    live = ~st.finished
+    nxt = torch.where(live, nxt.to(st.device), torch.full_like(nxt, pad_id, device=st.device))
+    return nxt, stats
+
+
+def _record(run: _Run, st: DecodeState, step: int, stats: LogitStats, nxt: Tensor, hook: Any) -> bool:
+    """Record the step, apply EOS, stop strings and the user hook; True when generation ends."""
+    live = ~st.finished
+    run.steps.append(stats)
+    run.chosen.append(nxt)
+    run.masks.append(live)
+    stop_now = bool(hook(step, stats, nxt)) if hook is not None else False
+    st.finished = st.finished | (live & torch.isin(nxt, st.eos))
+    if run.tokenizer is not None:
+        nl, ll = nxt.tolist(), live.tolist()
+        for b in range(run.B):
+            if ll[b]:
+                run.gen[b].append(nl[b])
+        if run.stops:
+            for b in range(run.B):
+                if ll[b] and not bool(st.finished[b]):
+                    text = run.tokenizer.decode(run.gen[b], skip_special_tokens=False)
+                    if any(s in text for s in run.stops):
+                        st.finished[b] = True
+    return stop_now or bool(st.finished.all())
+
+
+def _decode(st: DecodeState, nxt: Tensor, stats: LogitStats) -> Tensor:
+    """Feed the chosen tokens at their original positions; returns the next logits."""
+    B = nxt.shape[0]
+    if st.attention_mask is not None:
+        st.attention_mask = torch.cat([st.attention_mask, st.attention_mask.new_ones(B, 1)], dim=1)
+    logits = _feed(st, nxt[:, None], st.next_pos[:, None], "decode", stats.entropy)
+    st.next_pos = st.next_pos + 1
+    return logits
+
+
+def _finish(run: _Run, st: DecodeState, strat: Strategy, model: Any, tokenizer: Any, prompt_text: Any,
+            ids: Tensor, mask: Tensor, args: dict[str, Any], wall: float, t_prefill: float) -> Trace:
+    """The trace and its meta."""
+    real = int(torch.stack(run.masks).sum())
     calls = st.calls
     meta: dict[str, Any] = {
         "strategy": strat.name,
         "strategy_args": _jsonable(strat.config()),
         "strategy_report": _jsonable(strat.report()),
         "model": _model_name(model),
-        "batch_size": B,
-        "max_new_tokens": max_new_tokens,
-        "k": k,
-        "eos_token_id": eos_list,
-        "stop": stops,
+        "batch_size": run.B,
+        **args,
         "new_tokens": real,
         "wall_s": wall,
         "prefill_s": t_prefill,
         "tokens_per_s": real / wall if wall > 0 else float("nan"),
         "model_calls": len(calls),
         "model_tokens": sum(r * t for r, t in calls),
+        "cache_bytes": list(st.cache_bytes),
     }
+    if st.kv is not None:
+        kv = st.kv.report()
+        kv["kept_prompt"] = st.kv.kept_prompt()
+        if tokenizer is not None:
+            kv["prompt_tokens"] = [_pieces(tokenizer, r[m.bool()].tolist()) for r, m in zip(ids.cpu(), mask.cpu(),
+                                                                                             strict=True)]
+        meta["kv"] = _jsonable(kv)
     kw: dict[str, Any] = {"meta": meta}
     if tokenizer is not None:
         kw["prompt"] = prompt_text
-        kw["text"] = [tokenizer.decode(g, skip_special_tokens=True) for g in gen]
-        T = len(steps)
-        kw["tokens"] = [_pieces(tokenizer, g) + [""] * (T - len(g)) for g in gen]
-    return Trace.from_steps(steps, chosen, masks, **kw)
+        kw["text"] = [tokenizer.decode(g, skip_special_tokens=True) for g in run.gen]
+        T = len(run.steps)
+        kw["tokens"] = [_pieces(tokenizer, g) + [""] * (T - len(g)) for g in run.gen]
+    return Trace.from_steps(run.steps, run.chosen, run.masks, **kw)

@@ -396,6 +396,12 @@ def render_html(
         legend.append(f"<span class='sw' style='background:{_hex(color(c, 0.78, 0.8))}'></span>{label}")
     legend.append(" — hover a token for its top alternatives</div>")
     parts.append("".join(legend))
+    if (trace.meta.get("kv") or {}).get("kept_prompt") is not None:
+        kvm = trace.meta["kv"]
+        parts.append(f"<style>{_KV_CSS}</style><div class='legend'>KV cache ({esc(str(kvm.get('scorer')))}, budget "
+                     f"{esc(str(kvm.get('budget')))}): <span class='prompt kvev'>evicted</span> prompt tokens are "
+                     "greyed out, <span class='prompt kvpart'>partly evicted</span> ones (gone from some "
+                     "full-attention layers or KV heads) are faded; hover for the share kept</div>")
     for b in range(trace.batch_size):
         row = trace.row(b)
         conf = confidence(trace, b, metric, entropy_max)
@@ -404,7 +410,10 @@ def render_html(
         if trace.batch_size > 1:
             parts.append(f"<h2>Sequence {b}</h2>")
         parts.append("<div class='text'>")
-        if trace.prompt is not None and trace.prompt[b]:
+        kv_prompt = _kv_prompt_html(trace, b)
+        if kv_prompt is not None:
+            parts.append(kv_prompt + f"<span class='prompt'>{_token_html(_prompt_sep(trace, b))}</span>")
+        elif trace.prompt is not None and trace.prompt[b]:
             parts.append(f"<span class='prompt'>{_token_html(trace.prompt[b] + _prompt_sep(trace, b))}</span>")
         for i, (piece, c) in enumerate(zip(pieces, conf, strict=True)):
             chosen = row["token_ids"][i]
@@ -423,6 +432,24 @@ def render_html(
     if path is not None:
         Path(path).write_text(page, encoding="utf-8")
     return page
+
+
+_KV_CSS = ".kvev{color:#b0b0b0;text-decoration:line-through}.kvpart{opacity:.55}"
+
+
+def _kv_prompt_html(trace: Trace, b: int) -> str | None:
+    """Row ``b``'s prompt, one span per token, greyed where ``fuq.generate(kv_budget=...)`` evicted it;
+    None when the trace has no KV record with prompt tokens."""
+    kvm = trace.meta.get("kv") or {}
+    pieces, kept = kvm.get("prompt_tokens"), kvm.get("kept_prompt")
+    if not pieces or not kept or b >= len(pieces) or len(pieces[b]) != len(kept[b]):
+        return None
+    out = []
+    for piece, share in zip(pieces[b], kept[b], strict=True):
+        cls = "prompt kvev" if share == 0 else ("prompt kvpart" if share < 1 else "prompt")
+        tip = html.escape(f"kept in {100 * share:.0f}% of full-attention KV heads", quote=True)
+        out.append(f'<span class="{cls}" title="{tip}">{_token_html(piece)}</span>')
+    return "".join(out)
 
 
 def _scores_html(summaries: list[dict[str, Any]]) -> str:

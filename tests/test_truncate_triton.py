@@ -97,9 +97,9 @@ def test_triton_sample_matches_reference_ids():
 # ---------------------------------------------------------------------------------------------
 # The tie rule (fuq.reference's module docstring), split rows, top-h far ahead.
 #
-# _expected_keep is the tie rule written out in float64 with sorts, one knob at a time. It
-# stands in for fuq.reference until the reference carries the rule (branch `ties`); then these
-# tests should compare with fuq.reference.truncate directly.
+# _expected_keep is the tie rule written out in float64 with sorts, one knob at a time; the
+# tests check the Triton kernel against it, and fuq.reference against it too (so the kernel
+# equals the reference).
 _NEG = float("-inf")
 
 
@@ -207,6 +207,8 @@ def test_tie_rule_on_tie_heavy_rows(shape, knob, param, mtk, split):
     want = _expected_keep(x, knob, param, mtk)
     assert torch.equal(~torch.isinf(got), want), (knob, (~torch.isinf(got)).sum(-1), want.sum(-1))
     assert torch.equal(got[want], x[want])
+    ref = fuq.truncate(x, backend="reference", **{knob: param}, min_tokens_to_keep=mtk)
+    assert torch.equal(~torch.isinf(ref), want), "fuq.reference and the written-out tie rule disagree"
 
 
 def test_tie_rule_hand_made(shape):

@@ -14,9 +14,10 @@ closes the gap without a GPU, in two steps run as separate processes:
     the kernels are recorded without being executed.
 
 ``python tests/triton_launches.py compile IN.json CC [CC …]``
-    (no interpreter) compiles every recorded variant with ``triton.compile`` for each
-    compute capability (80, 90) and prints registers, spills and shared memory per
-    variant (``ptxas -v`` on the PTX). Exit status 1 if any variant fails.
+    (no interpreter) compiles every recorded constexpr combination and signature
+    (:func:`cover`) with ``triton.compile`` for each compute capability (80, 90) and
+    prints registers, spills and shared memory per variant (``ptxas -v`` on the PTX).
+    Exit status 1 if any variant fails.
 
 Every ``@triton.jit`` function of ``fuq.triton_kernels`` whose name ends in
 ``_kernel`` must be launched by the drive at least once: a new kernel the drive does
@@ -349,36 +350,66 @@ def _why(ex: BaseException) -> str:
     return f"{type(ex).__name__}: {' '.join(str(last).split())[:400]}"
 
 
-def compile_all(path: str, archs: list[int]) -> int:
+def cover(launches: list[dict]) -> list[dict]:
+    """The recorded launches that bring a new constexpr combination or a new argument-type
+    signature of their kernel: every constexpr variant and every signature gets compiled,
+    without the cross product of the two (which only multiplies compile time)."""
+    seen, out = set(), []
+    for e in launches:
+        keys = {
+            json.dumps(["c", e["kernel"], e["constexprs"], e["options"]], sort_keys=True, default=repr),
+            json.dumps(["s", e["module"], e["kernel"], e["signature"]], sort_keys=True),
+        }
+        if not keys <= seen:
+            seen |= keys
+            out.append(e)
+    return out
+
+
+def _compile_one(job: tuple[dict, int]) -> tuple[bool, str]:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    e, arch = job
+    fn = getattr(importlib.import_module(e["module"]), e["kernel"])
+    consts = e["constexprs"]
+    sig = dict(e["signature"], **{k: "constexpr" for k in consts})
+    opts = dict(e["options"])
+    name = f"{e['module'].rsplit('.', 1)[-1]}.{e['kernel']}"
+    try:
+        c = triton.compile(
+            ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", arch, 32), options=opts
+        )
+        res = _resources(c.asm["ptx"], arch)
+    except Exception as ex:  # noqa: BLE001 - every failure is reported, then the step fails
+        return False, f"FAILED {name} sm_{arch} {consts}: {_why(ex)}"
+    shared = max(res["smem"], int(getattr(c.metadata, "shared", 0) or 0))
+    cs = ",".join(f"{k}={v}" for k, v in consts.items() if v is not None)
+    return True, (
+        f"{name:<44} {arch:>3} {opts.get('num_warps', 4):>5} {res['regs']:>4} {res['spill_bytes']:>7} {shared:>7}  {cs}"
+    )
+
+
+def compile_all(path: str, archs: list[int]) -> int:
+    """Compile the cover of the recorded launches for every target, on all cores."""
+    from concurrent.futures import ProcessPoolExecutor
+
     with open(path) as f:
         launches = json.load(f)["launches"]
-    bad = 0
+    todo = cover(launches)
+    jobs = [(e, arch) for arch in archs for e in todo]
+    print(
+        f"{len(launches)} recorded launch variants; compiling {len(todo)} (every constexpr combination and "
+        f"every signature of each kernel) for sm_{', sm_'.join(map(str, archs))}"
+    )
     print(f"{'kernel':<44} {'sm':>3} {'warps':>5} {'regs':>4} {'spill B':>7} {'smem B':>7}  constexprs")
-    for arch in archs:
-        target = GPUTarget("cuda", arch, 32)
-        for e in launches:
-            fn = getattr(importlib.import_module(e["module"]), e["kernel"])
-            consts = e["constexprs"]
-            sig = dict(e["signature"], **{k: "constexpr" for k in consts})
-            opts = dict(e["options"])
-            name = f"{e['module'].rsplit('.', 1)[-1]}.{e['kernel']}"
-            try:
-                c = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target, options=opts)
-                res = _resources(c.asm["ptx"], arch)
-                shared = max(res["smem"], int(getattr(c.metadata, "shared", 0) or 0))
-                cs = ",".join(f"{k}={v}" for k, v in consts.items() if v is not None)
-                print(
-                    f"{name:<44} {arch:>3} {opts.get('num_warps', 4):>5} {res['regs']:>4} {res['spill_bytes']:>7} "
-                    f"{shared:>7}  {cs}"
-                )
-            except Exception as ex:  # noqa: BLE001 - every failure is reported, then the step fails
-                bad += 1
-                print(f"FAILED {name} sm_{arch} {consts}: {_why(ex)}")
-    print(f"{len(launches)} variants x {len(archs)} targets, {bad} failed")
+    with ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(_compile_one, jobs, chunksize=4))
+    for _, line in results:
+        print(line)
+    bad = sum(not ok for ok, _ in results)
+    print(f"{len(jobs)} compiles ({len(todo)} variants x {len(archs)} targets), {bad} failed")
     return 1 if bad else 0
 
 

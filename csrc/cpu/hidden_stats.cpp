@@ -91,54 +91,7 @@ TransformFn pick_transform(bool bias, bool cap, bool div) {
   }
 }
 
-// The k best (z, index) of a row so far, by cpu::before. Until the list first fills up it
-// takes every entry (so -inf entries are ranked too when fewer than k are finite); then it
-// keeps the k best and takes only z > thr, thr being the k-th best so far. Chunks arrive in
-// index order, so an entry equal to thr seen later loses the tie: strict > is exact.
-struct TopK {
-  int64_t k = 0;
-  int64_t cap = 0;
-  bool pruned = false;
-  float thr = -kInf;
-  std::vector<TopCandidate> c;
-
-  void init(int64_t k_, int64_t V) {
-    k = k_;
-    cap = std::min(V, 2 * k + 64);
-    pruned = false;
-    thr = -kInf;
-    c.clear();
-    c.reserve(static_cast<size_t>(cap));
-  }
-
-  void prune() {
-    std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), cpu::before);
-    c.resize(static_cast<size_t>(k));
-    thr = c[k - 1].z;
-    pruned = true;
-  }
-
-  inline void push(float z, int64_t idx) {
-    c.push_back({z, idx});
-    if (static_cast<int64_t>(c.size()) >= cap && cap > k) prune();
-  }
-
-  // Offer z[0..n) (indices base + i) with block maxima bmax.
-  void offer(const float* z, int64_t n, const float* bmax, int64_t base) {
-    int64_t i = 0;
-    for (; i < n && !pruned; ++i) push(z[i], base + i);
-    for (; i < n && i % kBlock != 0; ++i) {
-      if (z[i] > thr) push(z[i], base + i);
-    }
-    for (int64_t b0 = i; b0 < n; b0 += kBlock) {
-      if (!(bmax[b0 / kBlock] > thr)) continue;
-      const int64_t b1 = std::min(n, b0 + kBlock);
-      for (int64_t j = b0; j < b1; ++j) {
-        if (z[j] > thr) push(z[j], base + j);
-      }
-    }
-  }
-};
+using TopK = cpu::TopK<kBlock>;  // the candidate list of logit_stats (cpu_online.h)
 
 // One row's state across the vocabulary chunks.
 struct RowState {

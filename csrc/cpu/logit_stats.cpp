@@ -35,66 +35,7 @@ constexpr int64_t kBlock = 64;    // granularity of the block maxima used to ski
 constexpr int64_t kBlocksPerChunk = kChunk / kBlock;
 constexpr int64_t kMinSegment = 16384;  // a row is split only into segments at least this long
 
-// The k best (z, index) of a segment, by cpu::before. Until the list first fills up it
-// takes every entry; then it keeps the k best (nth_element) and from there on takes only
-// z > thr, thr being the k-th best so far. An entry equal to thr seen later has a larger
-// index, so it would lose the tie: strict > is exact.
-struct TopK {
-  int64_t k = 0;
-  int64_t cap = 0;
-  bool pruned = false;
-  float thr = -kInf;
-  std::vector<TopCandidate> c;
-
-  void init(int64_t k_, int64_t seg_len) {
-    k = k_;
-    // Room for k + slack: a small slack prunes often, so thr stays close to the true k-th
-    // best and few blocks pass the skip test; each prune costs O(cap).
-    cap = std::min(seg_len, 2 * k + 64);
-    c.clear();
-    c.reserve(static_cast<size_t>(cap));
-  }
-
-  void prune() {
-    std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), cpu::before);
-    c.resize(static_cast<size_t>(k));
-    thr = c[k - 1].z;  // the worst kept entry
-    pruned = true;
-  }
-
-  inline void push(float z, int64_t idx) {
-    c.push_back({z, idx});
-    if (static_cast<int64_t>(c.size()) >= cap && cap > k) prune();
-  }
-
-  // Offer z[0..n) (indices base + i) with block maxima bmax.
-  void offer(const float* z, int64_t n, const float* bmax, int64_t base) {
-    int64_t i = 0;
-    if (!pruned) {  // fill up: take everything until the first prune
-      for (; i < n && !pruned; ++i) push(z[i], base + i);
-    }
-    for (; i < n; ++i) {  // the rest of the current block, one by one
-      if (i % kBlock == 0) break;
-      if (z[i] > thr) push(z[i], base + i);
-    }
-    for (int64_t b0 = i; b0 < n; b0 += kBlock) {
-      if (!(bmax[b0 / kBlock] > thr)) continue;
-      const int64_t b1 = std::min(n, b0 + kBlock);
-      int64_t j = b0;
-      for (; j + 8 <= b1; j += 8) {
-        // An entry pushed after a prune inside this group may be <= the new thr: harmless,
-        // the list then holds a few extra entries that the next prune removes.
-        for (unsigned m = cpu::gt_mask8(z + j, thr); m != 0; m &= m - 1) {
-          const int64_t q = j + __builtin_ctz(m);
-          push(z[q], base + q);
-        }
-      }
-      for (; j < b1; ++j) {
-        if (z[j] > thr) push(z[j], base + j);
-      }
-    }
-  }
-};
+using TopK = cpu::TopK<kBlock>;
 
 // The partial result of one row segment.
 struct Partial {

@@ -6,6 +6,7 @@
 //                       ~2 ulp), exactly 0 below -87 (so -inf gives 0)
 //   * OnlineStats     : the online (m, s, t, u) recurrence of log-sum-exp, entropy, varentropy
 //   * order_key       : an order-preserving uint32 key of a float (total order, NaN included)
+//   * TopK            : the k best (z, index) of a stream, block maxima to skip blocks
 //   * TopCandidate    : (z, index) with the order "z descending, then index ascending"
 //   * gt_mask8        : which of 8 floats exceed a threshold (top-k candidate scans)
 //
@@ -16,10 +17,12 @@
 // intrinsics, each with a scalar fallback, are the F16C conversion and an 8-lane compare mask.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #if defined(__AVX__) || defined(__F16C__)
 #include <immintrin.h>
@@ -271,6 +274,71 @@ inline bool before(const TopCandidate& a, const TopCandidate& b) {
   const uint32_t ka = order_key(a.z), kb = order_key(b.z);
   return ka != kb ? ka > kb : a.idx < b.idx;
 }
+
+// The k best (z, index) of a row or row segment, by before(); entries are offered in index
+// order, with the maxima of blocks of kBlock entries to skip whole blocks. Until the list first fills up it
+// takes every entry; then it keeps the k best (nth_element) and from there on takes only
+// z > thr, thr being the k-th best so far. An entry equal to thr seen later has a larger
+// index, so it would lose the tie: strict > is exact.
+template <int64_t kBlock>
+struct TopK {
+  int64_t k = 0;
+  int64_t cap = 0;
+  bool pruned = false;
+  float thr = -kInf;
+  std::vector<TopCandidate> c;
+
+  void init(int64_t k_, int64_t seg_len) {
+    k = k_;
+    pruned = false;
+    thr = -kInf;
+    // Room for k + slack: a small slack prunes often, so thr stays close to the true k-th
+    // best and few blocks pass the skip test; each prune costs O(cap).
+    cap = std::min(seg_len, 2 * k + 64);
+    c.clear();
+    c.reserve(static_cast<size_t>(cap));
+  }
+
+  void prune() {
+    std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), before);
+    c.resize(static_cast<size_t>(k));
+    thr = c[k - 1].z;  // the worst kept entry
+    pruned = true;
+  }
+
+  inline void push(float z, int64_t idx) {
+    c.push_back({z, idx});
+    if (static_cast<int64_t>(c.size()) >= cap && cap > k) prune();
+  }
+
+  // Offer z[0..n) (indices base + i) with block maxima bmax.
+  void offer(const float* z, int64_t n, const float* bmax, int64_t base) {
+    int64_t i = 0;
+    if (!pruned) {  // fill up: take everything until the first prune
+      for (; i < n && !pruned; ++i) push(z[i], base + i);
+    }
+    for (; i < n; ++i) {  // the rest of the current block, one by one
+      if (i % kBlock == 0) break;
+      if (z[i] > thr) push(z[i], base + i);
+    }
+    for (int64_t b0 = i; b0 < n; b0 += kBlock) {
+      if (!(bmax[b0 / kBlock] > thr)) continue;
+      const int64_t b1 = std::min(n, b0 + kBlock);
+      int64_t j = b0;
+      for (; j + 8 <= b1; j += 8) {
+        // An entry pushed after a prune inside this group may be <= the new thr: harmless,
+        // the list then holds a few extra entries that the next prune removes.
+        for (unsigned m = gt_mask8(z + j, thr); m != 0; m &= m - 1) {
+          const int64_t q = j + __builtin_ctz(m);
+          push(z[q], base + q);
+        }
+      }
+      for (; j < b1; ++j) {
+        if (z[j] > thr) push(z[j], base + j);
+      }
+    }
+  }
+};
 
 }  // namespace cpu
 }  // namespace fuq

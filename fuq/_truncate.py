@@ -14,7 +14,16 @@ import torch
 from torch import Tensor
 
 from . import _library, reference
-from .ops import LogitStats, _as_rows, _check_backend, _check_cpp, _check_cuda_cpp, _check_logits, _check_temperature
+from .ops import (
+    LogitStats,
+    _as_rows,
+    _check_backend,
+    _check_cpp,
+    _check_cuda_cpp,
+    _check_logits,
+    _check_temperature,
+    _shaped,
+)
 
 __all__ = ["truncate", "sample"]
 
@@ -252,15 +261,4 @@ def sample(
         _check_cuda_cpp(rows)
         # truncate + draw + stats in one launch sequence, no host round trip
         out = torch.ops.fuq.sample_cuda(rows, u, k, *knobs, base_stats)
-    ids, lse, ent, var, mx, am, tkl, tki, tkm, tl = out
-    return ids.reshape(lead), LogitStats(
-        lse.reshape(lead),
-        ent.reshape(lead),
-        var.reshape(lead),
-        mx.reshape(lead),
-        am.reshape(lead),
-        tkl.reshape(*lead, k),
-        tki.reshape(*lead, k),
-        tkm.reshape(lead),
-        tl.reshape(lead),
-    )
+    return out[0].reshape(lead), _shaped(out[1:], lead, k, True)

@@ -106,6 +106,22 @@ def _check_cuda_cpp(rows: Tensor) -> None:
         raise RuntimeError(f"backend='cuda' asked for, but fuq._C_cuda could not be loaded: {_library.C_CUDA_ERROR}")
 
 
+def _shaped(out, lead: torch.Size, k: int, has_tokens: bool) -> LogitStats:
+    """The nine ``[B]`` / ``[B, k]`` kernel outputs as a :class:`LogitStats` with leading dims ``lead``."""
+    lse, ent, var, mx, am, tkl, tki, tkm, tl = out
+    return LogitStats(
+        lse.reshape(lead),
+        ent.reshape(lead),
+        var.reshape(lead),
+        mx.reshape(lead),
+        am.reshape(lead),
+        tkl.reshape(*lead, k),
+        tki.reshape(*lead, k),
+        tkm.reshape(lead),
+        tl.reshape(lead) if has_tokens else None,
+    )
+
+
 def _dispatch_logit_stats(rows: Tensor, k: int, tok: Tensor | None, t: float, backend: str):
     if backend == "auto":
         return torch.ops.fuq.logit_stats(rows, k, tok, t)
@@ -166,20 +182,10 @@ def logit_stats(
     tok = None if tokens is None else _check_tokens(tokens, lead, V, logits.device)
     rows = _as_rows(logits)
     out = _dispatch_logit_stats(rows, k, tok, t, backend)
-    lse, ent, var, mx, am, tkl, tki, tkm, tl = out
     if logits.dim() == 2:  # already [B, ...]: skip nine reshapes (~3 µs each, the cost of the door at B = 1)
+        lse, ent, var, mx, am, tkl, tki, tkm, tl = out
         return LogitStats(lse, ent, var, mx, am, tkl, tki, tkm, None if tokens is None else tl)
-    return LogitStats(
-        lse.reshape(lead),
-        ent.reshape(lead),
-        var.reshape(lead),
-        mx.reshape(lead),
-        am.reshape(lead),
-        tkl.reshape(*lead, k),
-        tki.reshape(*lead, k),
-        tkm.reshape(lead),
-        None if tokens is None else tl.reshape(lead),
-    )
+    return _shaped(out, lead, k, tokens is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,18 +316,7 @@ def hidden_stats(
     tok = None if targets is None else _check_tokens(targets, lead, V, hidden.device)
     h = hidden.reshape(-1, d)
     out = _dispatch_hidden_stats(h, weight, bias, k, tok, t, softcap, chunk, backend)
-    lse, ent, var, mx, am, tkl, tki, tkm, tl = out
-    return LogitStats(
-        lse.reshape(lead),
-        ent.reshape(lead),
-        var.reshape(lead),
-        mx.reshape(lead),
-        am.reshape(lead),
-        tkl.reshape(*lead, k),
-        tki.reshape(*lead, k),
-        tkm.reshape(lead),
-        None if targets is None else tl.reshape(lead),
-    )
+    return _shaped(out, lead, k, targets is not None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -478,39 +478,16 @@ class RowTruncator {
       }
       if (bb > kBins) key_cut = kInf, key_idx = kAllIdx;  // fewer than mtk live tokens: keep them all
     }
-    // write the prefix out; the new max is that of the kept tokens. key_idx: the cut falls
-    // inside a group of equal keys, whose indices up to key_idx stay (rare: a loop of its own)
-    const float lo = lo_;
-    float mx = -kInf;
-    for_chunks([&](const float* zc, int64_t i0, int64_t n) {
-      float* o = z_ + i0;
-      float cmx = -kInf;
-      if (key_idx == kAllIdx) {
-#pragma omp simd reduction(max : cmx)
-        for (int64_t j = 0; j < n; ++j) {
-          const float v = zc[j];
-          const bool keep = v >= lo && std::fabs(v - c) <= key_cut;
-          const float w = keep ? v : -kInf;
-          o[j] = w;
-          cmx = w > cmx ? w : cmx;
-        }
-      } else {
-        for (int64_t j = 0; j < n; ++j) {
-          const float v = zc[j];
-          const float key = std::fabs(v - c);
-          const bool keep = v >= lo && (key < key_cut || (key == key_cut && i0 + j <= key_idx));
-          const float w = keep ? v : -kInf;
-          o[j] = w;
-          cmx = w > cmx ? w : cmx;
-        }
-      }
-      ws_.cmax[i0 / kChunk] = cmx;
-      mx = std::max(mx, cmx);
-    });
-    mat_ = true;
-    m_ = mx;
-    lo_ = kLowest;
-    stats_ok_ = false;
+    // write the prefix out. key_idx: the cut falls inside a group of equal keys, whose indices
+    // up to key_idx stay
+    if (key_idx == kAllIdx) {
+      write_kept([=](float v, int64_t) { return std::fabs(v - c) <= key_cut; });
+    } else {
+      write_kept([=](float v, int64_t i) {
+        const float key = std::fabs(v - c);
+        return key < key_cut || (key == key_cut && i <= key_idx);
+      });
+    }
   }
 
   void epsilon(double eps, int64_t mtk) {
@@ -662,15 +639,22 @@ class RowTruncator {
   // Write the row out keeping {z >= lo} ∩ ({z > zc} ∪ {z == zc, index <= idx}): a cut inside
   // a tie group, which no threshold on z can express. lo starts again from the bottom.
   void write_cut(float zcut, int64_t idx) {
+    write_kept([=](float v, int64_t i) { return v > zcut || (v == zcut && i <= idx); });
+  }
+
+  // Write the row out keeping the tokens with z >= lo and keep(z, index); the new max is that
+  // of the kept tokens, and lo starts again from the bottom.
+  template <class Keep>
+  void write_kept(Keep&& keep) {
     const float lo = lo_;
     float mx = -kInf;
     for_chunks([&](const float* zc, int64_t i0, int64_t n) {
       float* o = z_ + i0;
       float cmx = -kInf;
+#pragma omp simd reduction(max : cmx)
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        const bool keep = v >= lo && (v > zcut || (v == zcut && i0 + j <= idx));
-        const float w = keep ? v : -kInf;
+        const float w = v >= lo && keep(v, i0 + j) ? v : -kInf;
         o[j] = w;
         cmx = w > cmx ? w : cmx;
       }

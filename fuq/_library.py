@@ -1,6 +1,11 @@
 """Schemas of the ``fuq`` torch ops, their fake (meta) kernels, and kernel loading.
 
-One schema per op, defined here once. Device kernels register against it:
+One schema per op, defined in C++ (``TORCH_LIBRARY(fuq, m)`` in csrc/cpu/schemas.cpp, loaded
+with fuq._C), so that a process without Python that links libtorch and fuq's library (an
+AOTInductor package's runner, a C++ decoder) can call the ops. The same strings are written
+here (``SCHEMAS``) and defined from Python only for the ops fuq._C did not define (it could
+not be loaded): the reference fallback then still works. The fakes (meta kernels) are here, in
+Python, either way. Device kernels register against the schemas:
 
 * CPU  -> the C++ kernel in ``fuq._C`` (``TORCH_LIBRARY_IMPL(fuq, CPU, m)``);
           if the extension cannot be loaded, the reference, with one warning.
@@ -24,35 +29,10 @@ import torch
 
 from . import reference
 
-LIB = torch.library.Library("fuq", "DEF")
-
-LOGIT_STATS_SCHEMA = (
-    "logit_stats(Tensor logits, int k, Tensor? tokens, float temperature) -> "
-    "(Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
-    "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
-)
-LIB.define(LOGIT_STATS_SCHEMA)
-# The CUDA C++ kernel, chosen with backend="cuda"; implemented by fuq._C_cuda.
-LIB.define(LOGIT_STATS_SCHEMA.replace("logit_stats(", "logit_stats_cuda(", 1))
-
-
-@torch.library.register_fake("fuq::logit_stats_cuda")
-@torch.library.register_fake("fuq::logit_stats")
-def _logit_stats_fake(logits, k, tokens, temperature):
-    B = logits.shape[0]
-    f = logits.new_empty((B,), dtype=torch.float32)
-    i = logits.new_empty((B,), dtype=torch.int64)
-    return (
-        f,
-        f.clone(),
-        f.clone(),
-        f.clone(),
-        i,
-        logits.new_empty((B, k), dtype=torch.float32),
-        logits.new_empty((B, k), dtype=torch.int64),
-        f.clone(),
-        f.clone() if tokens is not None else logits.new_empty((0,), dtype=torch.float32),
-    )
+# Python's fragment of the ``fuq`` namespace: the fakes, the Triton / reference kernels and, only
+# when fuq._C (which defines the schemas in C++, csrc/cpu/schemas.cpp) could not be loaded, the
+# schemas themselves, from the same strings (``SCHEMAS``; tests/test_export.py holds the two equal).
+LIB = torch.library.Library("fuq", "FRAGMENT")
 
 
 def _load(module: str) -> tuple[object | None, str | None]:
@@ -122,6 +102,60 @@ _C_CUDA, C_CUDA_ERROR = _load("._C_cuda") if torch.cuda.is_available() else (Non
 HAS_CPP = _C is not None
 HAS_CUDA_CPP = _C_CUDA is not None
 
+
+SCHEMAS: dict[str, str] = {}  #: op name -> schema string, every op of the namespace
+SCHEMAS_FROM: dict[str, str] = {}  #: op name -> "C++" (fuq._C) or "Python" (the fallback here)
+
+
+def _define(schema: str) -> None:
+    """Record ``schema``; define it from Python when fuq._C has not defined it in C++."""
+    name = schema.split("(", 1)[0]
+    SCHEMAS[name] = schema
+    try:
+        have = torch._C._dispatch_find_schema_or_throw(f"fuq::{name}", "").schema()
+    except RuntimeError:
+        LIB.define(schema)
+        SCHEMAS_FROM[name] = "Python"
+        return
+    SCHEMAS_FROM[name] = "C++"
+    if str(have) != str(torch._C.parse_schema(f"fuq::{schema}")):
+        warnings.warn(
+            f"fuq: the loaded C++ library defines fuq::{name} as `{have}`, but fuq._library expects "
+            f"`fuq::{schema}` (a stale build?). Rebuild with `pip install --no-build-isolation -e .`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+LOGIT_STATS_SCHEMA = (
+    "logit_stats(Tensor logits, int k, Tensor? tokens, float temperature) -> "
+    "(Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
+    "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
+)
+_define(LOGIT_STATS_SCHEMA)
+# The CUDA C++ kernel, chosen with backend="cuda"; implemented by fuq._C_cuda.
+_define(LOGIT_STATS_SCHEMA.replace("logit_stats(", "logit_stats_cuda(", 1))
+
+
+@torch.library.register_fake("fuq::logit_stats_cuda")
+@torch.library.register_fake("fuq::logit_stats")
+def _logit_stats_fake(logits, k, tokens, temperature):
+    B = logits.shape[0]
+    f = logits.new_empty((B,), dtype=torch.float32)
+    i = logits.new_empty((B,), dtype=torch.int64)
+    return (
+        f,
+        f.clone(),
+        f.clone(),
+        f.clone(),
+        i,
+        logits.new_empty((B, k), dtype=torch.float32),
+        logits.new_empty((B, k), dtype=torch.int64),
+        f.clone(),
+        f.clone() if tokens is not None else logits.new_empty((0,), dtype=torch.float32),
+    )
+
+
 _warned: set[str] = set()
 
 
@@ -185,12 +219,12 @@ SAMPLE_SCHEMA = (
     "(Tensor ids, Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
     "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
 )
-LIB.define(TRUNCATE_SCHEMA)
-LIB.define(SAMPLE_SCHEMA)
+_define(TRUNCATE_SCHEMA)
+_define(SAMPLE_SCHEMA)
 # The CUDA C++ truncation kernel, chosen with backend="cuda"; implemented by fuq._C_cuda.
-LIB.define(TRUNCATE_SCHEMA.replace("truncate(", "truncate_cuda(", 1))
+_define(TRUNCATE_SCHEMA.replace("truncate(", "truncate_cuda(", 1))
 # The CUDA C++ sampler (truncate + draw + stats, one launch sequence); implemented by fuq._C_cuda.
-LIB.define(SAMPLE_SCHEMA.replace("sample(", "sample_cuda(", 1))
+_define(SAMPLE_SCHEMA.replace("sample(", "sample_cuda(", 1))
 
 
 @torch.library.register_fake("fuq::truncate_cuda")
@@ -296,9 +330,9 @@ ATTENTION_STATS_SCHEMA = (
     "attention_stats(Tensor q, Tensor k, float scale, Tensor? mask, bool causal, int window) -> "
     "(Tensor mass, Tensor entropy, Tensor lse)"
 )
-LIB.define(ATTENTION_STATS_SCHEMA)
+_define(ATTENTION_STATS_SCHEMA)
 # The CUDA C++ kernel, chosen with backend="cuda"; implemented by fuq._C_cuda.
-LIB.define(ATTENTION_STATS_SCHEMA.replace("attention_stats(", "attention_stats_cuda(", 1))
+_define(ATTENTION_STATS_SCHEMA.replace("attention_stats(", "attention_stats_cuda(", 1))
 
 
 @torch.library.register_fake("fuq::attention_stats_cuda")
@@ -351,7 +385,7 @@ HIDDEN_STATS_SCHEMA = (
     "(Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
     "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
 )
-LIB.define(HIDDEN_STATS_SCHEMA)
+_define(HIDDEN_STATS_SCHEMA)
 
 
 @torch.library.register_fake("fuq::hidden_stats")

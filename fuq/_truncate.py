@@ -93,6 +93,26 @@ def _knobs(
     )
 
 
+def _check_uniform(uniform: Tensor, lead: torch.Size, device: torch.device) -> Tensor:
+    """``sample(uniform=...)``: ``[...]`` floats in [0, 1) on the logits' device -> float64 ``[B]``."""
+    if not isinstance(uniform, Tensor):
+        raise TypeError(f"uniform must be a torch.Tensor, got {type(uniform).__name__}")
+    if not uniform.dtype.is_floating_point:
+        raise TypeError(f"uniform must be a floating-point tensor, got {uniform.dtype}")
+    if tuple(uniform.shape) != tuple(lead):
+        raise ValueError(
+            f"uniform must have shape {tuple(lead)} (the leading dims of logits), got {tuple(uniform.shape)}"
+        )
+    if uniform.device != device:
+        raise ValueError(f"uniform is on {uniform.device} but logits is on {device}")
+    # Read on the host only for CPU tensors outside tracing (as the tokens of logit_stats).
+    if not torch.compiler.is_compiling() and uniform.numel() > 0 and uniform.device.type == "cpu":
+        lo, hi = (float(v) for v in torch.aminmax(uniform))
+        if not (lo >= 0.0 and hi < 1.0):
+            raise ValueError(f"uniform must be in [0, 1), got values in [{lo}, {hi}]")
+    return uniform.reshape(-1).to(torch.float64)
+
+
 def truncate(
     logits: Tensor,
     *,
@@ -196,6 +216,7 @@ def sample(
     k: int = 0,
     base_stats: bool = False,
     backend: str = "auto",
+    uniform: Tensor | None = None,
 ) -> tuple[Tensor, LogitStats]:
     """Draw one token per row from the truncated distribution, with the step's stats, in one call.
 
@@ -214,6 +235,11 @@ def sample(
             temperatures in the same pass over the row; the Triton / CUDA routes run their
             one stats call at T = 1 instead.
         backend: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"reference"``.
+        uniform: your own draws instead of ``torch.rand``: a float tensor of the leading
+            shape of ``logits`` (``[...]``), values in [0, 1), on the logits' device (used in
+            float64; ``generator`` is then unused). Pass it as an input of a
+            ``torch.export`` / AOTInductor graph to make the draw the caller's, so the
+            compiled step picks the same ids as eager.
 
     Returns:
         ``(ids, stats)``: int64 ids ``[...]`` and the :class:`fuq.LogitStats` of the
@@ -243,8 +269,11 @@ def sample(
     lead = logits.shape[:-1]
     rows = _as_rows(logits)
     B = rows.shape[0]
-    gdev = generator.device if generator is not None else rows.device
-    u = torch.rand((B,), dtype=torch.float64, generator=generator, device=gdev).to(rows.device)
+    if uniform is None:
+        gdev = generator.device if generator is not None else rows.device
+        u = torch.rand((B,), dtype=torch.float64, generator=generator, device=gdev).to(rows.device)
+    else:
+        u = _check_uniform(uniform, lead, rows.device)
     if backend == "auto":
         out = torch.ops.fuq.sample(rows, u, k, *knobs, base_stats)
     elif backend == "reference":

@@ -208,13 +208,23 @@ def package(tmp_path_factory):
     """The AOTInductor package of the decode step (compiled once for the tests below)."""
     if not HAS_CXX:
         pytest.skip("no C++ compiler: AOTInductor compiles C++")
-    path = str(tmp_path_factory.mktemp("aoti") / "decode_step.pt2")
+    work = tmp_path_factory.mktemp("aoti")
+    path = str(work / "decode_step.pt2")
     step = _step()
     ep = _export(step)
     t0, c0 = time.perf_counter(), _cpu_seconds()
-    # compile_threads=1: no worker pool (2 cores here), and every compiler run is a reaped child
-    with torch.no_grad(), torch._inductor.config.patch(compile_threads=1):
-        torch._inductor.aoti_compile_and_package(ep, package_path=path)
+    # A cache of its own (a cold compile, each run; nothing left in ~ or the repo), and
+    # compile_threads=1: no worker pool (2 cores here), every compiler run a reaped child.
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor_cache")
+    try:
+        with torch.no_grad(), torch._inductor.config.patch(compile_threads=1):
+            torch._inductor.aoti_compile_and_package(ep, package_path=path)
+    finally:
+        if old is None:
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
     print(f"\naoti_compile_and_package: {_cpu_seconds() - c0:.1f} s CPU, {time.perf_counter() - t0:.1f} s wall")
     return step, path
 

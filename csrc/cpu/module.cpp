@@ -1,8 +1,9 @@
 // The Python module fuq._C (or fuq._C_v4: the same sources built for x86-64-v4, see
 // setup.py; the name comes from TORCH_EXTENSION_NAME). Importing it loads this shared library, whose static
-// initialisers (TORCH_LIBRARY_IMPL blocks in the other files of csrc/cpu/) register the
-// C++ kernels against the schemas that fuq/_library.py defines first. The module itself
-// has no Python-visible members (the pattern of pytorch/extension-cpp).
+// initialisers define the op schemas (TORCH_LIBRARY in schemas.cpp) and register the C++
+// kernels against them (TORCH_LIBRARY_IMPL blocks in the other files of csrc/cpu/). The module
+// itself has no Python-visible members (the pattern of pytorch/extension-cpp). This file is the
+// only one that needs Python (PyModule_Create): CMake's libfuq.so is csrc/cpu/ without it.
 #include <Python.h>
 
 #ifndef TORCH_EXTENSION_NAME

@@ -364,7 +364,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot read {args.file!r}: {exc}") from exc
     if not text:
         raise CLIError(f"{args.file!r} is empty: nothing to score")
-    from .scores import score_text
+    from .forced import score_text
 
     model, tokenizer = _load(args)
     try:

@@ -317,7 +317,7 @@ def test_teacher_forced_scale_bias_and_softcap(tmp_path):
     model.lm_head.bias = torch.nn.Parameter(torch.randn(V, generator=torch.Generator().manual_seed(0)))
     model.config.logit_scale, model.config.final_logit_softcapping = 0.5, 20.0
     ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
-    stats, _ = fuq.scores.teacher_forced(model, ids, k=4, chunk=37)
+    stats, _ = fuq.forced.teacher_forced(model, ids, k=4, chunk=37)
     with torch.no_grad():
         h = model.model(input_ids=ids).last_hidden_state[:, :-1]
     z = 0.5 * (h.double() @ model.lm_head.weight.double().T + model.lm_head.bias.double())

@@ -293,8 +293,8 @@ def test_score_text_never_builds_full_logits(tmp_path, monkeypatch):
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].double(), -1)
     seen = []
-    real = fuq.scores.hidden_stats
-    monkeypatch.setattr(fuq.scores, "hidden_stats", lambda *a, **kw: seen.append(kw["chunk"]) or real(*a, **kw))
+    real = fuq.forced.hidden_stats
+    monkeypatch.setattr(fuq.forced, "hidden_stats", lambda *a, **kw: seen.append(kw["chunk"]) or real(*a, **kw))
     hook = model.lm_head.register_forward_hook(lambda *a: pytest.fail("the LM head ran: [T, V] logits were built"))
     try:
         tr = fuq.score_text(model, tok, text, k=3, max_chunk_elems=10 * (len(ids) - 1))

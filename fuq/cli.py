@@ -38,24 +38,35 @@ class CLIError(Exception):
 # the parser
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _number(kind: type, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, what: str,
+            parse_what: str | None = None):
+    """An argparse ``type``: parse ``kind`` (int or float) and require ``lo <= v <= hi`` (``lo < v`` if ``lo_open``).
+
+    ``what`` names the expected value in the error ("expected a positive integer, got 0");
+    ``parse_what`` (default ``what``) when the text is not a ``kind`` at all. NaN is refused.
+    """
+
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {parse_what or what}, got {s!r}") from None
+        ok = (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)  # False for NaN
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+_positive_int = _number(int, 1, what="a positive integer")
+_nonneg_int = _number(int, 0, what="an integer >= 0")
+
+
+def _fraction(lo_open: bool):
+    """A number in [0, 1], or (0, 1] with ``lo_open``."""
+    return _number(float, 0.0, 1.0, lo_open=lo_open, what=f"a number in {'(0' if lo_open else '[0'}, 1]",
+                   parse_what="a number")
 
 
 def _add_display(p: argparse.ArgumentParser) -> None:
@@ -504,19 +515,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.html:
         print(f"fuq: wrote {args.html}", file=sys.stderr)
     return 0
-
-
-def _fraction(lo_open: bool):
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        if not (0.0 <= v <= 1.0) or (lo_open and v == 0.0):
-            raise argparse.ArgumentTypeError(f"expected a number in {'(0' if lo_open else '[0'}, 1], got {s}")
-        return v
-
-    return parse
 
 
 def _add_eu_plane(sub) -> None:

@@ -114,6 +114,24 @@ def test_usage_errors(capsys, argv, msg):
     assert rc == 2 and msg in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["generate", "hi", "--max-new-tokens", "0"], "expected a positive integer, got 0"),
+        (["generate", "hi", "--max-new-tokens", "x"], "expected a positive integer, got 'x'"),
+        (["generate", "hi", "-k", "-1"], "expected an integer >= 0, got -1"),
+        (["eu-plane", "a", "b", "--token-keep", "0"], "expected a number in (0, 1], got 0"),
+        (["eu-plane", "a", "b", "--sample-keep", "nan"], "expected a number in [0, 1], got nan"),
+        (["eu-plane", "a", "b", "--lam", "half"], "expected a number, got 'half'"),
+    ],
+)
+def test_number_validators(capsys, argv, msg):
+    """The int and fraction options share one validator factory (cli._number); argparse exits 2."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
 def test_bad_choice_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["generate", "hi", "--strategy", "beam"])

@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="generate text and show each token's uncertainty",
         description="Generate a continuation of PROMPT with fuq's decoding loop; print it with every token coloured "
-        "by the model's confidence (green sure, red unsure), then the sequence scores.",
+        "by the model's confidence (green sure, red unsure), then the sequence scores. One prompt is printed token "
+        "by token as it is generated; several prompts (one batch) at the end.",
     )
     gen.add_argument("prompt", nargs="+", help="the prompt (several prompts: one batch); '-' reads it from stdin")
     gd = gen.add_argument_group("decoding")
@@ -273,7 +274,8 @@ def trace_json(trace, tokenizer=None) -> dict[str, Any]:
     return _clean(d)
 
 
-def _show(trace, tokenizer, args: argparse.Namespace) -> None:
+def _show(trace, tokenizer, args: argparse.Namespace, stream=None) -> None:
+    """Write --html, then print --json or the terminal view (after a ``viz.TokenStream``: legend and scores only)."""
     from . import viz
 
     if args.html:
@@ -287,7 +289,8 @@ def _show(trace, tokenizer, args: argparse.Namespace) -> None:
     else:
         from rich.console import Console
 
-        viz.render_terminal(trace, Console(), metric=args.color_by, entropy_max=args.entropy_max, tokenizer=tokenizer)
+        viz.render_terminal(trace, stream.console if stream is not None else Console(), metric=args.color_by,
+                            entropy_max=args.entropy_max, tokenizer=tokenizer, show_text=stream is None)
     if args.html:
         print(f"fuq: wrote {args.html}", file=sys.stderr)
 
@@ -329,6 +332,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
     model, tokenizer = _load(args)
+    stream = _token_stream(args, tokenizer, prompts)
     generator = None
     if args.seed is not None:
         torch.manual_seed(args.seed)
@@ -344,17 +348,34 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             stop=args.stop,
             generator=generator,
             chat=args.chat,
+            hook=stream,
             **_kv_kwargs(args),
             **kw,
         )
     except (ValueError, TypeError) as exc:
         raise CLIError(str(exc)) from exc
+    finally:
+        if stream is not None:
+            stream.end()
     if args.chat:
         trace.meta["chat"] = True
-    _show(trace, tokenizer, args)
+    _show(trace, tokenizer, args, stream)
     if (line := _kv_line(trace)) is not None:
         print(line, file=sys.stderr)
     return 0
+
+
+def _token_stream(args: argparse.Namespace, tokenizer, prompts: list[str]):
+    """The terminal view of one prompt prints each token as it is produced (``viz.TokenStream``); a batch
+    (its rows would interleave) and --json print at the end."""
+    if args.json or len(prompts) != 1:
+        return None
+    from rich.console import Console
+
+    from .viz import TokenStream
+
+    return TokenStream(tokenizer, Console(), prompt=prompts[0], chat=args.chat, metric=args.color_by,
+                       entropy_max=args.entropy_max)
 
 
 def _kv_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -187,6 +188,72 @@ def test_generate_terminal(tiny, capsys):
     rc, out, err = run(capsys, "generate", "Entropy", "--model", tiny, "--max-new-tokens", "5")
     assert rc == 0, err
     assert "Entropy" in out and "sequence scores" in out and "perplexity" in out and "confidence" in out
+
+
+def _runs(ansi: str) -> list[tuple[str, str]]:
+    """(SGR style, text) runs of terminal output, adjacent runs of one style merged."""
+    out: list[tuple[str, str]] = []
+    style = ""
+    for i, part in enumerate(re.split(r"\x1b\[([0-9;]*)m", ansi)):
+        if i % 2:
+            style = "" if part in ("", "0") else part
+        elif part:
+            if out and out[-1][0] == style:
+                out[-1] = (style, out[-1][1] + part)
+            else:
+                out.append((style, part))
+    return out
+
+
+@pytest.mark.parametrize("metric", ["prob", "entropy"])
+def test_token_stream_prints_each_token_as_it_is_produced(tiny, metric):
+    from rich.console import Console
+
+    from fuq.generate import generate
+
+    model, tok = fuq.models.load(tiny)
+
+    def console():
+        return Console(file=io.StringIO(), width=500, color_system="truecolor", force_terminal=True)
+
+    stream = viz.TokenStream(tok, console(), prompt="The cat", metric=metric, entropy_max=2.0)
+    after_step = []
+
+    def hook(step, stats, tokens):
+        stream(step, stats, tokens)
+        after_step.append(stream.console.file.getvalue())
+
+    tr = generate(model, tok, "The cat", max_new_tokens=8, hook=hook)
+    stream.end()
+    n = tr.num_tokens
+    assert len(after_step) == n >= 2
+    assert all(len(a) < len(b) for a, b in zip(after_step, after_step[1:], strict=False))  # grows every step
+    assert stream.pieces == tr.row(0)["tokens"]  # the same text pieces as the finished trace
+    # the same colours as the finished trace's terminal text
+    want = console()
+    want.print(viz.terminal_text(tr, 0, metric=metric, entropy_max=2.0), soft_wrap=True)
+    assert _runs(stream.console.file.getvalue()) == _runs(want.file.getvalue())
+    with pytest.raises(ValueError, match="one sequence"):
+        stream(0, None, torch.zeros(2, dtype=torch.long))
+
+
+def test_generate_streams_then_prints_the_scores(tiny, capsys, monkeypatch):
+    """One prompt: the text is printed by a viz.TokenStream during generation, once; then the table."""
+    from fuq.generate import generate
+
+    calls = []
+    real = viz.TokenStream.__call__
+    monkeypatch.setattr(viz.TokenStream, "__call__", lambda self, *a: calls.append(a[0]) or real(self, *a))
+    rc, out, err = run(capsys, "generate", "The cat", "--model", tiny, "--max-new-tokens", "6")
+    assert rc == 0, err
+    model, tok = fuq.models.load(tiny)
+    want = generate(model, tok, "The cat", max_new_tokens=6)
+    assert calls == list(range(want.num_tokens))
+    text = "The cat" + "".join(want.row(0)["tokens"])
+    assert out.count(text) == 1 and out.index(text) < out.index("sequence scores")
+    rc, out, err = run(capsys, "generate", "The cat", "A dog", "--model", tiny, "--max-new-tokens", "3")
+    assert rc == 0 and len(calls) == want.num_tokens  # a batch is printed at the end, not streamed
+    assert "sequence 1" in out and "sequence scores" in out
 
 
 def test_generate_matches_the_library(tiny, capsys):

@@ -1,4 +1,9 @@
-"""Shared test setup: Triton runs interpreted on the CPU when there is no GPU."""
+"""Shared test setup: Triton runs interpreted on the CPU when there is no GPU; what is slow is marked.
+
+``python -m pytest -q`` runs everything (CI, the README's test command); ``python -m pytest -q
+-m "not slow"`` is the fast local run. ``slow`` is set here on every test with one of the
+cost markers below (declared in pyproject.toml), so a test says what it costs once.
+"""
 
 import os
 
@@ -21,3 +26,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+#: markers that say a test costs seconds to minutes: each one implies ``slow``
+SLOW_MARKERS = ("aot", "distributed", "fuzz", "model", "subprocess", "triton_interp")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(m) is not None for m in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)

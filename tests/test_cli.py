@@ -298,6 +298,7 @@ def test_generate_batch(tiny, capsys):
     assert all(len(r) == 3 for s in d["sequences"] for r in s["topk_ids"])
 
 
+@pytest.mark.subprocess
 def test_generate_via_subprocess(tiny, tmp_path):
     """The module entry point (what the `fuq` console script calls) in a fresh interpreter."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -393,6 +394,7 @@ def test_bench_runs_the_scripts(tmp_path, capsys, monkeypatch):
     assert rc == 1 and "bench_c.py (exit 3)" in err
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(shutil.which("fuq") is None, reason="the fuq console script is not installed")
 def test_console_script_help():
     r = subprocess.run(["fuq", "--help"], capture_output=True, text=True, timeout=120)

@@ -509,6 +509,7 @@ def test_generate_argument_errors(llama):
         fuq.generate(llama, ids, eos_token_id="x")
 
 
+@pytest.mark.subprocess
 def test_import_fuq_does_not_import_transformers():
     import subprocess
     import sys

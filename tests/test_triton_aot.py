@@ -31,6 +31,7 @@ def _run(args, env, timeout):
     )
 
 
+@pytest.mark.aot
 @pytest.mark.triton_interp
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_every_launched_triton_kernel_compiles_for_sm80_and_sm90(tmp_path):

@@ -60,6 +60,12 @@ import fuq  # noqa: E402
 import fuq.hf  # noqa: E402
 from fuq.processors import UncertaintyRecorder  # noqa: E402
 
+#: what ``fuq bench --quick`` runs this script with: part of the quick suite (about a minute in all on a quiet
+#: machine); ``fuq bench decode`` runs it in full.
+# one model (SmolLM2-135M), 8 new tokens, one round
+QUICK_ARGS = ["--models", "smollm2", "--new-tokens", "8", "--rounds", "1",
+              "--out", "bench/results/bench_decode_quick.json"]
+
 PROMPT = "The history of the printing press begins in"
 
 CASES: list[tuple[str, bool, dict[str, Any]]] = [

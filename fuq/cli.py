@@ -5,7 +5,8 @@
     fuq generate --json "Hello" > trace.json              # the whole trace, machine-readable
     fuq generate --html trace.html "Hello"                # a page: hover a token for its alternatives
     fuq score notes.txt                                    # teacher-forced stats of a given text
-    fuq bench --quick                                      # the benchmarks in bench/
+    fuq bench --quick                                      # the quick bench suite (about a minute)
+    fuq bench logit_stats                                  # one benchmark of bench/, in full
     fuq prune notes.txt --rate 0.5 --unit word --html p.html   # compress a prompt (fuq.prune.compress)
     fuq eu-plane sft.jsonl pruned.jsonl --plot plane.png   # prune a fine-tuning set (Q-Tuning)
 
@@ -192,13 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run the benchmarks in bench/",
         description="Run the benchmark scripts bench/bench_*.py of a source checkout, each as its own process. "
+        "`fuq bench --quick` is the quick suite (about a minute on a quiet machine): the scripts that declare "
+        "QUICK_ARGS, with those arguments (small shapes, one model, few steps). `fuq bench NAME` runs one in "
+        "full; `fuq bench` runs them all in full (hours on a small CPU). "
         "Needs the repository (an editable install); a wheel install has no bench/.",
     )
     be.add_argument("names", nargs="*", help="benchmarks to run, e.g. 'logit_stats' (default: all)")
     be.add_argument(
         "--quick",
         action="store_true",
-        help="small shapes, few repeats: passes --quick and FUQ_BENCH_QUICK=1; skips scripts with no quick mode",
+        help="without NAME: the quick suite (each script's QUICK_ARGS). With NAME: its QUICK_ARGS, else its own "
+        "--quick (or FUQ_BENCH_QUICK=1); a script with no quick mode is skipped",
     )
     be.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     be.set_defaults(func=_cmd_bench)
@@ -413,8 +418,29 @@ def bench_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "bench"
 
 
+def _quick_args(script: Path) -> list[str] | None:
+    """The script's ``QUICK_ARGS = [...]`` (read from its source, not imported), or None."""
+    import ast
+
+    try:
+        tree = ast.parse(script.read_text(encoding="utf-8", errors="replace"))
+    except SyntaxError:
+        return None
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if any(isinstance(t, ast.Name) and t.id == "QUICK_ARGS" for t in targets) and node.value is not None:
+            try:
+                v = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+            if isinstance(v, (list, tuple)) and all(isinstance(a, str) for a in v):
+                return list(v)
+    return None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
+    import time
 
     root = bench_dir()
     scripts = sorted(root.glob("bench_*.py")) if root.is_dir() else []
@@ -436,16 +462,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if key not in names:
             raise CLIError(f"no benchmark {n!r}; there are: {', '.join(names)}")
         chosen.append(names[key])
-    chosen = chosen or scripts
+    suite = {s: q for s in scripts if (q := _quick_args(s)) is not None}
+    if args.quick and not chosen:
+        others = [s.stem[len("bench_") :] for s in scripts if s not in suite]
+        print(f"fuq bench: the quick suite: {', '.join(s.stem[len('bench_') :] for s in suite) or 'none'}"
+              + (f"; not in it (`fuq bench NAME` runs one in full): {', '.join(others)}" if others else ""),
+              file=sys.stderr)
+    chosen = chosen or (list(suite) if args.quick else scripts)
     env = dict(os.environ)
     if args.quick:
         env["FUQ_BENCH_QUICK"] = "1"
-    failed = []
+    failed, ran, t0, c0 = [], 0, time.perf_counter(), os.times()
     for script in chosen:
         cmd = [sys.executable, str(script)]
         if args.quick:
             src = script.read_text(encoding="utf-8", errors="replace")
-            if "--quick" in src:
+            if script in suite:
+                cmd += suite[script]
+            elif "--quick" in src:
                 cmd.append("--quick")
             elif "FUQ_BENCH_QUICK" not in src:
                 name = script.stem[len("bench_") :]
@@ -456,8 +490,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 continue
         print(f"fuq bench: {' '.join(cmd)}", file=sys.stderr, flush=True)
         rc = subprocess.call(cmd, cwd=str(root.parent), env=env)
+        ran += 1
         if rc != 0:
             failed.append(f"{script.name} (exit {rc})")
+    c1 = os.times()
+    cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    print(f"fuq bench: {ran} script(s) in {time.perf_counter() - t0:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr)
     if failed:
         print(f"fuq bench: failed: {', '.join(failed)}", file=sys.stderr)
         return 1

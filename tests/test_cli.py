@@ -364,8 +364,9 @@ def test_bench_runs_the_scripts(tmp_path, capsys, monkeypatch):
     bench.mkdir()
     log = tmp_path / "log.txt"
     scripts = {
-        "bench_a.py": "# accepts --quick\n",  # a --quick flag: gets it
+        "bench_a.py": "QUICK_ARGS = ['--quick', '--n', '1']  # in the quick suite\n",
         "bench_b.py": "",  # no quick mode: skipped by --quick
+        "bench_c.py": "# accepts --quick\n",  # its own quick mode, not in the suite
         "bench_e.py": "# reads FUQ_BENCH_QUICK\n",  # reads the variable: run without the flag
     }
     for name, quick in scripts.items():
@@ -377,21 +378,41 @@ def test_bench_runs_the_scripts(tmp_path, capsys, monkeypatch):
         (bench / name).write_text(src)
     monkeypatch.setattr(cli, "bench_dir", lambda: bench)
     monkeypatch.delenv("FUQ_BENCH_QUICK", raising=False)
+    # --quick alone: the quick suite, i.e. the scripts with QUICK_ARGS, run with them
     rc, out, err = run(capsys, "bench", "--quick")
     assert rc == 0, err
-    lines = log.read_text().splitlines()
-    assert lines == [repr(("bench_a.py", ["--quick"], "1")), repr(("bench_e.py", [], "1"))]
+    assert log.read_text().splitlines() == [repr(("bench_a.py", ["--quick", "--n", "1"], "1"))]
+    assert "the quick suite: a; not in it" in err and "b, c, e" in err and "1 script(s) in" in err
+    # --quick with names: QUICK_ARGS, else the script's own --quick, else FUQ_BENCH_QUICK; else skipped
+    log.unlink()
+    rc, out, err = run(capsys, "bench", "a", "b", "c", "e", "--quick")
+    assert rc == 0, err
+    assert log.read_text().splitlines() == [
+        repr(("bench_a.py", ["--quick", "--n", "1"], "1")),
+        repr(("bench_c.py", ["--quick"], "1")),
+        repr(("bench_e.py", [], "1")),
+    ]
     assert "skipping bench_b.py" in err
     rc, out, _ = run(capsys, "bench", "--list")
-    assert out.split() == ["a", "b", "e"]
+    assert out.split() == ["a", "b", "c", "e"]
     log.unlink()
-    assert run(capsys, "bench", "b")[0] == 0
+    assert run(capsys, "bench", "b")[0] == 0  # a name without --quick: the full run
     assert log.read_text().splitlines() == [repr(("bench_b.py", [], None))]
     rc, _, err = run(capsys, "bench", "nope")
     assert rc == 2 and "no benchmark 'nope'" in err
     (bench / "bench_c.py").write_text("raise SystemExit(3)\n")
     rc, _, err = run(capsys, "bench", "c")
     assert rc == 1 and "bench_c.py (exit 3)" in err
+
+
+def test_bench_quick_suite_is_declared_in_bench():
+    """The repository's quick suite: the scripts with QUICK_ARGS (read without importing them)."""
+    suite = {s.stem: cli._quick_args(s) for s in sorted(cli.bench_dir().glob("bench_*.py"))}
+    suite = {k: v for k, v in suite.items() if v is not None}
+    assert suite, "no bench script declares QUICK_ARGS"
+    for name, args in suite.items():
+        # quick runs write their own result files, never over the full runs' ones
+        assert "--out" in args and "quick" in args[args.index("--out") + 1], (name, args)
 
 
 @pytest.mark.subprocess

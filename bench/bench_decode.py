@@ -24,7 +24,7 @@ the CPU time of the process are reported: on a shared, oversubscribed machine th
 CPU time (with ``--threads 1``) is the steadier measure of the work a step costs.
 
 A second table times each case's processors + token choice alone (median of 30
-calls on the model's real next-token logits, B = 1): the forward pass is common to
+(``--component-repeats``) calls on the model's real next-token logits, B = 1): the forward pass is common to
 all cases, so ``(case - hf greedy) / greedy step`` there is the overhead of a case
 without the model's run-to-run noise. ``min_new_tokens``
 equals ``max_new_tokens`` so EOS never cuts a generation short.
@@ -59,6 +59,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import fuq  # noqa: E402
 import fuq.hf  # noqa: E402
 from fuq.processors import UncertaintyRecorder  # noqa: E402
+
+#: what ``fuq bench --quick`` runs this script with: part of the quick suite (about a minute in all on a quiet
+#: machine); ``fuq bench decode`` runs it in full.
+# one model (SmolLM2-135M): greedy end to end over 8 new tokens (the denominator), then each case's processors
+# + token choice on the model's real logits, 10 calls each
+QUICK_ARGS = ["--models", "smollm2", "--new-tokens", "8", "--rounds", "1", "--components-only",
+              "--component-repeats", "10", "--out", "bench/results/bench_decode_quick.json"]
 
 PROMPT = "The history of the printing press begins in"
 
@@ -232,7 +239,8 @@ def components(model, ids, repeats: int) -> dict[str, tuple[float, float]]:
     return {label: _median_ms(fn, repeats) for label, fn in cases.items()}
 
 
-def bench_model(name: str, new_tokens: int, rounds: int, components_only: bool = False) -> dict[str, Any]:
+def bench_model(name: str, new_tokens: int, rounds: int, components_only: bool = False,
+                component_repeats: int = 30) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, tok, source = load(name)
     load_s = time.perf_counter() - t0
@@ -275,7 +283,7 @@ def bench_model(name: str, new_tokens: int, rounds: int, components_only: bool =
                 steps=len(got[label]["wall"]),
             )
         )
-    comp = components(model, ids, repeats=30)
+    comp = components(model, ids, repeats=component_repeats)
     for row in rows:
         w, c = comp[row["case"]]
         w0, c0 = comp["hf greedy"]
@@ -286,7 +294,7 @@ def bench_model(name: str, new_tokens: int, rounds: int, components_only: bool =
             alone_overhead_vs_greedy_pct=round(100.0 * (c - c0) / base["cpu"], 2),
         )
     return dict(model=name, source=source, vocab=V, prompt_tokens=ids.shape[1], new_tokens=new_tokens,
-                rounds=rounds, load_s=round(load_s, 1), rows=rows)
+                rounds=rounds, component_repeats=component_repeats, load_s=round(load_s, 1), rows=rows)
 
 
 def _print(res: dict[str, Any]) -> None:
@@ -300,7 +308,8 @@ def _print(res: dict[str, Any]) -> None:
             continue
         print(f"{r['case']:<40}{r['ms_per_token']:>10.2f}{r['processors_ms']:>10.3f}{r['overhead_vs_greedy_pct']:>+11.1f}%"
               f"{r['cpu_ms_per_token']:>12.2f}{r['processors_cpu_ms']:>10.3f}{r['cpu_overhead_vs_greedy_pct']:>+11.1f}%")
-    print("\nprocessors + token choice alone, on the model's real logits (median of 30; the forward pass is common):")
+    print(f"\nprocessors + token choice alone, on the model's real logits (median of {res['component_repeats']}; "
+          "the forward pass is common):")
     print(f"{'case':<40}{'wall ms':>10}{'CPU ms':>10}{'extra / greedy step (CPU)':>28}")
     for r in res["rows"]:
         print(f"{r['case']:<40}{r['alone_ms']:>10.3f}{r['alone_cpu_ms']:>10.3f}{r['alone_overhead_vs_greedy_pct']:>+27.2f}%")
@@ -314,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--components-only", action="store_true",
                     help="end to end only for greedy (the denominator), then the component table")
+    ap.add_argument("--component-repeats", type=int, default=30, help="calls per case in the component table (30)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_decode.json"))
     args = ap.parse_args(argv)
@@ -331,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     print("env:", json.dumps(env))
     results = []
     for name in models:
-        res = bench_model(name, args.new_tokens, args.rounds, args.components_only)
+        res = bench_model(name, args.new_tokens, args.rounds, args.components_only, args.component_repeats)
         _print(res)
         results.append(res)
     env["load_avg_after"] = os.getloadavg()

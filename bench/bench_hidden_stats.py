@@ -118,7 +118,7 @@ def load_head(model: str | None, device: torch.device, dtype: torch.dtype) -> tu
         g = torch.Generator().manual_seed(0)
         return (torch.randn(V, D, generator=g) * 0.05).to(device, dtype), "random N(0, 0.05^2), [262144, 640]"
     m, _ = fuq.models.load(model)
-    head = fuq.scores.lm_head(m)
+    head = fuq.forced.lm_head(m)
     return head.weight.detach().to(device, dtype).contiguous(), f"{model} output embedding {tuple(head.weight.shape)}"
 
 

@@ -40,6 +40,10 @@ from harness import gbps, print_table, read_bandwidth_gbps, time_ms, write_json 
 import fuq  # noqa: E402
 from fuq import _library  # noqa: E402
 
+#: what ``fuq bench --quick`` runs this script with: part of the quick suite (about a minute in all on a quiet
+#: machine); ``fuq bench logit_stats`` runs it in full.
+QUICK_ARGS = ["--quick", "--out", "bench_logit_stats_quick"]  # B {1, 8} x V 262144, fp32
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -89,7 +89,7 @@ def answer_loglik(model, tok, prompts: list[str], answers: list[str], batch: int
     import fuq
     import fuq.prune
 
-    head = fuq.scores.lm_head(model)
+    head = fuq.forced.lm_head(model)
     out = []
     for b in range(0, len(prompts), batch):
         rows = []
@@ -168,7 +168,7 @@ def naive_llmlingua(model, tok, text: str, rate: float, segment: int) -> list[bo
     for a in range(0, T, segment):
         seg = ids[a : a + segment]
         x = torch.tensor([ctx + seg])
-        stats, _ = fuq.scores.teacher_forced(model, x)
+        stats, _ = fuq.forced.teacher_forced(model, x)
         s = -stats.token_logprob[0, len(ctx) - 1 :]
         n = max(0, round(budget / T * (a + len(seg))) - sum(kept))
         top = set(torch.argsort(-s, stable=True)[:n].tolist())

@@ -25,9 +25,9 @@ import torch
 from harness import RESULTS, cpu_time_ms, print_table, write_json
 
 import fuq
+from fuq.forced import lm_head
 from fuq.prune import _eu_plane as ep
 from fuq.prune import eu_plane, plot_plane
-from fuq.scores import lm_head
 
 DATA = Path(__file__).resolve().parent / "data" / "eu_plane_instructions.jsonl"
 

@@ -36,6 +36,10 @@ from harness import time_ms as harness_time_ms  # noqa: E402
 
 import fuq  # noqa: E402
 
+#: what ``fuq bench --quick`` runs this script with: part of the quick suite (about a minute in all on a quiet
+#: machine); ``fuq bench sample`` runs it in full.
+QUICK_ARGS = ["--B", "1", "--min-run-time", "0.1", "--repeats", "1", "--out", "bench_sample_quick"]
+
 
 def naive_step(x: torch.Tensor, T: float, p: float, k: int, g: torch.Generator) -> tuple:
     z = x.float()

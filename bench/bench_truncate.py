@@ -42,6 +42,10 @@ from harness import time_ms as harness_time_ms  # noqa: E402
 import fuq  # noqa: E402
 from fuq import _library  # noqa: E402
 
+#: what ``fuq bench --quick`` runs this script with: part of the quick suite (about a minute in all on a quiet
+#: machine); ``fuq bench truncate`` runs it in full.
+QUICK_ARGS = ["--quick", "--out", "bench_truncate_quick"]  # B 8 x V 262144, each knob
+
 NEG = float("-inf")
 KNOBS: dict[str, Any] = {
     "top_k": 50,

@@ -8,7 +8,9 @@
   cut that maximises the (class-balanced) accuracy is turned back into an entropy.
 * :func:`deferral` scores whole generations for a model cascade, with the Chow rules of
   "Language Model Cascades: Token-level uncertainty and beyond" (Gupta et al., 2024):
-  Chow-Sum, Chow-Average and Chow-Quantile over the chosen tokens' log-probabilities.
+  Chow-Sum, Chow-Average and Chow-Quantile over the chosen tokens' log-probabilities. It is
+  a pure function of a Trace, so it lives with the other sequence scores
+  (:func:`fuq.scores.deferral`) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .scores import teacher_forced
-from .trace import Trace
+from .forced import teacher_forced
+from .scores import DEFAULT_DEFERRAL_THRESHOLDS, DEFERRAL_RULES, Deferral, deferral
 
 __all__ = [
     "calibrate_threshold",
@@ -73,7 +75,7 @@ def teacher_forcing_entropy(
     """Per position of every text: the step entropy and whether the next reference token is the argmax.
 
     Args:
-        model: a causal LM (Hugging Face structure: through :func:`fuq.scores.teacher_forced`;
+        model: a causal LM (Hugging Face structure: through :func:`fuq.forced.teacher_forced`;
             otherwise it must return ``.logits`` ``[1, T, V]``).
         tokenizer: its tokenizer (special tokens added as for generation), or None when
             ``texts`` are id tensors.
@@ -207,108 +209,3 @@ def calibrate_threshold(
     H, first = teacher_forcing_entropy(model, tokenizer, texts, max_length=max_length)
     th = fit_threshold(H, first, balanced=balanced)
     return th if return_details else th.tau
-
-
-# --------------------------------------------------------------------------------------------
-# cascade deferral
-
-DEFERRAL_RULES = ("chow-sum", "chow-average", "chow-quantile")
-#: defaults when neither ``threshold`` nor ``rate`` is given (heuristics; tune them on your data):
-#: Chow-Sum 16 nats in all; Chow-Average 1 nat per token (geometric-mean p < 0.37);
-#: Chow-Quantile: the α-quantile token has p < 0.1.
-DEFAULT_DEFERRAL_THRESHOLDS = {"chow-sum": 16.0, "chow-average": 1.0, "chow-quantile": -math.log(0.1)}
-_ALIASES = {
-    "sum": "chow-sum",
-    "chow-sum": "chow-sum",
-    "average": "chow-average",
-    "avg": "chow-average",
-    "mean": "chow-average",
-    "chow-avg": "chow-average",
-    "chow-mean": "chow-average",
-    "chow-average": "chow-average",
-    "quantile": "chow-quantile",
-    "chow-quantile": "chow-quantile",
-}
-
-
-class Deferral(NamedTuple):
-    """Per-sequence cascade decision; ``score`` is an uncertainty (higher = defer)."""
-
-    score: Tensor  #: [B] float32 (NaN for a sequence without tokens)
-    defer: Tensor  #: [B] bool, score > threshold
-    rule: str
-    alpha: float
-    threshold: float
-
-
-def deferral(
-    trace: Trace,
-    rule: str = "chow-quantile",
-    alpha: float = 0.1,
-    threshold: float | None = None,
-    *,
-    rate: float | None = None,
-) -> Deferral:
-    """Should each generation be deferred to a larger model? (LM-cascade Chow rules.)
-
-    With ``l_t`` = log p of the t-th chosen token of a sequence (real tokens only), the score
-    is an uncertainty, higher meaning "defer":
-
-    * ``"chow-sum"``: ``Σ_t −l_t`` (the sequence NLL);
-    * ``"chow-average"``: ``mean_t −l_t`` (length-normalised);
-    * ``"chow-quantile"``: ``−quantile_α(l)``, minus the α-quantile (linear interpolation) of
-      the token log-probs: the confidence of the sequence's weakest tokens. Small α looks
-      at the worst tokens (α = 0 is the minimum).
-
-    Args:
-        trace: a :class:`Trace` (uses ``token_logprob`` and ``mask``).
-        rule: one of ``"chow-sum"``, ``"chow-average"``, ``"chow-quantile"``.
-        alpha: the quantile, in [0, 1] (``chow-quantile`` only).
-        threshold: defer where ``score > threshold`` (nats).
-        rate: instead of ``threshold``: defer this fraction of the batch, the most uncertain
-            (the threshold is the ``1 - rate`` quantile of the scores).
-
-    Returns:
-        :class:`Deferral` ``(score [B], defer [B], rule, alpha, threshold)``. Without
-        ``threshold`` or ``rate``, the threshold is ``DEFAULT_DEFERRAL_THRESHOLDS[rule]``.
-    """
-    if not isinstance(trace, Trace):
-        raise TypeError(f"trace must be a fuq.trace.Trace, got {type(trace).__name__}")
-    key = _ALIASES.get(str(rule).lower().replace("_", "-"))
-    if key is None:
-        raise ValueError(f"rule must be one of {list(DEFERRAL_RULES)}, got {rule!r}")
-    if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if threshold is not None and rate is not None:
-        raise ValueError("give threshold or rate, not both")
-    if rate is not None and not 0.0 <= float(rate) <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
-    lp = trace.token_logprob.float()
-    m = trace.mask.bool()
-    B = lp.shape[0]
-    n = m.sum(-1)
-    nll = torch.where(m, -lp, torch.zeros_like(lp))
-    if key == "chow-sum":
-        score = nll.sum(-1)
-    elif key == "chow-average":
-        score = nll.sum(-1) / n.clamp_min(1)
-    else:
-        score = torch.empty(B, dtype=torch.float32)
-        for b in range(B):
-            row = lp[b][m[b]]
-            score[b] = -torch.quantile(row, float(alpha)) if row.numel() else float("nan")
-    score = torch.where(n > 0, score, torch.full_like(score, float("nan")))
-    if rate is not None:
-        # defer the round(rate * n) most uncertain: the cut sits between the k-th and (k+1)-th scores
-        live = torch.sort(score[~torch.isnan(score)], descending=True).values
-        k = int(round(float(rate) * live.numel()))
-        if k == 0:
-            thr = math.inf
-        elif k == live.numel():
-            thr = -math.inf
-        else:
-            thr = 0.5 * float(live[k - 1] + live[k])
-    else:
-        thr = float(DEFAULT_DEFERRAL_THRESHOLDS[key] if threshold is None else threshold)
-    defer = score > thr  # NaN -> False
-    return Deferral(score, defer, key, float(alpha), thr)

@@ -5,7 +5,8 @@
     fuq generate --json "Hello" > trace.json              # the whole trace, machine-readable
     fuq generate --html trace.html "Hello"                # a page: hover a token for its alternatives
     fuq score notes.txt                                    # teacher-forced stats of a given text
-    fuq bench --quick                                      # the benchmarks in bench/
+    fuq bench --quick                                      # the quick bench suite (about a minute)
+    fuq bench logit_stats                                  # one benchmark of bench/, in full
     fuq prune notes.txt --rate 0.5 --unit word --html p.html   # compress a prompt (fuq.prune.compress)
     fuq eu-plane sft.jsonl pruned.jsonl --plot plane.png   # prune a fine-tuning set (Q-Tuning)
 
@@ -38,24 +39,35 @@ class CLIError(Exception):
 # the parser
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _number(kind: type, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, what: str,
+            parse_what: str | None = None):
+    """An argparse ``type``: parse ``kind`` (int or float) and require ``lo <= v <= hi`` (``lo < v`` if ``lo_open``).
+
+    ``what`` names the expected value in the error ("expected a positive integer, got 0");
+    ``parse_what`` (default ``what``) when the text is not a ``kind`` at all. NaN is refused.
+    """
+
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {parse_what or what}, got {s!r}") from None
+        ok = (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)  # False for NaN
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+_positive_int = _number(int, 1, what="a positive integer")
+_nonneg_int = _number(int, 0, what="an integer >= 0")
+
+
+def _fraction(lo_open: bool):
+    """A number in [0, 1], or (0, 1] with ``lo_open``."""
+    return _number(float, 0.0, 1.0, lo_open=lo_open, what=f"a number in {'(0' if lo_open else '[0'}, 1]",
+                   parse_what="a number")
 
 
 def _add_display(p: argparse.ArgumentParser) -> None:
@@ -143,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="generate text and show each token's uncertainty",
         description="Generate a continuation of PROMPT with fuq's decoding loop; print it with every token coloured "
-        "by the model's confidence (green sure, red unsure), then the sequence scores.",
+        "by the model's confidence (green sure, red unsure), then the sequence scores. One prompt is printed token "
+        "by token as it is generated; several prompts (one batch) at the end.",
     )
     gen.add_argument("prompt", nargs="+", help="the prompt (several prompts: one batch); '-' reads it from stdin")
     gd = gen.add_argument_group("decoding")
@@ -180,13 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run the benchmarks in bench/",
         description="Run the benchmark scripts bench/bench_*.py of a source checkout, each as its own process. "
+        "`fuq bench --quick` is the quick suite (about a minute on a quiet machine): the scripts that declare "
+        "QUICK_ARGS, with those arguments (small shapes, one model, few steps). `fuq bench NAME` runs one in "
+        "full; `fuq bench` runs them all in full (hours on a small CPU). "
         "Needs the repository (an editable install); a wheel install has no bench/.",
     )
     be.add_argument("names", nargs="*", help="benchmarks to run, e.g. 'logit_stats' (default: all)")
     be.add_argument(
         "--quick",
         action="store_true",
-        help="small shapes, few repeats: passes --quick and FUQ_BENCH_QUICK=1; skips scripts with no quick mode",
+        help="without NAME: the quick suite (each script's QUICK_ARGS). With NAME: its QUICK_ARGS, else its own "
+        "--quick (or FUQ_BENCH_QUICK=1); a script with no quick mode is skipped",
     )
     be.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     be.set_defaults(func=_cmd_bench)
@@ -262,7 +279,8 @@ def trace_json(trace, tokenizer=None) -> dict[str, Any]:
     return _clean(d)
 
 
-def _show(trace, tokenizer, args: argparse.Namespace) -> None:
+def _show(trace, tokenizer, args: argparse.Namespace, stream=None) -> None:
+    """Write --html, then print --json or the terminal view (after a ``viz.TokenStream``: legend and scores only)."""
     from . import viz
 
     if args.html:
@@ -276,7 +294,8 @@ def _show(trace, tokenizer, args: argparse.Namespace) -> None:
     else:
         from rich.console import Console
 
-        viz.render_terminal(trace, Console(), metric=args.color_by, entropy_max=args.entropy_max, tokenizer=tokenizer)
+        viz.render_terminal(trace, stream.console if stream is not None else Console(), metric=args.color_by,
+                            entropy_max=args.entropy_max, tokenizer=tokenizer, show_text=stream is None)
     if args.html:
         print(f"fuq: wrote {args.html}", file=sys.stderr)
 
@@ -318,6 +337,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
     model, tokenizer = _load(args)
+    stream = _token_stream(args, tokenizer, prompts)
     generator = None
     if args.seed is not None:
         torch.manual_seed(args.seed)
@@ -333,17 +353,34 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             stop=args.stop,
             generator=generator,
             chat=args.chat,
+            hook=stream,
             **_kv_kwargs(args),
             **kw,
         )
     except (ValueError, TypeError) as exc:
         raise CLIError(str(exc)) from exc
+    finally:
+        if stream is not None:
+            stream.end()
     if args.chat:
         trace.meta["chat"] = True
-    _show(trace, tokenizer, args)
+    _show(trace, tokenizer, args, stream)
     if (line := _kv_line(trace)) is not None:
         print(line, file=sys.stderr)
     return 0
+
+
+def _token_stream(args: argparse.Namespace, tokenizer, prompts: list[str]):
+    """The terminal view of one prompt prints each token as it is produced (``viz.TokenStream``); a batch
+    (its rows would interleave) and --json print at the end."""
+    if args.json or len(prompts) != 1:
+        return None
+    from rich.console import Console
+
+    from .viz import TokenStream
+
+    return TokenStream(tokenizer, Console(), prompt=prompts[0], chat=args.chat, metric=args.color_by,
+                       entropy_max=args.entropy_max)
 
 
 def _kv_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -364,7 +401,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot read {args.file!r}: {exc}") from exc
     if not text:
         raise CLIError(f"{args.file!r} is empty: nothing to score")
-    from .scores import score_text
+    from .forced import score_text
 
     model, tokenizer = _load(args)
     try:
@@ -381,8 +418,29 @@ def bench_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "bench"
 
 
+def _quick_args(script: Path) -> list[str] | None:
+    """The script's ``QUICK_ARGS = [...]`` (read from its source, not imported), or None."""
+    import ast
+
+    try:
+        tree = ast.parse(script.read_text(encoding="utf-8", errors="replace"))
+    except SyntaxError:
+        return None
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if any(isinstance(t, ast.Name) and t.id == "QUICK_ARGS" for t in targets) and node.value is not None:
+            try:
+                v = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+            if isinstance(v, (list, tuple)) and all(isinstance(a, str) for a in v):
+                return list(v)
+    return None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
+    import time
 
     root = bench_dir()
     scripts = sorted(root.glob("bench_*.py")) if root.is_dir() else []
@@ -404,16 +462,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if key not in names:
             raise CLIError(f"no benchmark {n!r}; there are: {', '.join(names)}")
         chosen.append(names[key])
-    chosen = chosen or scripts
+    suite = {s: q for s in scripts if (q := _quick_args(s)) is not None}
+    if args.quick and not chosen:
+        others = [s.stem[len("bench_") :] for s in scripts if s not in suite]
+        print(f"fuq bench: the quick suite: {', '.join(s.stem[len('bench_') :] for s in suite) or 'none'}"
+              + (f"; not in it (`fuq bench NAME` runs one in full): {', '.join(others)}" if others else ""),
+              file=sys.stderr)
+    chosen = chosen or (list(suite) if args.quick else scripts)
     env = dict(os.environ)
     if args.quick:
         env["FUQ_BENCH_QUICK"] = "1"
-    failed = []
+    failed, ran, t0, c0 = [], 0, time.perf_counter(), os.times()
     for script in chosen:
         cmd = [sys.executable, str(script)]
         if args.quick:
             src = script.read_text(encoding="utf-8", errors="replace")
-            if "--quick" in src:
+            if script in suite:
+                cmd += suite[script]
+            elif "--quick" in src:
                 cmd.append("--quick")
             elif "FUQ_BENCH_QUICK" not in src:
                 name = script.stem[len("bench_") :]
@@ -424,8 +490,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 continue
         print(f"fuq bench: {' '.join(cmd)}", file=sys.stderr, flush=True)
         rc = subprocess.call(cmd, cwd=str(root.parent), env=env)
+        ran += 1
         if rc != 0:
             failed.append(f"{script.name} (exit {rc})")
+    c1 = os.times()
+    cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    print(f"fuq bench: {ran} script(s) in {time.perf_counter() - t0:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr)
     if failed:
         print(f"fuq bench: failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -504,19 +574,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.html:
         print(f"fuq: wrote {args.html}", file=sys.stderr)
     return 0
-
-
-def _fraction(lo_open: bool):
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        if not (0.0 <= v <= 1.0) or (lo_open and v == 0.0):
-            raise argparse.ArgumentTypeError(f"expected a number in {'(0' if lo_open else '[0'}, 1], got {s}")
-        return v
-
-    return parse
 
 
 def _add_eu_plane(sub) -> None:

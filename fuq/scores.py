@@ -1,4 +1,4 @@
-"""Sequence scores from per-token uncertainty records, and teacher-forced scoring of a text.
+"""Sequence scores from per-token uncertainty records: pure functions of a Trace, no model.
 
 Every score takes a :class:`~fuq.trace.Trace` (``[B, T]`` per-token stats with a
 ``mask``) and returns one value per sequence, a ``[B]`` float32 tensor (``[B, Q]``
@@ -11,9 +11,13 @@ Conventions, all in nats:
 * a NaN in a real token's stat propagates to its sequence's score (it is reported,
   never silently dropped).
 
-:func:`score_text` produces such a Trace for a given text by teacher forcing: one
-forward pass of the model over the text, with :func:`fuq.logit_stats` run on the
-logits that predict each next token.
+A Trace comes from :func:`fuq.generate`, or for a given text from :func:`fuq.score_text`
+(teacher forcing, in :mod:`fuq.forced`: the module that runs models). :func:`deferral`
+thresholds the Chow scores for a model cascade (``Trace.deferral`` and
+:func:`fuq.adaptive.deferral` are this function).
+
+This module imports nothing of fuq at run time (the Trace is read by its fields), so
+``fuq.trace`` can offer ``Trace.deferral`` without an import circle.
 
 Example:
     >>> import torch
@@ -30,16 +34,15 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .ops import _HIDDEN_MAX_ROWS, LogitStats, hidden_stats, logit_stats
-from .trace import Trace
+if TYPE_CHECKING:
+    from .trace import Trace
 
 __all__ = [
     "g_nll",
@@ -52,10 +55,14 @@ __all__ = [
     "mean_prob",
     "epr",
     "prob_quantiles",
+    "logprob_quantiles",
     "weighted_mean",
     "summary",
-    "score_text",
     "SCORE_NAMES",
+    "deferral",
+    "Deferral",
+    "DEFERRAL_RULES",
+    "DEFAULT_DEFERRAL_THRESHOLDS",
 ]
 
 #: The keys of :func:`summary`'s dicts, in display order (besides ``n_tokens`` and ``epr_k``).
@@ -82,7 +89,8 @@ _PER_TOKEN_FIELDS = ("lse", "entropy", "varentropy", "max_logprob", "topk_mass",
 
 
 def _check_trace(trace: Trace) -> None:
-    if not isinstance(trace, Trace):
+    # A Trace is recognised by its fields (the class is not imported here: see the module docstring).
+    if not (isinstance(getattr(trace, "mask", None), Tensor) and isinstance(getattr(trace, "token_ids", None), Tensor)):
         raise TypeError(f"trace must be a fuq.trace.Trace, got {type(trace).__name__}")
     if trace.mask.shape != trace.token_ids.shape:
         raise ValueError(f"trace.mask has shape {tuple(trace.mask.shape)}, token_ids {tuple(trace.token_ids.shape)}")
@@ -199,6 +207,27 @@ def epr(trace: Trace, K: int = 15) -> Tensor:
     return _masked_mean(-plogp.sum(dim=2), trace.mask)
 
 
+def _check_qs(qs: Sequence[float]) -> list[float]:
+    qs = [float(q) for q in qs]
+    if not qs:
+        raise ValueError("qs is empty: give at least one quantile in [0, 1]")
+    bad = [q for q in qs if not 0.0 <= q <= 1.0]
+    if bad:
+        raise ValueError(f"qs must all be in [0, 1], got {bad}")
+    return qs
+
+
+def _masked_quantiles(x: Tensor, mask: Tensor, qs: list[float]) -> Tensor:
+    """Quantiles of each row's masked entries of ``x`` [B, T], ``[B, len(qs)]``; NaN for an empty row."""
+    qt = torch.tensor(qs, dtype=torch.float32)
+    out = torch.full((x.shape[0], len(qs)), math.nan, dtype=torch.float32)
+    for b in range(x.shape[0]):
+        row = x[b][mask[b]]
+        if row.numel():
+            out[b] = torch.quantile(row, qt)
+    return out
+
+
 def prob_quantiles(trace: Trace, qs: Sequence[float] = (0.05, 0.25, 0.5)) -> Tensor:
     """Quantiles of the chosen-token probability ``p(token_t)`` per sequence, ``[B, len(qs)]`` float32.
 
@@ -207,20 +236,19 @@ def prob_quantiles(trace: Trace, qs: Sequence[float] = (0.05, 0.25, 0.5)) -> Ten
     are the worst tokens"). A sequence with no real token gets NaN.
     """
     _check_trace(trace)
-    qs = [float(q) for q in qs]
-    if not qs:
-        raise ValueError("qs is empty: give at least one quantile in [0, 1]")
-    bad = [q for q in qs if not 0.0 <= q <= 1.0]
-    if bad:
-        raise ValueError(f"qs must all be in [0, 1], got {bad}")
-    p = torch.exp(_field(trace, "token_logprob"))
-    qt = torch.tensor(qs, dtype=torch.float32)
-    out = torch.full((trace.batch_size, len(qs)), math.nan, dtype=torch.float32)
-    for b in range(trace.batch_size):
-        row = p[b][trace.mask[b]]
-        if row.numel():
-            out[b] = torch.quantile(row, qt)
-    return out
+    qs = _check_qs(qs)
+    return _masked_quantiles(torch.exp(_field(trace, "token_logprob")), trace.mask, qs)
+
+
+def logprob_quantiles(trace: Trace, qs: Sequence[float] = (0.05, 0.25, 0.5)) -> Tensor:
+    """Quantiles of the chosen-token log-probability ``log p(token_t)``, ``[B, len(qs)]`` float32 (nats).
+
+    As :func:`prob_quantiles` but interpolating the log-probabilities (the two differ
+    between order statistics); Chow-Quantile deferral is minus one of these.
+    """
+    _check_trace(trace)
+    qs = _check_qs(qs)
+    return _masked_quantiles(_field(trace, "token_logprob"), trace.mask, qs)
 
 
 def weighted_mean(trace: Trace, weights: Tensor, field: str = "token_logprob") -> Tensor:
@@ -299,253 +327,100 @@ def summary(trace: Trace, K: int = 15, qs: Sequence[float] = (0.05, 0.25, 0.5)) 
 
 
 # ---------------------------------------------------------------------------------------------
-# teacher forcing
+# cascade deferral: the Chow rules of "Language Model Cascades: Token-level uncertainty and
+# beyond" (Gupta et al., 2024), thresholded
+
+DEFERRAL_RULES = ("chow-sum", "chow-average", "chow-quantile")
+#: defaults when neither ``threshold`` nor ``rate`` is given (heuristics; tune them on your data):
+#: Chow-Sum 16 nats in all; Chow-Average 1 nat per token (geometric-mean p < 0.37);
+#: Chow-Quantile: the α-quantile token has p < 0.1.
+DEFAULT_DEFERRAL_THRESHOLDS = {"chow-sum": 16.0, "chow-average": 1.0, "chow-quantile": -math.log(0.1)}
+_ALIASES = {
+    "sum": "chow-sum",
+    "chow-sum": "chow-sum",
+    "average": "chow-average",
+    "avg": "chow-average",
+    "mean": "chow-average",
+    "chow-avg": "chow-average",
+    "chow-mean": "chow-average",
+    "chow-average": "chow-average",
+    "quantile": "chow-quantile",
+    "chow-quantile": "chow-quantile",
+}
 
 
-class LMHead(NamedTuple):
-    """A causal LM split at its output layer: ``logits = softcap(scale · body(x) @ weight.T + bias)``."""
+class Deferral(NamedTuple):
+    """Per-sequence cascade decision; ``score`` is an uncertainty (higher = defer)."""
 
-    body: Any  #: the decoder: ``body(input_ids=..., ...)`` -> ``.last_hidden_state [B, L, d]``
-    weight: Tensor  #: ``[V, d]`` output embedding (tied or not)
-    bias: Tensor | None  #: ``[V]`` or None
-    scale: float  #: multiplies the hidden state (Cohere's logit_scale, 1 / Granite's logits_scaling)
-    softcap: float | None  #: Gemma's final logit soft-capping, or None
-
-
-def lm_head(model) -> LMHead | None:
-    """The :class:`LMHead` of a Hugging Face causal LM, or None when it has not the usual structure.
-
-    With it, :func:`fuq.hidden_stats` gives the statistics of every position from the
-    last hidden state and the output embedding, without the ``[T, V]`` logits.
-    """
-    get_dec = getattr(model, "get_decoder", None)
-    get_head = getattr(model, "get_output_embeddings", None)
-    if get_dec is None or get_head is None:
-        return None
-    try:
-        dec, head = get_dec(), get_head()
-    except Exception:  # noqa: BLE001 - any failure means "not the usual structure"
-        return None
-    weight = getattr(head, "weight", None)
-    if dec is None or dec is model or not isinstance(head, torch.nn.Linear) or weight is None:
-        return None
-    cfg = getattr(model, "config", None)
-    cfg = getattr(cfg, "get_text_config", lambda: cfg)() if cfg is not None else None
-    scale = float(getattr(cfg, "logit_scale", None) or 1.0)  # Cohere: logits * logit_scale
-    scale /= float(getattr(cfg, "logits_scaling", None) or 1.0)  # Granite: logits / logits_scaling
-    softcap = getattr(cfg, "final_logit_softcapping", None)
-    return LMHead(dec, weight, head.bias, scale, None if softcap is None else float(softcap))
+    score: Tensor  #: [B] float32 (NaN for a sequence without tokens)
+    defer: Tensor  #: [B] bool, score > threshold
+    rule: str
+    alpha: float
+    threshold: float
 
 
-def teacher_forced(
-    model,
-    input_ids: Tensor,
+def deferral(
+    trace: Trace,
+    rule: str = "chow-quantile",
+    alpha: float = 0.1,
+    threshold: float | None = None,
     *,
-    attention_mask: Tensor | None = None,
-    targets: Tensor | None = None,
-    k: int = 0,
-    past_key_values: Any = None,
-    use_cache: bool = False,
-    chunk: int | None = None,
-    **model_kwargs: Any,
-) -> tuple[LogitStats, Any]:
-    """Per-position statistics of a causal LM by teacher forcing, never holding ``[B, L, V]``.
+    rate: float | None = None,
+) -> Deferral:
+    """Should each generation be deferred to a larger model? (LM-cascade Chow rules.)
 
-    Row ``t`` of the result is the distribution that predicts the token after position
-    ``t``. The model body runs once; the output layer goes through :func:`fuq.hidden_stats`
-    (logits are built a vocabulary chunk at a time and never stored). Models without the
-    usual Hugging Face structure (see :func:`lm_head`) fall back to ``model(...).logits``.
+    With ``l_t`` = log p of the t-th chosen token of a sequence (real tokens only), the score
+    is an uncertainty, higher meaning "defer":
+
+    * ``"chow-sum"``: ``Σ_t −l_t`` (the sequence NLL, :func:`nll`);
+    * ``"chow-average"``: ``mean_t −l_t`` (length-normalised);
+    * ``"chow-quantile"``: ``−quantile_α(l)`` (:func:`logprob_quantiles`), minus the α-quantile
+      (linear interpolation) of the token log-probs: the confidence of the sequence's weakest
+      tokens. Small α looks at the worst tokens (α = 0 is the minimum).
+
+    Also :func:`fuq.adaptive.deferral` and ``Trace.deferral``.
 
     Args:
-        model: a Hugging Face causal LM.
-        input_ids: ``[B, L]`` int64.
-        attention_mask: ``[B, L_past + L]`` or None.
-        targets: ``[B, L]`` ids whose log-probability each row gives (``token_logprob``),
-            or None: then the result covers positions ``0 .. L-2`` predicting
-            ``input_ids[:, 1:]`` (``[B, L-1]`` fields).
-        k: top tokens per position.
-        past_key_values, use_cache: passed to the model (continue from a cache).
-        chunk: vocabulary columns of the logits built at once (``fuq.hidden_stats``'s
-            ``chunk``); None picks one.
-        model_kwargs: more model arguments (``position_ids``, ``cache_position`` …).
+        trace: a :class:`~fuq.trace.Trace` (uses ``token_logprob`` and ``mask``).
+        rule: one of ``"chow-sum"``, ``"chow-average"``, ``"chow-quantile"``.
+        alpha: the quantile, in [0, 1] (``chow-quantile`` only).
+        threshold: defer where ``score > threshold`` (nats).
+        rate: instead of ``threshold``: defer this fraction of the batch, the most uncertain
+            (the threshold is the ``1 - rate`` quantile of the scores).
 
     Returns:
-        ``(LogitStats with leading dims [B, L] or [B, L-1], the model's past_key_values or None)``.
-
-    Example:
-        >>> stats, _ = fuq.scores.teacher_forced(model, ids)  # doctest: +SKIP
-        >>> stats.token_logprob.shape  # [B, L - 1]  # doctest: +SKIP
+        :class:`Deferral` ``(score [B], defer [B], rule, alpha, threshold)``. Without
+        ``threshold`` or ``rate``, the threshold is ``DEFAULT_DEFERRAL_THRESHOLDS[rule]``.
     """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
-    L = input_ids.shape[1]
-    if targets is None:
-        if L < 2:
-            raise ValueError("input_ids must hold at least 2 positions when targets is None")
-        keep, tgt = slice(0, L - 1), input_ids[:, 1:]
+    _check_trace(trace)
+    key = _ALIASES.get(str(rule).lower().replace("_", "-"))
+    if key is None:
+        raise ValueError(f"rule must be one of {list(DEFERRAL_RULES)}, got {rule!r}")
+    if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if threshold is not None and rate is not None:
+        raise ValueError("give threshold or rate, not both")
+    if rate is not None and not 0.0 <= float(rate) <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
+    n = trace.mask.sum(dim=1)
+    if key == "chow-sum":
+        score = nll(trace)
+    elif key == "chow-average":
+        score = nll(trace) / n.clamp_min(1)
     else:
-        if tuple(targets.shape) != tuple(input_ids.shape):
-            raise ValueError(f"targets must be [B, L] = {tuple(input_ids.shape)}, got {tuple(targets.shape)}")
-        keep, tgt = slice(0, L), targets
-    head = lm_head(model)
-    fn = head.body if head is not None else model
-    kw = dict(model_kwargs, attention_mask=attention_mask, use_cache=use_cache)
-    if past_key_values is not None:  # transformers >= 5 names it ``cache``, earlier ``past_key_values``
-        kw["cache" if "cache" in inspect.signature(fn.forward).parameters else "past_key_values"] = past_key_values
-    with torch.inference_mode():
-        if head is not None:
-            out = head.body(input_ids=input_ids, **kw)
-            h = out.last_hidden_state[:, keep]
-            bias = head.bias
-            if head.scale != 1.0:  # logits = scale · (h @ W.T + b) = (scale · h) @ W.T + scale · b
-                h = h * head.scale
-                bias = None if bias is None else bias * head.scale
-            stats = hidden_stats(h, head.weight, bias, k=k, targets=tgt, softcap=head.softcap, chunk=chunk)
+        score = -logprob_quantiles(trace, [float(alpha)])[:, 0]
+    score = torch.where(n > 0, score, torch.full_like(score, math.nan))
+    if rate is not None:
+        # defer the round(rate * n) most uncertain: the cut sits between the k-th and (k+1)-th scores
+        live = torch.sort(score[~torch.isnan(score)], descending=True).values
+        k = int(round(float(rate) * live.numel()))
+        if k == 0:
+            thr = math.inf
+        elif k == live.numel():
+            thr = -math.inf
         else:
-            out = model(input_ids=input_ids, **kw)
-            stats = logit_stats(out.logits[:, keep], k=k, tokens=tgt)
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
-    return stats, (cache if use_cache else None)
-
-
-def _pieces_from_offsets(text: str, offsets: list[tuple[int, int]]) -> list[str]:
-    """The text of each token, with the gap before it (spaces the tokenizer drops) included."""
-    out, prev = [], 0
-    for _, end in offsets:
-        end = max(end, prev)
-        out.append(text[prev:end])
-        prev = end
-    if out:
-        out[-1] += text[prev:]
-    return out
-
-
-def _pieces_by_decoding(tokenizer, ids: list[int], context: list[int]) -> list[str]:
-    """Text of each token: decode(window + token) minus decode(window), a few tokens of context."""
-    out = []
-    full = list(context) + list(ids)
-    off = len(context)
-    for i in range(len(ids)):
-        lo = max(0, off + i - 4)
-        prev = tokenizer.decode(full[lo : off + i], skip_special_tokens=False)
-        cur = tokenizer.decode(full[lo : off + i + 1], skip_special_tokens=False)
-        out.append(cur[len(prev) :] if cur.startswith(prev) else tokenizer.decode([ids[i]], skip_special_tokens=False))
-    return out
-
-
-def _encode(tokenizer, text: str, add_bos: bool) -> tuple[list[int], list[str], str]:
-    """``(ids, pieces of ids[1:], context text of ids[0])`` for one text."""
-    pieces: list[str] | None = None
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        pieces = _pieces_from_offsets(text, [tuple(o) for o in enc["offset_mapping"]])
-    except (NotImplementedError, TypeError, KeyError, ValueError):
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if add_bos and bos is not None:
-        ids = [bos] + ids
-        if pieces is not None:
-            pieces = [""] + pieces
-    if len(ids) < 2:
-        raise ValueError(
-            f"text must hold at least 2 tokens (with BOS) to be scored, got {len(ids)}: {text!r}"
-            + ("" if add_bos else "; pass add_bos=True")
-        )
-    if pieces is None:
-        pieces = [""] + _pieces_by_decoding(tokenizer, ids[1:], ids[:1])
-    bos_text = "" if (add_bos and bos is not None) else (pieces[0] if pieces[0] else tokenizer.decode(ids[:1]))
-    return ids, pieces[1:], bos_text
-
-
-def _stats_one(model, ids: Tensor, k: int, chunk: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """LogitStats of positions 0..T-2 predicting ids[1:], each field ``[T-1]`` / ``[T-1, k]``.
-
-    Through :func:`teacher_forced`: the model body once, then :func:`fuq.hidden_stats` on the
-    last hidden state, ``chunk`` vocabulary columns at a time (``[T-1, V]`` is never held).
-    """
-    stats, _ = teacher_forced(model, ids[None], k=k, chunk=chunk)
-    fields = {name: getattr(stats, name)[0].cpu() for name in stats._fields}
-    return fields, {"model_calls": 1, "chunked_head": lm_head(model) is not None}
-
-
-def score_text(
-    model,
-    tokenizer,
-    text: str | Sequence[str],
-    *,
-    k: int = 15,
-    add_bos: bool = True,
-    max_chunk_elems: int = 1 << 25,
-) -> Trace:
-    """Per-token uncertainty of a given text by teacher forcing: one forward pass, no generation.
-
-    The model reads the whole text once (prefill); its last hidden state and output
-    embedding go through :func:`fuq.hidden_stats` (via :func:`teacher_forced`) with the
-    real next token as ``targets``, so ``token_logprob`` is the log-probability of the
-    text's own token. The logits are built a vocabulary chunk at a time (at most
-    ``max_chunk_elems`` of them at once), so ``[T, V]`` is never held for a long text.
-
-    Args:
-        model: a Hugging Face causal LM (``model(input_ids).logits`` ``[1, T, V]``).
-        tokenizer: its tokenizer (a fast tokenizer gives exact token texts via offsets).
-        text: one string, or several (each scored in its own pass; the Trace is
-            right-padded, with ``mask`` False on the padding).
-        k: alternatives kept per token (``topk_logprobs`` / ``topk_ids`` ``[B, T, k]``).
-        add_bos: prepend the tokenizer's BOS token (when it has one), so the first
-            token of the text is scored too; otherwise the first token is only context.
-        max_chunk_elems: bound on the ``positions × vocabulary chunk`` logits built at once.
-
-    Returns:
-        :class:`Trace` with ``T = max`` scored tokens, ``tokens`` (text pieces),
-        ``text`` (the input texts), ``prompt`` (the unscored first token's text, or
-        "" with BOS) and ``meta`` (``mode="score"``, ``k``, ``model_calls``).
-
-    Example:
-        >>> trace = fuq.score_text(model, tokenizer, "The cat sat on the mat.")  # doctest: +SKIP
-        >>> fuq.scores.perplexity(trace)  # doctest: +SKIP
-    """
-    texts = [text] if isinstance(text, str) else list(text)
-    if not texts or not all(isinstance(t, str) for t in texts):
-        raise TypeError("text must be a str or a non-empty sequence of str")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be an int >= 0, got {k!r}")
-    try:
-        device = next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        device = torch.device("cpu")
-    rows, pieces_all, ctx_all, calls = [], [], [], 0
-    for t in texts:
-        ids, pieces, ctx = _encode(tokenizer, t, add_bos)
-        chunk = max(1, max_chunk_elems // max(1, min(len(ids) - 1, _HIDDEN_MAX_ROWS)))  # rows x chunk logits
-        fields, info = _stats_one(model, torch.tensor(ids, dtype=torch.long, device=device), k, chunk)
-        calls += info["model_calls"]
-        rows.append((torch.tensor(ids[1:], dtype=torch.long), fields))
-        pieces_all.append(pieces)
-        ctx_all.append(ctx)
-    B, T = len(rows), max(r[0].shape[0] for r in rows)
-    mask = torch.zeros(B, T, dtype=torch.bool)
-    token_ids = torch.zeros(B, T, dtype=torch.long)
-    cols: dict[str, Tensor] = {}
-    for b, (tid, f) in enumerate(rows):
-        n = tid.shape[0]
-        mask[b, :n] = True
-        token_ids[b, :n] = tid
-        for name, v in f.items():
-            if name not in cols:
-                fill = 0 if not v.dtype.is_floating_point else math.nan
-                cols[name] = torch.full((B, T, *v.shape[1:]), fill, dtype=v.dtype)
-            cols[name][b, :n] = v
-        pieces_all[b] = pieces_all[b] + [""] * (T - n)
-    name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
-    return Trace(
-        token_ids=token_ids,
-        mask=mask,
-        **cols,
-        tokens=pieces_all,
-        prompt=ctx_all,
-        text=texts,
-        meta={"mode": "score", "model": name, "k": k, "add_bos": add_bos, "model_calls": calls},
-    )
+            thr = 0.5 * float(live[k - 1] + live[k])
+    else:
+        thr = float(DEFAULT_DEFERRAL_THRESHOLDS[key] if threshold is None else threshold)
+    defer = score > thr  # NaN -> False
+    return Deferral(score, defer, key, float(alpha), thr)

@@ -1,7 +1,8 @@
 """``Trace``: the per-token uncertainty record of a generation (or of a scored text).
 
 The decoding loop (``fuq.generate``) and teacher forcing (``fuq.score_text``)
-both produce a ``Trace``; ``fuq.scores`` turns one into sequence scores, and the
+both produce a ``Trace``; ``fuq.scores`` turns one into sequence scores (it reads the
+fields and does not import this module, so ``Trace.deferral`` can call it), and the
 CLI and ``fuq.viz`` display it. All per-token tensors are ``[B, T]`` (``[B, T, k]``
 for the alternatives), on the CPU, with ``mask`` telling which positions are real
 tokens (False after EOS / stop, or for padding).
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .ops import LogitStats
+from .scores import Deferral, deferral
 
 __all__ = ["Trace"]
 
@@ -118,9 +120,7 @@ class Trace:
         return {"meta": dict(self.meta), "sequences": [self.row(b) for b in range(self.batch_size)]}
 
     def deferral(self, rule: str = "chow-quantile", alpha: float = 0.1, threshold: float | None = None, *,
-                 rate: float | None = None):
+                 rate: float | None = None) -> Deferral:
         """Cascade deferral of each sequence (Chow-Sum / Chow-Average / Chow-Quantile α):
-        see :func:`fuq.adaptive.deferral`. Returns ``Deferral(score [B], defer [B], …)``."""
-        from .adaptive import deferral
-
+        see :func:`fuq.scores.deferral`. Returns ``Deferral(score [B], defer [B], …)``."""
         return deferral(self, rule=rule, alpha=alpha, threshold=threshold, rate=rate)

@@ -30,7 +30,16 @@ from typing import Any
 
 from .trace import Trace
 
-__all__ = ["confidence", "color", "render_terminal", "render_html", "terminal_text", "scores_table", "METRICS"]
+__all__ = [
+    "confidence",
+    "color",
+    "render_terminal",
+    "render_html",
+    "terminal_text",
+    "scores_table",
+    "TokenStream",
+    "METRICS",
+]
 
 METRICS = ("prob", "entropy")
 
@@ -65,13 +74,18 @@ def _check(trace: Trace, metric: str, entropy_max: float) -> None:
         raise ValueError(f"entropy_max must be a finite number > 0, got {entropy_max!r}")
 
 
+def _confidence(metric: str, token_logprob: float, entropy: float, entropy_max: float) -> float:
+    """Confidence in [0, 1] of one token (NaN stays NaN): ``p(token)``, or ``1 - min(H / entropy_max, 1)``."""
+    if metric == "prob":
+        return math.exp(token_logprob) if not math.isnan(token_logprob) else math.nan
+    return 1.0 - min(max(entropy, 0.0) / entropy_max, 1.0) if not math.isnan(entropy) else math.nan
+
+
 def confidence(trace: Trace, b: int, metric: str = "prob", entropy_max: float = 3.0) -> list[float]:
     """Confidence in [0, 1] of each real token of sequence ``b`` (NaN stays NaN)."""
     _check(trace, metric, entropy_max)
     row = trace.row(b)
-    if metric == "prob":
-        return [math.exp(x) if not math.isnan(x) else math.nan for x in row["token_logprob"]]
-    return [1.0 - min(max(h, 0.0) / entropy_max, 1.0) if not math.isnan(h) else math.nan for h in row["entropy"]]
+    return [_confidence(metric, lp, h, entropy_max) for lp, h in zip(row["token_logprob"], row["entropy"], strict=True)]
 
 
 def color(c: float, lightness: float = 0.45, saturation: float = 0.85) -> tuple[int, int, int]:
@@ -195,14 +209,72 @@ def terminal_text(trace: Trace, b: int = 0, *, metric: str = "prob", entropy_max
     if trace.prompt is not None and trace.prompt[b]:
         text.append(trace.prompt[b] + _prompt_sep(trace, b), style="dim")
     for piece, c in zip(pieces, conf, strict=True):
-        rgb = _hex(color(c))
-        if piece.strip() or not piece:
-            text.append(piece, style=rgb)
-        else:  # only whitespace: a coloured background, the newline itself outside it
-            body = piece.rstrip("\n")
-            text.append(body if body else "↵", style=f"on {rgb}")
-            text.append(piece[len(body) :])
+        _append_token(text, piece, c)
     return text
+
+
+def _append_token(text, piece: str, c: float) -> None:
+    """Append one token to a ``rich.text.Text`` in the colour of confidence ``c``."""
+    rgb = _hex(color(c))
+    if piece.strip() or not piece:
+        text.append(piece, style=rgb)
+    else:  # only whitespace: a coloured background, the newline itself outside it
+        body = piece.rstrip("\n")
+        text.append(body if body else "↵", style=f"on {rgb}")
+        text.append(piece[len(body) :])
+
+
+class TokenStream:
+    """A :func:`fuq.generate` ``hook`` that prints each token as it is produced, coloured by confidence.
+
+    One sequence (batch size 1): the prompt dimmed, then every new token in the colour that
+    :func:`terminal_text` gives it in the finished trace (the same text pieces, by the same
+    incremental decode as ``fuq.generate``). Follow it with ``render_terminal(trace, console,
+    show_text=False)`` for the legend and the scores.
+
+    Example:
+        >>> stream = fuq.viz.TokenStream(tokenizer, prompt="Hello")  # doctest: +SKIP
+        >>> trace = fuq.generate(model, tokenizer, "Hello", hook=stream)  # doctest: +SKIP
+        >>> fuq.viz.render_terminal(trace, stream.console, show_text=False)  # doctest: +SKIP
+    """
+
+    def __init__(self, tokenizer, console=None, *, prompt: str | None = None, chat: bool = False,
+                 metric: str = "prob", entropy_max: float = 3.0) -> None:
+        from rich.console import Console
+
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if not (isinstance(entropy_max, (int, float)) and math.isfinite(entropy_max) and entropy_max > 0):
+            raise ValueError(f"entropy_max must be a finite number > 0, got {entropy_max!r}")
+        self.tokenizer, self.console = tokenizer, console if console is not None else Console()
+        self.prompt, self.chat, self.metric, self.entropy_max = prompt, chat, metric, entropy_max
+        self.ids: list[int] = []
+        self.pieces: list[str] = []  #: the text of each token printed so far
+        self._decoded = ""
+
+    def __call__(self, step: int, stats, tokens) -> None:
+        from rich.text import Text
+
+        if tokens.shape[0] != 1:
+            raise ValueError(f"TokenStream shows one sequence; this batch has {tokens.shape[0]}")
+        text = Text()
+        if not self.ids and self.prompt:
+            sep = "\n" if self.chat and not self.prompt.endswith("\n") else ""
+            text.append(self.prompt + sep, style="dim")
+        tid = int(tokens[0])
+        self.ids.append(tid)
+        cur = self.tokenizer.decode(self.ids, skip_special_tokens=False)  # as fuq.generate's _pieces
+        prev, self._decoded = self._decoded, cur
+        piece = cur[len(prev) :] if cur.startswith(prev) else self.tokenizer.decode([tid], skip_special_tokens=False)
+        self.pieces.append(piece)
+        c = _confidence(self.metric, float(stats.token_logprob[0]), float(stats.entropy[0]), self.entropy_max)
+        _append_token(text, piece, c)
+        self.console.print(text, end="", soft_wrap=True)
+
+    def end(self) -> None:
+        """Close the streamed line (call once generation is over)."""
+        if self.ids:
+            self.console.print()
 
 
 def _legend(metric: str, entropy_max: float):
@@ -248,6 +320,7 @@ def render_terminal(
     entropy_max: float = 3.0,
     tokenizer=None,
     show_scores: bool = True,
+    show_text: bool = True,
 ) -> list:
     """Print the trace: per sequence, the coloured text; then a legend and the scores table.
 
@@ -258,6 +331,7 @@ def render_terminal(
         entropy_max: the entropy (nats) shown as fully unsure, for ``metric="entropy"``.
         tokenizer: used to decode tokens when the trace holds no text pieces.
         show_scores: also print :func:`scores_table`.
+        show_text: print the sequences' text (False after a :class:`TokenStream` printed it).
 
     Returns:
         The list of rich renderables printed (for embedding in another layout).
@@ -269,7 +343,7 @@ def render_terminal(
     _check(trace, metric, entropy_max)
     console = console if console is not None else Console()
     items: list = []
-    for b in range(trace.batch_size):
+    for b in range(trace.batch_size if show_text else 0):
         if trace.batch_size > 1:
             items.append(Rule(Text(f"sequence {b}", style="bold"), align="left", style="dim"))
         items.append(terminal_text(trace, b, metric=metric, entropy_max=entropy_max, tokenizer=tokenizer))

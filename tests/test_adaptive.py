@@ -19,14 +19,8 @@ from fuq.adaptive import (
 )
 from fuq.trace import Trace
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models gain nothing from threads, and a shared, loaded CPU makes OpenMP barriers slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # ---------------------------------------------------------------------------------- fit_threshold
 

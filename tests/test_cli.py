@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,24 @@ def test_usage_errors(capsys, argv, msg):
     assert rc == 2 and msg in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["generate", "hi", "--max-new-tokens", "0"], "expected a positive integer, got 0"),
+        (["generate", "hi", "--max-new-tokens", "x"], "expected a positive integer, got 'x'"),
+        (["generate", "hi", "-k", "-1"], "expected an integer >= 0, got -1"),
+        (["eu-plane", "a", "b", "--token-keep", "0"], "expected a number in (0, 1], got 0"),
+        (["eu-plane", "a", "b", "--sample-keep", "nan"], "expected a number in [0, 1], got nan"),
+        (["eu-plane", "a", "b", "--lam", "half"], "expected a number, got 'half'"),
+    ],
+)
+def test_number_validators(capsys, argv, msg):
+    """The int and fraction options share one validator factory (cli._number); argparse exits 2."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
 def test_bad_choice_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["generate", "hi", "--strategy", "beam"])
@@ -171,6 +190,72 @@ def test_generate_terminal(tiny, capsys):
     assert "Entropy" in out and "sequence scores" in out and "perplexity" in out and "confidence" in out
 
 
+def _runs(ansi: str) -> list[tuple[str, str]]:
+    """(SGR style, text) runs of terminal output, adjacent runs of one style merged."""
+    out: list[tuple[str, str]] = []
+    style = ""
+    for i, part in enumerate(re.split(r"\x1b\[([0-9;]*)m", ansi)):
+        if i % 2:
+            style = "" if part in ("", "0") else part
+        elif part:
+            if out and out[-1][0] == style:
+                out[-1] = (style, out[-1][1] + part)
+            else:
+                out.append((style, part))
+    return out
+
+
+@pytest.mark.parametrize("metric", ["prob", "entropy"])
+def test_token_stream_prints_each_token_as_it_is_produced(tiny, metric):
+    from rich.console import Console
+
+    from fuq.generate import generate
+
+    model, tok = fuq.models.load(tiny)
+
+    def console():
+        return Console(file=io.StringIO(), width=500, color_system="truecolor", force_terminal=True)
+
+    stream = viz.TokenStream(tok, console(), prompt="The cat", metric=metric, entropy_max=2.0)
+    after_step = []
+
+    def hook(step, stats, tokens):
+        stream(step, stats, tokens)
+        after_step.append(stream.console.file.getvalue())
+
+    tr = generate(model, tok, "The cat", max_new_tokens=8, hook=hook)
+    stream.end()
+    n = tr.num_tokens
+    assert len(after_step) == n >= 2
+    assert all(len(a) < len(b) for a, b in zip(after_step, after_step[1:], strict=False))  # grows every step
+    assert stream.pieces == tr.row(0)["tokens"]  # the same text pieces as the finished trace
+    # the same colours as the finished trace's terminal text
+    want = console()
+    want.print(viz.terminal_text(tr, 0, metric=metric, entropy_max=2.0), soft_wrap=True)
+    assert _runs(stream.console.file.getvalue()) == _runs(want.file.getvalue())
+    with pytest.raises(ValueError, match="one sequence"):
+        stream(0, None, torch.zeros(2, dtype=torch.long))
+
+
+def test_generate_streams_then_prints_the_scores(tiny, capsys, monkeypatch):
+    """One prompt: the text is printed by a viz.TokenStream during generation, once; then the table."""
+    from fuq.generate import generate
+
+    calls = []
+    real = viz.TokenStream.__call__
+    monkeypatch.setattr(viz.TokenStream, "__call__", lambda self, *a: calls.append(a[0]) or real(self, *a))
+    rc, out, err = run(capsys, "generate", "The cat", "--model", tiny, "--max-new-tokens", "6")
+    assert rc == 0, err
+    model, tok = fuq.models.load(tiny)
+    want = generate(model, tok, "The cat", max_new_tokens=6)
+    assert calls == list(range(want.num_tokens))
+    text = "The cat" + "".join(want.row(0)["tokens"])
+    assert out.count(text) == 1 and out.index(text) < out.index("sequence scores")
+    rc, out, err = run(capsys, "generate", "The cat", "A dog", "--model", tiny, "--max-new-tokens", "3")
+    assert rc == 0 and len(calls) == want.num_tokens  # a batch is printed at the end, not streamed
+    assert "sequence 1" in out and "sequence scores" in out
+
+
 def test_generate_matches_the_library(tiny, capsys):
     from fuq.generate import generate
 
@@ -213,6 +298,7 @@ def test_generate_batch(tiny, capsys):
     assert all(len(r) == 3 for s in d["sequences"] for r in s["topk_ids"])
 
 
+@pytest.mark.subprocess
 def test_generate_via_subprocess(tiny, tmp_path):
     """The module entry point (what the `fuq` console script calls) in a fresh interpreter."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -278,8 +364,9 @@ def test_bench_runs_the_scripts(tmp_path, capsys, monkeypatch):
     bench.mkdir()
     log = tmp_path / "log.txt"
     scripts = {
-        "bench_a.py": "# accepts --quick\n",  # a --quick flag: gets it
+        "bench_a.py": "QUICK_ARGS = ['--quick', '--n', '1']  # in the quick suite\n",
         "bench_b.py": "",  # no quick mode: skipped by --quick
+        "bench_c.py": "# accepts --quick\n",  # its own quick mode, not in the suite
         "bench_e.py": "# reads FUQ_BENCH_QUICK\n",  # reads the variable: run without the flag
     }
     for name, quick in scripts.items():
@@ -291,15 +378,25 @@ def test_bench_runs_the_scripts(tmp_path, capsys, monkeypatch):
         (bench / name).write_text(src)
     monkeypatch.setattr(cli, "bench_dir", lambda: bench)
     monkeypatch.delenv("FUQ_BENCH_QUICK", raising=False)
+    # --quick alone: the quick suite, i.e. the scripts with QUICK_ARGS, run with them
     rc, out, err = run(capsys, "bench", "--quick")
     assert rc == 0, err
-    lines = log.read_text().splitlines()
-    assert lines == [repr(("bench_a.py", ["--quick"], "1")), repr(("bench_e.py", [], "1"))]
+    assert log.read_text().splitlines() == [repr(("bench_a.py", ["--quick", "--n", "1"], "1"))]
+    assert "the quick suite: a; not in it" in err and "b, c, e" in err and "1 script(s) in" in err
+    # --quick with names: QUICK_ARGS, else the script's own --quick, else FUQ_BENCH_QUICK; else skipped
+    log.unlink()
+    rc, out, err = run(capsys, "bench", "a", "b", "c", "e", "--quick")
+    assert rc == 0, err
+    assert log.read_text().splitlines() == [
+        repr(("bench_a.py", ["--quick", "--n", "1"], "1")),
+        repr(("bench_c.py", ["--quick"], "1")),
+        repr(("bench_e.py", [], "1")),
+    ]
     assert "skipping bench_b.py" in err
     rc, out, _ = run(capsys, "bench", "--list")
-    assert out.split() == ["a", "b", "e"]
+    assert out.split() == ["a", "b", "c", "e"]
     log.unlink()
-    assert run(capsys, "bench", "b")[0] == 0
+    assert run(capsys, "bench", "b")[0] == 0  # a name without --quick: the full run
     assert log.read_text().splitlines() == [repr(("bench_b.py", [], None))]
     rc, _, err = run(capsys, "bench", "nope")
     assert rc == 2 and "no benchmark 'nope'" in err
@@ -308,6 +405,17 @@ def test_bench_runs_the_scripts(tmp_path, capsys, monkeypatch):
     assert rc == 1 and "bench_c.py (exit 3)" in err
 
 
+def test_bench_quick_suite_is_declared_in_bench():
+    """The repository's quick suite: the scripts with QUICK_ARGS (read without importing them)."""
+    suite = {s.stem: cli._quick_args(s) for s in sorted(cli.bench_dir().glob("bench_*.py"))}
+    suite = {k: v for k, v in suite.items() if v is not None}
+    assert suite, "no bench script declares QUICK_ARGS"
+    for name, args in suite.items():
+        # quick runs write their own result files, never over the full runs' ones
+        assert "--out" in args and "quick" in args[args.index("--out") + 1], (name, args)
+
+
+@pytest.mark.subprocess
 @pytest.mark.skipif(shutil.which("fuq") is None, reason="the fuq console script is not installed")
 def test_console_script_help():
     r = subprocess.run(["fuq", "--help"], capture_output=True, text=True, timeout=120)

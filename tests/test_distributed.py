@@ -203,6 +203,7 @@ def _worker(rank: int, world: int, port: int) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 4])
 def test_distributed_matches_unsharded(world):
     """logit_stats, hidden_stats and sample on `world` gloo ranks equal the unsharded ops on every rank;

@@ -154,6 +154,7 @@ def _check_sample(x, kw, k, seed):
             assert_stats_close(st, want, x.shape[-1], x.dtype)
 
 
+@pytest.mark.fuzz
 @pytest.mark.parametrize("seed", range(N_CASES), ids=lambda s: f"case_{s}")
 def test_fuzz(seed):
     rng = random.Random(seed)

@@ -11,6 +11,8 @@ import fuq
 from fuq import reference
 from fuq.generate import AdaDec, DecodeState, EntropyGated, Greedy, Sample, TopH, make_strategy
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 transformers = pytest.importorskip("transformers")
 
 V = 128
@@ -64,15 +66,6 @@ class CharTok:
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
         assert not tokenize and add_generation_prompt
         return "".join(f"U:{m['content']}\n" for m in messages) + "A:"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and a shared, loaded CPU makes OpenMP barriers slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -516,6 +509,7 @@ def test_generate_argument_errors(llama):
         fuq.generate(llama, ids, eos_token_id="x")
 
 
+@pytest.mark.subprocess
 def test_import_fuq_does_not_import_transformers():
     import subprocess
     import sys

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import DTYPES, HAS_TRITON, TRITON_RUNS, assert_stats_close
+from helpers import DTYPES, TRITON_RUNS, assert_stats_close
 
 import fuq
 from fuq import _library
@@ -237,47 +233,6 @@ def test_against_liger_fused_linear_scaled_cross_entropy(dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# The Triton kernel compiles for the GPUs it targets (no GPU here: ptxas ahead of time)
-
-_AOT_SCRIPT = r"""
-import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import fuq.triton_kernels.hidden_stats as H
-
-for cap in sys.argv[1:]:
-    target = GPUTarget("cuda", int(cap), 32)
-    # every epilogue flag on and off, every dtype, with and without candidates
-    for dt, f32, kp, on in (("bf16", False, 64, True), ("fp16", False, 0, False), ("fp32", True, 8, True)):
-        p = H._plan(4096, 262144, kp, 132)
-        sig = dict(h_ptr="*" + dt, w_ptr="*" + dt, b_ptr="*" + dt, tgt_ptr="*i64", N="i32", V="i32", D="i32",
-                   stride_h="i64", stride_w="i64", seg="i32", temperature="fp32", softcap="fp32",
-                   state_ptr="*fp32", amax_ptr="*i64", cand_ptr="*i64")
-        consts = dict(HAS_BIAS=on, HAS_CAP=on, HAS_T=on, HAS_TGT=on, TO_F32=f32, K_PAD=kp,
-                      BLOCK_M=p["BLOCK_M"], BLOCK_N=p["BLOCK_N"], BLOCK_K=p["BLOCK_K"])
-        sig.update({k: "constexpr" for k in consts})
-        triton.compile(ASTSource(fn=H._hidden_stats_kernel, signature=sig, constexprs=consts), target=target,
-                       options={"num_warps": p["num_warps"]})
-    print("compiled", cap)
-"""
-
-
-@pytest.mark.triton_interp
-@pytest.mark.skipif(HAS_CUDA or not HAS_TRITON, reason="a GPU runs the kernel instead; needs triton")
-def test_triton_kernel_compiles_for_sm80_and_sm90(tmp_path):
-    """Without a GPU the interpreter never compiles the kernel: compile it for sm_80 and sm_90 (needs ptxas)."""
-    ptxas = os.environ.get("TRITON_PTXAS_PATH") or shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
-    if not os.path.exists(ptxas):
-        pytest.skip("no ptxas to compile Triton kernels with")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_PTXAS_PATH=ptxas, TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
-    r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, "80", "90"], env=env, capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0 and "compiled 90" in r.stdout, r.stderr[-4000:]
-
-
-# ---------------------------------------------------------------------------------------------
 # Teacher forcing goes through hidden_stats: the LM head's full logits are never built
 
 
@@ -293,8 +248,8 @@ def test_score_text_never_builds_full_logits(tmp_path, monkeypatch):
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].double(), -1)
     seen = []
-    real = fuq.scores.hidden_stats
-    monkeypatch.setattr(fuq.scores, "hidden_stats", lambda *a, **kw: seen.append(kw["chunk"]) or real(*a, **kw))
+    real = fuq.forced.hidden_stats
+    monkeypatch.setattr(fuq.forced, "hidden_stats", lambda *a, **kw: seen.append(kw["chunk"]) or real(*a, **kw))
     hook = model.lm_head.register_forward_hook(lambda *a: pytest.fail("the LM head ran: [T, V] logits were built"))
     try:
         tr = fuq.score_text(model, tok, text, k=3, max_chunk_elems=10 * (len(ids) - 1))
@@ -317,7 +272,7 @@ def test_teacher_forced_scale_bias_and_softcap(tmp_path):
     model.lm_head.bias = torch.nn.Parameter(torch.randn(V, generator=torch.Generator().manual_seed(0)))
     model.config.logit_scale, model.config.final_logit_softcapping = 0.5, 20.0
     ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
-    stats, _ = fuq.scores.teacher_forced(model, ids, k=4, chunk=37)
+    stats, _ = fuq.forced.teacher_forced(model, ids, k=4, chunk=37)
     with torch.no_grad():
         h = model.model(input_ids=ids).last_hidden_state[:, :-1]
     z = 0.5 * (h.double() @ model.lm_head.weight.double().T + model.lm_head.bias.double())

@@ -19,15 +19,9 @@ transformers = pytest.importorskip("transformers")
 
 from test_generate import tiny_gemma3, tiny_llama  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 SCORERS = sorted(kv.SCORERS)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _ctx(B=2, Hq=6, Hkv=2, T=37, d=16, Lq=9, seed=0, dtype=torch.float32, dead=True):

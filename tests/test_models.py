@@ -13,16 +13,9 @@ import torch
 import fuq
 from fuq import models
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 transformers = pytest.importorskip("transformers")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models gain nothing from threads, and a shared, loaded CPU makes OpenMP barriers slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_folder(path):

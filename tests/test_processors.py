@@ -247,6 +247,7 @@ def test_recorder_masks_after_eos_and_restarts():
         rec2.trace()
 
 
+@pytest.mark.subprocess
 def test_transformers_is_optional():
     """``import fuq`` does not import transformers; fuq.processors / fuq.hf say how to install it."""
     import subprocess

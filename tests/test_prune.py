@@ -16,6 +16,8 @@ import fuq
 import fuq.prune
 from fuq import cli, viz
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 transformers = pytest.importorskip("transformers")
 
 TEXT = (
@@ -115,15 +117,6 @@ def test_sentence_units_and_rate_for_self_info(tiny):
     assert sents[0] == "The cat sat on the mat." and len(sents) >= 5
     kept_scores = r.unit_scores[r.unit_kept]
     assert kept_scores.numel() >= 1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: on a shared, loaded CPU two OpenMP threads make these small forwards ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_reselect_equals_compress_without_a_model_call(tiny):

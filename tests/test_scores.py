@@ -1,4 +1,4 @@
-"""fuq.scores against direct computations (plain Python loops over lists), and fuq.score_text."""
+"""fuq.scores against direct computations (plain Python loops over lists), and fuq.score_text (fuq.forced)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,17 @@ def test_prob_quantiles(trace, qs):
     for b, r in enumerate(rows(trace, "token_logprob")):
         p = [math.exp(x) for x in r]
         close(got[b], [quantile(p, q) for q in qs])
+
+
+@pytest.mark.parametrize("qs", [(0.05, 0.25, 0.5), (0.0, 1.0), (0.9,)])
+def test_logprob_quantiles(trace, qs):
+    """Interpolated in log space (not log of prob_quantiles): Chow-Quantile deferral uses it."""
+    got = scores.logprob_quantiles(trace, qs)
+    assert got.shape == (trace.batch_size, len(qs))
+    for b, r in enumerate(rows(trace, "token_logprob")):
+        close(got[b], [quantile(r, q) for q in qs])
+    with pytest.raises(ValueError, match="qs must all be in"):
+        scores.logprob_quantiles(trace, (-0.1,))
 
 
 def test_prob_quantiles_bad_q():

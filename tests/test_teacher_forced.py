@@ -1,4 +1,4 @@
-"""fuq.scores.teacher_forced and lm_head: stats from the last hidden state equal those of the full logits."""
+"""fuq.forced.teacher_forced and lm_head: stats from the last hidden state equal those of the full logits."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def test_teacher_forced_matches_full_logits(make):
     model = make()
     V = model.config.vocab_size
     ids = torch.randint(0, V, (2, 11), generator=torch.Generator().manual_seed(1))
-    assert fuq.scores.lm_head(model) is not None
-    stats, cache = fuq.scores.teacher_forced(model, ids, k=4)
+    assert fuq.forced.lm_head(model) is not None
+    stats, cache = fuq.forced.teacher_forced(model, ids, k=4)
     assert cache is None and stats.entropy.shape == (2, 10) and stats.topk_ids.shape == (2, 10, 4)
     with torch.no_grad():
         want = fuq.logit_stats(model(ids).logits[:, :-1], k=4, tokens=ids[:, 1:])
@@ -59,23 +59,23 @@ def test_teacher_forced_matches_full_logits(make):
 def test_teacher_forced_continues_a_cache():
     model = _gemma(3.0)
     ids = torch.randint(0, 301, (1, 12), generator=torch.Generator().manual_seed(2))
-    full, _ = fuq.scores.teacher_forced(model, ids)
-    a, cache = fuq.scores.teacher_forced(model, ids[:, :6], targets=ids[:, 1:7], use_cache=True)
-    b, _ = fuq.scores.teacher_forced(model, ids[:, 6:11], targets=ids[:, 7:12], past_key_values=cache, use_cache=True)
+    full, _ = fuq.forced.teacher_forced(model, ids)
+    a, cache = fuq.forced.teacher_forced(model, ids[:, :6], targets=ids[:, 1:7], use_cache=True)
+    b, _ = fuq.forced.teacher_forced(model, ids[:, 6:11], targets=ids[:, 7:12], past_key_values=cache, use_cache=True)
     torch.testing.assert_close(torch.cat([a.token_logprob, b.token_logprob], 1), full.token_logprob, atol=2e-5, rtol=0)
 
 
 def test_teacher_forced_bad_input():
     model = _llama()
     with pytest.raises(ValueError, match="input_ids"):
-        fuq.scores.teacher_forced(model, torch.zeros(5, dtype=torch.long))
+        fuq.forced.teacher_forced(model, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="at least 2"):
-        fuq.scores.teacher_forced(model, torch.zeros(1, 1, dtype=torch.long))
+        fuq.forced.teacher_forced(model, torch.zeros(1, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="targets"):
-        fuq.scores.teacher_forced(
+        fuq.forced.teacher_forced(
             model, torch.zeros(1, 3, dtype=torch.long), targets=torch.zeros(1, 2, dtype=torch.long)
         )
 
 
 def test_lm_head_none_without_the_usual_structure():
-    assert fuq.scores.lm_head(torch.nn.Linear(3, 4)) is None
+    assert fuq.forced.lm_head(torch.nn.Linear(3, 4)) is None

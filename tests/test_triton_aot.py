@@ -4,7 +4,10 @@ The interpreter (how the other Triton tests run without a GPU) executes Python a
 what the GPU compiler refuses. This test records each launch of the public ops under the
 interpreter (kernel, argument types, constexprs, warps; decode shapes planned as on a
 132-SM GPU) and compiles every recorded variant with ``triton.compile`` for both targets
-(``tests/triton_launches.py``; ptxas ships with Triton, no GPU needed). The table of
+(``tests/triton_launches.py``; ptxas ships with Triton, no GPU needed), with the variants
+the CPU drive cannot reach listed by hand there (``hand_listed``: the bitonic top-k of a
+CUDA device, ``hidden_stats``' prefill plan, every epilogue flag; they were three per-op
+compile scripts in the op tests). The table of
 registers, spills and shared memory per variant goes to ``$FUQ_AOT_REPORT`` when set
 (CI prints it), else to the test's temporary folder.
 """
@@ -28,6 +31,7 @@ def _run(args, env, timeout):
     )
 
 
+@pytest.mark.aot
 @pytest.mark.triton_interp
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_every_launched_triton_kernel_compiles_for_sm80_and_sm90(tmp_path):

@@ -3,7 +3,7 @@
 :func:`compress` drops the tokens (or words, or sentences) of a text that a small causal LM
 finds least informative, keeping the order of the rest. Scores are self-information in
 nats, ``-log p(token | prefix)``, taken from the last hidden state through
-:func:`fuq.hidden_stats` (:func:`fuq.scores.teacher_forced`), never from ``[T, V]`` logits.
+:func:`fuq.hidden_stats` (:func:`fuq.forced.teacher_forced`), never from ``[T, V]`` logits.
 
 Methods:
 
@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..scores import _pieces_from_offsets, teacher_forced
+from ..forced import _pieces_from_offsets, teacher_forced
 
 __all__ = ["compress", "reselect", "CompressResult", "METHODS", "UNITS"]
 

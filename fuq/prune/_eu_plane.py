@@ -392,10 +392,10 @@ def score_batch(model, rows: Sequence[tuple[list[int], list[bool]]], *, pad_id: 
     The model body runs once over ``[B, L]``; the output layer is applied only at the
     positions that predict a response token, through :func:`fuq.hidden_stats` (never the
     ``[B, L, V]`` logits). Models without the usual structure go through
-    :func:`fuq.scores.teacher_forced`.
+    :func:`fuq.forced.teacher_forced`.
     """
+    from ..forced import lm_head, teacher_forced
     from ..ops import hidden_stats
-    from ..scores import lm_head, teacher_forced
 
     try:
         device = next(model.parameters()).device

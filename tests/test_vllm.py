@@ -283,7 +283,8 @@ def engine(tmp_path_factory):
             "vllm_capture:CaptureCut",
         ],
     )
-    return SimpleNamespace(llm=llm, capture=root / "capture")
+    yield SimpleNamespace(llm=llm, capture=root / "capture")
+    llm.llm_engine.engine_core.shutdown()  # before interpreter exit, where vLLM's own atexit logging fails
 
 
 def _prompts(n, length=6, seed=1):
@@ -382,14 +383,13 @@ def test_vllm_mixed_batch_each_row_right(engine):
 @needs_vllm
 def test_vllm_entropy_gate(engine):
     prompts = _prompts(4, seed=7)
+    # tau: the median entropy of these prompts' greedy steps, so that both branches run
+    rec = fv.Recording(k=0)
+    trace = rec.read(engine.llm.generate(prompts, rec.params(_sp(temperature=0.0, max_tokens=6), 4), use_tqdm=False))
+    tau = float(trace.entropy[trace.mask].median())
+    gate = {"tau": tau, "temperature": 0.7}
     params = [
-        _sp(
-            temperature=1.0,
-            seed=i,
-            max_tokens=6,
-            extra_args={"capture": f"e{i}", "fuq_gate": {"tau": 2.0, "temperature": 0.7}},
-        )
-        for i in range(4)
+        _sp(temperature=1.0, seed=i, max_tokens=6, extra_args={"capture": f"e{i}", "fuq_gate": gate}) for i in range(4)
     ]
     outs = engine.llm.generate(prompts, params, use_tqdm=False)
     gated = sampled = 0
@@ -397,7 +397,7 @@ def test_vllm_entropy_gate(engine):
         for pos, tok in enumerate(o.outputs[0].token_ids):
             raw = _captured(engine, f"e{i}", "raw", pos)
             cut = _captured(engine, f"e{i}", "cut", pos)
-            if float(fuq.logit_stats(raw.unsqueeze(0)).entropy[0]) < 2.0:
+            if float(fuq.logit_stats(raw.unsqueeze(0)).entropy[0]) < tau:
                 assert torch.isfinite(cut).sum() == 1 and tok == int(raw.argmax())
                 gated += 1
             else:
@@ -417,8 +417,9 @@ def test_vllm_bad_request_refused_others_served(engine):
         ({"fuq": {"typical_p": "high"}}, "must be a number"),
         ({"fuq_gate": {"tau": "x"}}, "must be a number"),
     ]:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(Exception, match=match) as err:  # vLLM wraps it: VLLMValidationError
             engine.llm.generate(prompts[1:2], SamplingParams(max_tokens=4, extra_args=bad), use_tqdm=False)
+        assert "Validation" in type(err.value).__name__ or isinstance(err.value, ValueError)
         outs = engine.llm.generate(
             [prompts[0], prompts[2]],
             [_sp(temperature=0.0, max_tokens=4), _sp(extra_args={"fuq": {"typical_p": 0.9}}, seed=1, max_tokens=4)],

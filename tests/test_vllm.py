@@ -482,3 +482,54 @@ def _smollm2_checks(llm):
         use_tqdm=False,
     )
     assert all(len(o.outputs[0].token_ids) > 0 for o in typ)
+
+
+@needs_vllm
+def test_model_runner_v2_processors_on_a_hand_made_context(tmp_path, monkeypatch):
+    """Model Runner V2 is not run here (on the CPU it needs Triton); its interface is driven by hand,
+    as vLLM 0.32's sampler calls it: add_request(slot, params), apply(logits, ctx) with rows mapped
+    to slots by ctx.expanded_idx_mapping, raw logits in, vLLM's temperature applied afterwards."""
+    import numpy as np
+    from vllm import SamplingParams
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2Base
+
+    monkeypatch.setenv("FUQ_VLLM_DIR", str(tmp_path))
+    cfg = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: 300))
+    req_states = SimpleNamespace(prompt_len=SimpleNamespace(np=np.array([0, 4, 0, 3, 0, 0])))
+    trunc, gate, recp = (
+        fv.TruncationV2(cfg, req_states),
+        fv.EntropyGateV2(cfg, req_states),
+        fv.UncertaintyRecorderV2(cfg, req_states),
+    )
+    assert all(isinstance(p, V2Base) for p in (trunc, gate, recp))
+    rec = fv.Recording(k=2)
+    sp = rec.params(SamplingParams(temperature=0.8, extra_args={"fuq": {"typical_p": 0.7}}), 1)[0]
+    assert trunc.add_request(1, sp) and recp.add_request(1, sp)
+    assert not trunc.add_request(3, SamplingParams(temperature=1.0)) and not gate.add_request(3, SamplingParams())
+    assert gate.add_request(
+        5, SamplingParams(temperature=0.5, extra_args={"fuq_gate": {"tau": 0.0, "temperature": 2.0}})
+    )
+    g = torch.Generator().manual_seed(0)
+    toks = []
+    for step in range(3):
+        x = torch.randn(3, 300, generator=g) * 3
+        ctx = SimpleNamespace(
+            expanded_idx_mapping=torch.tensor([3, 1, 5]),  # rows -> slots, reordered as vLLM does
+            pos=torch.tensor([3 + step, 4 + step - 1, 7]),
+            input_ids=torch.tensor([9, toks[-1] if toks else 11, 9]),
+        )
+        y = recp.apply(x.clone(), ctx)
+        assert torch.equal(y, x)
+        y = trunc.apply(y, ctx)
+        want = torch.isneginf(fuq.truncate(x[1:2], temperature=0.8, typical_p=0.7))[0]
+        assert torch.equal(torch.isneginf(y[1]), want) and torch.equal(y[0], x[0])
+        y = gate.apply(y, ctx)
+        torch.testing.assert_close(y[2], x[2] * 0.5 / 2.0)  # vLLM then divides by 0.5: x / 2
+        toks.append(int(torch.multinomial(torch.softmax(x[1] / 0.8, -1), 1, generator=g)))
+        if step == 0:
+            x0 = x[1].clone()
+    out = SimpleNamespace(outputs=[SimpleNamespace(token_ids=toks)], prompt_token_ids=None)
+    trace = rec.read([out])
+    torch.testing.assert_close(trace.entropy[0, 0], fuq.logit_stats(x0.unsqueeze(0)).entropy[0])
+    assert torch.isfinite(trace.token_logprob).all()
+    torch.testing.assert_close(trace.token_logprob[0, 0], torch.log_softmax(x0, -1)[toks[0]])

@@ -65,7 +65,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _truncate, ops
+from . import ops
+from . import truncate as _fuq_truncate
 
 # The processor classes (Truncation, EntropyGate, UncertaintyRecorder and their V2 twins) are built on
 # first access (module __getattr__), so they are not in __all__: a star import must not need vLLM.
@@ -84,9 +85,12 @@ RECORD_KEY = "fuq_record"  #: extra_args key of the uncertainty recorder
 
 # The knobs a request may give: those of fuq.truncate, less its tensor, backend and temperature
 # (vLLM's own SamplingParams.temperature applies; a second one here would only confuse).
+# (Read from its signature; the literal list is the fallback should the signature become **knobs.)
 KNOBS: tuple[str, ...] = tuple(
-    n for n in inspect.signature(_truncate.truncate).parameters if n not in ("logits", "backend", "temperature")
-)
+    n
+    for n, prm in inspect.signature(_fuq_truncate).parameters.items()
+    if n not in ("logits", "backend", "temperature") and prm.kind is inspect.Parameter.KEYWORD_ONLY
+) or ("top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "top_h", "top_n_sigma", "p_less", "min_tokens_to_keep")
 _GATE_FIELDS = ("tau", "temperature", "low_temperature")
 _RECORD_FIELDS = ("key", "k")
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -123,7 +127,7 @@ def _knobs_of(params: Any) -> dict[str, Any] | None:
         return None
     knobs = {k: v for k, v in _check_dict(value, KNOBS_KEY, KNOBS).items() if v is not None}
     try:  # fuq's own checks: the same errors as fuq.truncate's, on a 1 x 2 row
-        _truncate.truncate(torch.zeros(1, 2), **knobs, backend="reference")
+        _fuq_truncate(torch.zeros(1, 2), **knobs, backend="reference")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"extra_args[{KNOBS_KEY!r}]: {exc}") from None
     return knobs or None
@@ -206,7 +210,7 @@ def _truncate_rows(logits: Tensor, rows: list[int], knob_dicts: list[dict[str, A
     for (items, t), js in groups.items():
         idx = torch.tensor([rows[j] for j in js], dtype=torch.long, device=logits.device)
         sub = logits.index_select(0, idx)
-        cut = torch.isneginf(_truncate.truncate(sub, temperature=t, **dict(items)))
+        cut = torch.isneginf(_fuq_truncate(sub, temperature=t, **dict(items)))
         logits.index_copy_(0, idx, sub.masked_fill_(cut, float("-inf")))
     return logits
 
@@ -374,17 +378,21 @@ class Recording:
     def read(self, outputs: list[Any], keys: list[str] | None = None):
         """A :class:`fuq.trace.Trace` ``[len(outputs), T]`` aligned with each output's ``token_ids``.
 
-        ``outputs``: vLLM ``RequestOutput`` objects in the order of :meth:`params`' list (or
-        pass ``keys``). Positions past an output's length are masked. A token whose record is
-        missing (a request preempted and resumed right after it) has NaN stats; a record whose
-        token differs from vLLM's output raises ``RuntimeError`` (the channel is out of step).
+        ``outputs``: vLLM ``RequestOutput`` objects in the order of :meth:`params`' list (the
+        oldest keys not yet read; or pass ``keys``). Positions past an output's length are
+        masked. A token whose record is missing (a request preempted and resumed right after
+        it) has NaN stats; a record whose token differs from vLLM's output raises
+        ``RuntimeError`` (the channel is out of step).
         """
         from .trace import Trace
 
-        keys = list(self.keys if keys is None else keys)
+        own = keys is None
+        keys = list(self.keys if own else keys)
         if len(keys) < len(outputs):
             raise ValueError(f"{len(outputs)} outputs but {len(keys)} keys: pass the params from Recording.params")
-        keys = keys[-len(outputs) :] if keys is self.keys or keys == self.keys else keys
+        keys = keys[: len(outputs)]
+        if own:  # the oldest unread keys are this batch's; later params() calls keep theirs
+            del self.keys[: len(outputs)]
         seqs = [list(o.outputs[0].token_ids) for o in outputs]
         T = max((len(s) for s in seqs), default=0)
         B = len(outputs)

@@ -388,16 +388,16 @@ def survival_model(name: str, qa: list[dict], args) -> dict:
             for unit in args.units:
                 var = {
                     "self-info": fuq.prune.reselect(base, tok, rate=rate, unit=unit),
-                    "llmlingua": fuq.prune.compress(p, model, tok, rate=rate, unit=unit, method="llmlingua",
-                                                    segment=args.segment),
                     "self-info+q (LongLLMLingua: coarse + fine)": fuq.prune.reselect(baseq, tok, rate=rate, unit=unit),
-                    "llmlingua+q (coarse + fine)": fuq.prune.compress(p, model, tok, rate=rate, unit=unit, question=q,
-                                                                      method="llmlingua", segment=args.segment),
                     "q contrast alone (before)": fuq.prune.reselect(_without_coarse(baseq, contrast), tok, rate=rate,
                                                                     unit=unit),
                     "q fine only (no coarse step)": fuq.prune.reselect(_without_coarse(baseq), tok, rate=rate,
                                                                        unit=unit),
                 }
+                if args.llmlingua is None or i < args.llmlingua:
+                    for name_q, qq in (("llmlingua", None), ("llmlingua+q (coarse + fine)", q)):
+                        var[name_q] = fuq.prune.compress(p, model, tok, rate=rate, unit=unit, question=qq,
+                                                         method="llmlingua", segment=args.segment)
                 for v, r in var.items():
                     row["variants"][f"{v}/{unit}@{rate}"] = {"survives": survives(r.text, gold), "rate": r.rate,
                                                              "text": r.text}
@@ -600,6 +600,8 @@ def main() -> None:
     ap.add_argument("--survival", action="store_true",
                     help="only measure whether the gold answer survives compression (all passages, no generation)")
     ap.add_argument("--units", default="word", help="units for --survival (comma-separated)")
+    ap.add_argument("--llmlingua", type=int, default=None, metavar="N",
+                    help="--survival: run the llmlingua variants on the first N passages only (default: all)")
     ap.add_argument("--out", default=None, help="result name under bench/results/ (default bench_prune[_quick])")
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--peer-folder", default=None, help=argparse.SUPPRESS)

@@ -199,10 +199,12 @@ def make_config(name: str, pre: dict, budget: float) -> dict:
     policy = None
     if name == "h2o":
         sc = kv.H2O(init=pre["h2o"])
-    elif name == "h2o/mean":
-        sc = kv.H2O(init=pre["h2o"], mean=True)
-    elif name == "h2o/recent-half":  # the H2O paper's split: as many recent tokens as heavy hitters
-        sc, policy = kv.H2O(init=pre["h2o"]), {"window": max(32, int(budget * P / 2))}
+    elif name == "h2o/mean":  # kvpress's ObservedAttentionPress scores, heavy hitters only
+        sc = kv.H2O(init=pre["h2o"], mean=True, recent=0.0)
+    elif name == "h2o/no-recent":  # heavy hitters only, the 32-token window (fuq's H2O before the split)
+        sc = kv.H2O(init=pre["h2o"], recent=0.0)
+    elif name == "h2o/recent-half":  # the split as a fixed window, set at the prefill
+        sc, policy = kv.H2O(init=pre["h2o"], recent=0.0), {"window": max(32, int(budget * P / 2))}
     elif name == "uncertain":
         sc = kv.ProtectUncertain(kv.H2O(init=pre["h2o"]))
     elif name == "entropy-budget/attention":

@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+RESULTS_DIR = HERE / "results"
 DATA = HERE / "data" / "prune_qa.jsonl"
 RATES = (0.3, 0.5, 0.7)
 UNITS = ("token", "word", "sentence")
@@ -372,7 +373,7 @@ def _without_coarse(r, scores=None):
     return dataclasses.replace(r, meta=meta, token_scores=r.token_scores if scores is None else scores)
 
 
-def survival_model(name: str, qa: list[dict], args) -> dict:
+def survival_model(name: str, qa: list[dict], args, save=None) -> dict:
     import fuq
     import fuq.prune
 
@@ -403,6 +404,12 @@ def survival_model(name: str, qa: list[dict], args) -> dict:
                                                              "text": r.text}
         per.append(row)
         print(f"  {name} survival {i + 1}/{len(qa)}", file=sys.stderr, flush=True)
+        if save is not None:  # after every passage: a cut-off run keeps what it measured
+            save(_survival_summary(name, per, len(qa), t0))
+    return _survival_summary(name, per, len(qa), t0)
+
+
+def _survival_summary(name: str, per: list[dict], n: int, t0: float) -> dict:
     counts: dict[str, dict] = {}
     for row in per:
         for v, x in row["variants"].items():
@@ -412,8 +419,9 @@ def survival_model(name: str, qa: list[dict], args) -> dict:
             c["rate_sum"] += x["rate"]
     for c in counts.values():
         c["rate_reached"] = c.pop("rate_sum") / c["n"]
-    return {"model": name, "passages": len(qa), "answer_in_full_passage": sum(r["full"] for r in per),
-            "counts": counts, "per_passage": per, "cpu_s": time.process_time() - t0}
+    return {"model": name, "passages": len(per), "passages_asked": n,
+            "answer_in_full_passage": sum(r["full"] for r in per), "counts": counts, "per_passage": per,
+            "cpu_s": time.process_time() - t0}
 
 
 def print_survival(res: dict) -> None:
@@ -632,12 +640,17 @@ def main() -> None:
         args.units = args.units.split(",")
         payload["note"] = ("answer survival: the SQuAD-normalised gold answer occurs, as whole words, in the "
                            "compressed text; cpu_s is the process CPU clock, one thread, on a shared machine")
-        for name in args.models.split(","):
-            res = survival_model(name, qa, args)
-            print_survival(res)
-            payload["models"][name] = res
         tag = args.out or "bench_prune_survival_" + args.models.replace(",", "_")
-        print(f"wrote {write_json(tag, payload)}")
+        for name in args.models.split(","):
+
+            def save(res, name=name):
+                payload["models"][name] = res
+                write_json(tag, payload)
+
+            res = survival_model(name, qa, args, save)
+            print_survival(res)
+            save(res)
+        print(f"wrote {RESULTS_DIR / tag}.json")
         return
     if not args.peer_only:
         for name in args.models.split(","):

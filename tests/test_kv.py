@@ -113,7 +113,26 @@ def test_h2o_mean_divides_by_the_queries_that_saw_each_slot():
     mass = _probs64(ctx).sum(2).view(2, 2, 3, T).sum(2)
     want = mass / torch.arange(T, 0, -1).double()
     torch.testing.assert_close(sc.score(ctx).double(), want, atol=1e-5, rtol=1e-5)
-    assert sc.config() == {"mean": True} and kv.H2O().config() == {}
+    assert sc.config() == {"recent": 0.5, "mean": True} and kv.H2O().config() == {"recent": 0.5}
+
+
+def test_h2o_keeps_the_recent_half_of_its_budget():
+    """The H2O paper's split: half of each row's budget for the newest tokens, half for heavy hitters."""
+    m = tiny_llama()
+    ids, am = _batch()
+    kept = {}
+    for recent in (0.5, 0.0):
+        tr = fuq.generate(m, ids, attention_mask=am, max_new_tokens=1, eos_token_id=[], kv_budget=0.5,
+                          kv_scorer=kv.H2O(recent=recent), kv_sinks=1, kv_window=1)
+        kept[recent] = tr.meta["kv"]["kept_prompt"]
+        assert tr.meta["kv"]["scorer_args"]["recent"] == recent
+    assert kept[0.5][0][-10:] == [1.0] * 10 and kept[0.5][1][-9:] == [1.0] * 9  # ceil(ceil(40/2)/2), 33 -> 9
+    assert kept[0.0][0][-10:] != [1.0] * 10  # heavy hitters alone drop some of them
+    # the wrappers pass the split on
+    assert kv.ProtectUncertain(kv.H2O()).recent_share == 0.5 == kv.EntropyBudget(kv.H2O()).recent_share
+    assert kv.SnapKV().recent_share == 0.0
+    with pytest.raises(ValueError, match="recent"):
+        kv.H2O(recent=1.5)
 
 
 def _matrix_entropy64(k: torch.Tensor) -> float:

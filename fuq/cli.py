@@ -516,9 +516,11 @@ def _add_prune(sub) -> None:
     pr.add_argument("file", help="the text file to compress, '-' for stdin")
     pr.add_argument("--rate", type=float, default=None, help="fraction of the tokens to keep, in (0, 1) (0.5)")
     pr.add_argument("--target-tokens", type=_positive_int, default=None, metavar="N", help="tokens to keep, not --rate")
-    pr.add_argument("--unit", choices=("token", "word", "sentence"), default="token", help="what is dropped (token)")
+    pr.add_argument("--unit", choices=("token", "word", "sentence"), default="word",
+                    help="what is dropped (word: a word or number is kept or dropped whole)")
     pr.add_argument("--method", choices=("self-info", "llmlingua"), default="self-info", help="scoring (self-info)")
-    pr.add_argument("--question", metavar="Q", help="condition the scores on a question (LongLLMLingua's contrast)")
+    pr.add_argument("--question", metavar="Q",
+                    help="keep what answers Q (LongLLMLingua: sentences ranked by Q's likelihood, then the tokens)")
     pr.add_argument("--keep", action="append", default=[], metavar="TEXT", help="a string never dropped (repeatable)")
     pr.add_argument("--segment", type=_positive_int, default=200, metavar="N", help="llmlingua segment tokens (200)")
     pr.add_argument("--model", default=None, metavar="NAME|PATH", help="'gemma3' (default), 'smollm2' or a folder")

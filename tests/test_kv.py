@@ -98,6 +98,83 @@ def test_h2o_accumulates_mass_in_place():
     torch.testing.assert_close(sc.acc[0].double(), acc.gather(2, idx), atol=1e-5, rtol=1e-5)
 
 
+def test_h2o_mean_divides_by_the_queries_that_saw_each_slot():
+    """kvpress's ObservedAttentionPress: the mass of all prompt queries over the number that saw the key."""
+    T = 21
+    ctx = _ctx(T=T, Lq=T, dead=False)
+    sc = kv.H2O(mean=True)
+    sc.observe(ctx, T)
+    mass = _probs64(ctx).sum(2).view(2, 2, 3, T).sum(2)
+    want = mass / torch.arange(T, 0, -1).double()
+    torch.testing.assert_close(sc.score(ctx).double(), want, atol=1e-5, rtol=1e-5)
+    assert sc.config() == {"recent": 0.5, "mean": True} and kv.H2O().config() == {"recent": 0.5}
+
+
+def test_h2o_keeps_the_recent_half_of_its_budget():
+    """The H2O paper's split: half of each row's budget for the newest tokens, half for heavy hitters."""
+    m = tiny_llama()
+    ids, am = _batch()
+    kept = {}
+    for recent in (0.5, 0.0):
+        tr = fuq.generate(m, ids, attention_mask=am, max_new_tokens=1, eos_token_id=[], kv_budget=0.5,
+                          kv_scorer=kv.H2O(recent=recent), kv_sinks=1, kv_window=1)
+        kept[recent] = tr.meta["kv"]["kept_prompt"]
+        assert tr.meta["kv"]["scorer_args"]["recent"] == recent
+    assert kept[0.5][0][-10:] == [1.0] * 10 and kept[0.5][1][-9:] == [1.0] * 9  # ceil(ceil(40/2)/2), 33 -> 9
+    assert kept[0.0][0][-10:] != [1.0] * 10  # heavy hitters alone drop some of them
+    # the wrappers pass the split on
+    assert kv.ProtectUncertain(kv.H2O()).recent_share == 0.5 == kv.EntropyBudget(kv.H2O()).recent_share
+    assert kv.SnapKV().recent_share == 0.0
+    with pytest.raises(ValueError, match="recent"):
+        kv.H2O(recent=1.5)
+
+
+def _matrix_entropy64(k: torch.Tensor) -> float:
+    z = k.double() / k.double().norm(dim=-1, keepdim=True)
+    lam = torch.linalg.eigvalsh(z.T @ z / z.shape[0]).clamp_min(0)
+    lam = lam / lam.sum()
+    return float(-(lam[lam > 0] * lam[lam > 0].log()).sum())
+
+
+def test_matrix_entropy_against_float64():
+    g = torch.Generator().manual_seed(1)
+    k = torch.randn(2, 3, 50, 8, generator=g) * torch.linspace(0.1, 3, 8)  # anisotropic
+    alive = torch.ones(2, 3, 50, dtype=torch.bool)
+    alive[1, 2, :20] = False
+    got = kv.matrix_entropy(k.to(torch.bfloat16), alive)
+    assert got.shape == (2, 3) and got.dtype == torch.float32
+    for b in range(2):
+        for h in range(3):
+            want = _matrix_entropy64(k.to(torch.bfloat16)[b, h][alive[b, h]])
+            assert float(got[b, h]) == pytest.approx(want, abs=1e-5)
+    # limits: one direction -> 0; many isotropic keys -> log d; scaling a key changes nothing
+    one = torch.randn(1, 1, 1, 8, generator=g).expand(1, 1, 30, 8) * torch.rand(1, 1, 30, 1, generator=g)
+    assert float(kv.matrix_entropy(one)) == pytest.approx(0.0, abs=1e-6)
+    iso = torch.randn(1, 1, 20000, 8, generator=g)
+    assert float(kv.matrix_entropy(iso)) == pytest.approx(math.log(8), abs=2e-3)
+    torch.testing.assert_close(kv.matrix_entropy(k * torch.rand(2, 3, 50, 1, generator=g) * 5), kv.matrix_entropy(k))
+
+
+@pytest.mark.parametrize("measure", ["matrix", "attention"])
+def test_entropy_budget_measures(measure):
+    ctx = _ctx(Lq=9)
+    sc = kv.EntropyBudget(kv.SnapKV(window=4), window=9, measure=measure, power=2.0)
+    sc.observe(ctx, 37)
+    if measure == "matrix":
+        want = kv.matrix_entropy(ctx.keys, ctx.alive) ** 2
+        assert sc.queries == 4  # the keys alone: only SnapKV's queries
+    else:
+        a = ctx.stats(ctx.q).entropy.nan_to_num(0.0).mean(-1).view(2, 2, 3).mean(-1)
+        want = a**2
+        assert sc.queries == 9
+    torch.testing.assert_close(sc.entropy[0], want)
+    assert sc.config()["measure"] == measure
+    with pytest.raises(ValueError, match="measure"):
+        kv.EntropyBudget(measure="rank")
+    with pytest.raises(ValueError, match="power"):
+        kv.EntropyBudget(power=float("nan"))
+
+
 def test_knorm_streaming_uncertain():
     ctx = _ctx()
     torch.testing.assert_close(kv.KeyNorm().score(ctx), -ctx.keys.float().norm(dim=-1))
@@ -243,11 +320,14 @@ def test_gemma3_sliding_layer_untouched():
     assert tr.meta["kv"]["full_layers"] == [1]
 
 
-def test_entropy_budget_shares_the_same_total():
+@pytest.mark.parametrize("measure", ["matrix", "attention"])
+def test_entropy_budget_shares_the_same_total(measure):
     m = tiny_llama()
     ids, am = _batch(T=60)
+    sc = kv.EntropyBudget(kv.SnapKV(window=8), window=8, measure=measure)
     tr = fuq.generate(m, ids, attention_mask=am, max_new_tokens=2, eos_token_id=[], kv_budget=0.5,
-                      kv_scorer=kv.EntropyBudget(kv.SnapKV(window=8), window=8), kv_sinks=2, kv_window=4)
+                      kv_scorer=sc, kv_sinks=2, kv_window=4)
+    assert sc.shares is not None and not torch.allclose(sc.shares, torch.ones_like(sc.shares))
     uni = fuq.generate(m, ids, attention_mask=am, max_new_tokens=2, eos_token_id=[], kv_budget=0.5,
                        kv_scorer=kv.SnapKV(window=8), kv_sinks=2, kv_window=4)
     # same total live slots (mean over layers and heads), different split

@@ -23,10 +23,23 @@ Methods:
   one forward of ``kept + segment`` tokens per segment; a test checks every score
   against recomputing ``compressed prefix + segment`` from scratch.
 
-``question=`` (LongLLMLingua's contrast, Jiang et al. 2024): each token is scored by
-``log p(x_i | question, prefix) - log p(x_i | prefix)`` (how much more likely the
-question makes it; the question is prepended as ``question + "\\n\\n"``), instead of
-the self-information; two passes (or two caches for ``"llmlingua"``).
+``question=`` (LongLLMLingua, Jiang et al. 2024, both of its steps):
+
+* **coarse**: the text's sentences are ranked by the question's likelihood given each of them
+  alone, ``r_k = mean NLL(question + restriction | BOS + sentence_k + "\\n\\n")`` (LongLLMLingua's
+  restrictive statement :data:`RESTRICTION` follows the question; one teacher-forced row per
+  sentence, all sentences of all texts in padded batches). The best-ranked sentences are kept
+  until :data:`COARSE_KEEP` times the token budget is reached; the others are dropped whole.
+* **fine**: within the kept sentences each token is scored by its self-information *plus* the
+  question contrast, ``-log p(x_i | prefix) + [log p(x_i | question, prefix) - log p(x_i | prefix)]``
+  (the question is prepended as ``question + "\\n\\n"``): the contrast alone ranks away the
+  surprising tokens (numbers, names) a question asks for, since the question does not predict
+  them either. Each kept sentence gets a share of the budget that falls linearly with its rank
+  (LongLLMLingua's dynamic compression ratio, :data:`DYNAMIC_RATIO`), unspent budget carried
+  to the next; ``"llmlingua"`` runs its segment loop over the kept sentences instead.
+
+Token units keep a number whole (its digit tokens are one unit): a tokenizer that splits
+``1872`` into digits would otherwise keep ``82``.
 
 ``rate`` is the fraction of the text's tokens **kept** (LLMLingua's convention:
 ``rate=0.3`` keeps about 30 %); ``target_tokens`` the number kept. Units are picked
@@ -61,12 +74,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..forced import _pieces_from_offsets, teacher_forced
+from ..forced import _pieces_from_offsets, lm_head, teacher_forced
+from ..ops import hidden_stats
 
 __all__ = ["compress", "reselect", "CompressResult", "METHODS", "UNITS"]
 
 METHODS = ("self-info", "llmlingua")
 UNITS = ("token", "word", "sentence")
+
+#: With a question, the coarse step keeps the best-ranked sentences up to this multiple of the token
+#: budget (all of them when that exceeds the text); the fine step cuts the rest.
+COARSE_KEEP = 1.5
+#: With a question, the kept sentences' keep rates fall linearly with their rank, from ``1 + d`` to
+#: ``1 - d`` times the mean rate (LongLLMLingua's dynamic compression ratio).
+DYNAMIC_RATIO = 0.3
+#: Appended to the question when sentences are ranked by its likelihood (LongLLMLingua's restrictive statement).
+RESTRICTION = " We can get the answer to this question in the given documents."
 
 #: Inputs with more tokens than this (all texts together) show a progress bar when ``progress=None``.
 PROGRESS_MIN_TOKENS = 4096
@@ -236,22 +259,25 @@ def compress(
     total = sum(len(e.ids) for e in encs)
     show = progress if progress is not None else (total > PROGRESS_MIN_TOKENS and sys.stderr.isatty())
     with _progress_bar(show, total, method) as advance:
+        coarse = _coarse_rank(model, tokenizer, encs, questions, max_length, batch_size)
         if method == "self-info":
             scored = _score_self_info(model, encs, prefixes, max_length, batch_size, advance)
             results = [
-                _select_global(e, s, _units(e, unit), _forced(e, sp), rate, target_tokens)
-                for e, s, sp in zip(encs, scored, spans, strict=True)
+                _select_global(e, s, _units(e, unit), _forced(e, sp), rate, target_tokens, coarse=c)
+                for e, s, sp, c in zip(encs, scored, spans, coarse, strict=True)
             ]
         else:
             results = [
-                _llmlingua_one(model, e, p, _units(e, unit), _forced(e, sp), rate, target_tokens, segment,
-                               max_length, advance)
-                for e, p, sp in zip(encs, prefixes, spans, strict=True)
+                _llmlingua_question(model, e, p, _units(e, unit), _forced(e, sp), rate, target_tokens, segment,
+                                    max_length, advance, c)
+                for e, p, sp, c in zip(encs, prefixes, spans, coarse, strict=True)
             ]
     out = [
         _result(e, r, method, unit, q, max_length, segment, tokenizer)
         for e, r, q in zip(encs, results, questions, strict=True)
     ]
+    for r, c in zip(out, coarse, strict=True):
+        r.meta["calls_coarse"] = 0 if c is None else c["calls"]
     return out[0] if single else out
 
 
@@ -266,7 +292,8 @@ def reselect(
     """The same ``"self-info"`` scores, another rate or unit: no model call.
 
     Self-information does not depend on what is kept, so one scoring pass serves every
-    rate and unit (``keep=`` spans stay kept). ``"llmlingua"`` scores do depend on it
+    rate and unit (``keep=`` spans stay kept); with a question, the sentence ranking of the
+    coarse step is reused too. ``"llmlingua"`` scores do depend on it
     (each segment is scored on the compressed prefix): run :func:`compress` again.
 
     Args:
@@ -289,8 +316,11 @@ def reselect(
     enc = _Enc(result.original, result.token_ids.tolist(), list(result.tokens),
                [tuple(s) for s in result.meta["token_spans"]])
     scored = {"si": None, "windows": result.windows, "calls": 0}
+    c = result.meta.get("coarse")
+    coarse = None if c is None else {"sent_of": _units(enc, "sentence")[0], "sentences": c["sentences"],
+                                     "nll": torch.tensor(c["nll"]), "calls": 0}
     r = _select_global(enc, scored, _units(enc, unit), result.forced.tolist(), rate, target_tokens,
-                       scores=result.token_scores)
+                       scores=result.token_scores, coarse=coarse)
     out = _result(enc, r, "self-info", unit, result.question, result.meta["max_length"], 0, tokenizer)
     out.meta["model_calls"] = 0
     return out
@@ -434,11 +464,19 @@ def _units(enc: _Enc, unit: str) -> tuple[list[int], list[tuple[int, int]]]:
     A word's or sentence's span is its own characters (no surrounding spaces); a token's is its offsets.
 
     A token belongs to the unit holding its first non-space character; a whitespace-only
-    token joins the next token's unit (the last ones join the previous unit).
+    token joins the next token's unit (the last ones join the previous unit). Token units are
+    the tokens, except that the digit tokens of one number form one unit.
     """
     T = len(enc.ids)
-    if unit == "token":
-        return list(range(T)), [(a, b) for a, b in enc.spans]
+    if unit == "token":  # a number's digit tokens are one unit: "1872" is never kept as "82"
+        of, spans = [], []
+        for a, b in enc.spans:
+            if spans and enc.text[a:b].isdigit() and spans[-1][1] == a and enc.text[a - 1].isdigit():
+                spans[-1] = (spans[-1][0], b)
+            else:
+                spans.append((a, b))
+            of.append(len(spans) - 1)
+        return of, spans
     owner = [-1] * (len(enc.text) + 1)
     uspans = _unit_spans(enc.text, unit)
     for u, (a, b) in enumerate(uspans):
@@ -548,9 +586,135 @@ def _token_logprobs(model, ids: Tensor, att: Tensor | None, tgt: Tensor, **kw) -
 
 
 def _token_scores(si: Tensor) -> Tensor:
-    """``[T]`` ranking score from ``[P, T]`` self-information: row 0 alone, or the question contrast."""
-    score = si[0] if si.shape[0] == 1 else si[0] - si[1]
+    """``[T]`` ranking score from ``[P, T]`` self-information: row 0 alone; with a question (row 1 the
+    self-information given the question) row 0 plus the contrast ``row 0 - row 1``."""
+    score = si[0] if si.shape[0] == 1 else si[0] + (si[0] - si[1])
     return torch.nan_to_num(score, nan=math.inf)
+
+
+# ---------------------------------------------------------------------------------------------
+# LongLLMLingua's coarse step: sentences ranked by the question's likelihood given each
+
+
+def _coarse_rank(model, tokenizer, encs, questions, max_length: int, batch_size: int) -> list[dict | None]:
+    """Per text (None without a question): ``{"sent_of": [T], "sentences": [(a, b)], "nll": [S], "calls": n}``:
+    ``nll[k]`` (float32) is the mean ``-log p`` of the question + :data:`RESTRICTION` tokens after
+    ``BOS + sentence_k + "\\n\\n"``."""
+    out: list[dict | None] = [None] * len(encs)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    base = [bos] if bos is not None else []
+    rows = []  # (text, sentence, input ids, first scored row)
+    for t, (enc, q) in enumerate(zip(encs, questions, strict=True)):
+        if q is None:
+            continue
+        sent_of, spans = _units(enc, "sentence")
+        tail = list(tokenizer("\n\n" + q.strip() + RESTRICTION, add_special_tokens=False)["input_ids"])
+        room = max_length - len(base) - len(tail)
+        if room < 1:
+            raise ValueError(f"the question takes {len(tail)} tokens: it leaves no room in max_length={max_length}")
+        first = [len(sent_of)] * len(spans)
+        for i in range(len(sent_of) - 1, -1, -1):
+            first[sent_of[i]] = i
+        ends = first[1:] + [len(sent_of)]
+        for k in range(len(spans)):
+            body = enc.ids[first[k] : ends[k]][-room:]
+            rows.append((t, k, base + body + tail, len(base) + len(body) - 1))
+        out[t] = {"sent_of": sent_of, "sentences": spans, "nll": torch.full((len(spans),), math.nan), "calls": 0}
+    dev = _device(model)
+    order = sorted(range(len(rows)), key=lambda j: -len(rows[j][2]))
+    for b in range(0, len(order), batch_size):
+        batch = [rows[j] for j in order[b : b + batch_size]]
+        L = max(len(r[2]) for r in batch)
+        ids = torch.zeros(len(batch), L, dtype=torch.long)
+        att = torch.zeros(len(batch), L, dtype=torch.long)
+        for r, row in enumerate(batch):
+            ids[r, : len(row[2])] = torch.tensor(row[2])
+            att[r, : len(row[2])] = 1
+        tgt = torch.roll(ids, -1, dims=1)
+        head = lm_head(model)
+        if head is None:
+            lp = _token_logprobs(model, ids.to(dev), att.to(dev), tgt.to(dev))
+            nll = [-lp[r, first : len(x) - 1].mean() for r, (_, _, x, first) in enumerate(batch)]
+        else:  # the output layer only where the question is predicted
+            rows_ = [torch.arange(first, len(x) - 1) for _, _, x, first in batch]
+            want = torch.cat([tgt[r, ix] for r, ix in enumerate(rows_)]).to(dev)
+            with torch.inference_mode():
+                h = head.body(input_ids=ids.to(dev), attention_mask=att.to(dev)).last_hidden_state
+                sel = torch.cat([h[r, ix.to(dev)] for r, ix in enumerate(rows_)]) * head.scale
+                lp = hidden_stats(sel, head.weight, head.bias, targets=want, softcap=head.softcap).token_logprob
+            lp = lp.float().cpu().split([len(ix) for ix in rows_])
+            nll = [-x.mean() for x in lp]
+        for (t, k, _, _), v in zip(batch, nll, strict=True):
+            out[t]["nll"][k] = v
+            out[t]["calls"] += 1
+    return out
+
+
+def _coarse_pick(coarse: dict, forced: list[bool], budget: int) -> list[tuple[int, float]]:
+    """The kept sentences, best first, each with its token budget (fractional; they sum to ``budget``
+    or to the kept sentences' tokens when fewer).
+
+    Sentences are kept best first while that brings the kept tokens closer to ``COARSE_KEEP * budget``
+    (the best one and those holding a forced token always); the i-th of K kept gets the rate
+    ``rho * (1 + d * (1 - 2 i / (K - 1)))`` (``d`` = :data:`DYNAMIC_RATIO`), capped at 1, ``rho`` chosen so
+    that the budgets sum to ``budget``."""
+    sent_of, nll = coarse["sent_of"], coarse["nll"]
+    S = len(coarse["sentences"])
+    sizes = torch.bincount(torch.tensor(sent_of, dtype=torch.long), minlength=S).tolist()
+    sforced = [False] * S
+    for i, f in enumerate(forced):
+        sforced[sent_of[i]] |= f
+    rank = sorted(range(S), key=lambda k: (float(nll[k]), k))
+    sforced[rank[0]] = True
+    kept = _pick([-float(x) for x in nll], sizes, sforced, min(len(sent_of), COARSE_KEEP * budget))
+    order = [k for k in rank if kept[k]]
+    K = len(order)
+    w = [1.0 + DYNAMIC_RATIO * (1.0 - 2.0 * i / (K - 1)) if K > 1 else 1.0 for i in range(K)]
+    n = [sizes[k] for k in order]
+
+    def total(rho: float) -> float:
+        return sum(min(nk, rho * wk * nk) for nk, wk in zip(n, w, strict=True))
+
+    lo, hi = 0.0, 1.0 / min(w)
+    if total(hi) <= budget:
+        lo = hi
+    else:
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if total(mid) < budget else (lo, mid)
+    return [(k, min(nk, lo * wk * nk)) for k, nk, wk in zip(order, n, w, strict=True)]
+
+
+def _select_question(scores: Tensor, unit_of: list[int], us: Tensor, sizes: list[int], uf: list[bool],
+                     forced: list[bool], coarse: dict, budget: int) -> list[bool]:
+    """Units kept: the coarse step's sentences, then within each (best first) the units of highest fine
+    score up to its budget, what a sentence leaves unspent carried to the next."""
+    U = len(sizes)
+    usent = [0] * U
+    for i in range(len(unit_of) - 1, -1, -1):  # a unit's sentence is its first token's
+        usent[unit_of[i]] = coarse["sent_of"][i]
+    members: dict[int, list[int]] = {}
+    for u in range(U):
+        members.setdefault(usent[u], []).append(u)
+    ukept, carry = [False] * U, 0.0
+    scores_u = us.tolist()
+    for k, b in _coarse_pick(coarse, forced, budget):
+        mem = members.get(k, [])
+        pick = _pick([scores_u[u] for u in mem], [sizes[u] for u in mem], [uf[u] for u in mem], b + carry)
+        got = 0
+        for u, p in zip(mem, pick, strict=True):
+            ukept[u] = p
+            got += sizes[u] if p else 0
+        carry = b + carry - got
+    return ukept
+
+
+def _coarse_meta(coarse: dict | None, forced: list[bool], budget: int) -> dict | None:
+    if coarse is None:
+        return None
+    kept = {k for k, _ in _coarse_pick(coarse, forced, budget)}
+    return {"sentences": [list(x) for x in coarse["sentences"]], "nll": [float(x) for x in coarse["nll"]],
+            "kept": [k in kept for k in range(len(coarse["sentences"]))]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,14 +753,19 @@ def _unit_table(scores: Tensor, unit_of: list[int], forced: list[bool], n_units:
     return uo, us, sizes, uf
 
 
-def _select_global(enc: _Enc, scored: dict, units, forced: list[bool], rate, target_tokens, scores=None) -> dict:
+def _select_global(enc: _Enc, scored: dict, units, forced: list[bool], rate, target_tokens, scores=None,
+                   coarse: dict | None = None) -> dict:
     unit_of, uspans = units
     scores = _token_scores(scored["si"]) if scores is None else scores
     uo, us, sizes, uf = _unit_table(scores, unit_of, forced, len(uspans))
     budget, target_rate = _budget(len(enc.ids), rate, target_tokens)
-    ukept = torch.tensor(_pick(us.tolist(), sizes, uf, budget))
+    if coarse is None:
+        ukept = torch.tensor(_pick(us.tolist(), sizes, uf, budget))
+    else:
+        ukept = torch.tensor(_select_question(scores, unit_of, us, sizes, uf, forced, coarse, budget))
     return dict(scores=scores, unit_of=uo, uspans=uspans, uscores=us, ukept=ukept, forced=forced,
-                target_rate=target_rate, windows=scored["windows"], calls=scored["calls"])
+                target_rate=target_rate, windows=scored["windows"], calls=scored["calls"],
+                coarse=_coarse_meta(coarse, forced, budget))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,6 +885,32 @@ def _llmlingua_one(model, enc, prefixes, units, forced, rate, target_tokens, seg
                 segment=segment)
 
 
+def _llmlingua_question(model, enc, prefixes, units, forced, rate, target_tokens, segment, max_length, advance,
+                        coarse):
+    """``"llmlingua"``; with a question, the segment loop runs over the sentences the coarse step keeps
+    (the others are dropped whole, their tokens' scores NaN)."""
+    if coarse is None:
+        return _llmlingua_one(model, enc, prefixes, units, forced, rate, target_tokens, segment, max_length, advance)
+    T = len(enc.ids)
+    budget, target_rate = _budget(T, rate, target_tokens)
+    ksent = {k for k, _ in _coarse_pick(coarse, forced, budget)}
+    idx = [i for i in range(T) if coarse["sent_of"][i] in ksent]
+    unit_of, uspans = units
+    present = sorted({unit_of[i] for i in idx})
+    remap = {u: j for j, u in enumerate(present)}
+    sub = _Enc(enc.text, [enc.ids[i] for i in idx], [enc.pieces[i] for i in idx], [enc.spans[i] for i in idx])
+    r = _llmlingua_one(model, sub, prefixes, ([remap[unit_of[i]] for i in idx], [uspans[u] for u in present]),
+                       [forced[i] for i in idx], None, min(budget, len(idx)), segment, max_length, advance)
+    advance(T - len(idx))
+    scores = torch.full((T,), math.nan)
+    scores[idx] = r["scores"]
+    ukept = torch.zeros(len(uspans), dtype=torch.bool)
+    ukept[present] = r["ukept"]
+    uo, us, _, _ = _unit_table(scores, unit_of, forced, len(uspans))
+    return dict(r, scores=scores, unit_of=uo, uspans=uspans, uscores=us, ukept=ukept, forced=forced,
+                target_rate=target_rate, coarse=_coarse_meta(coarse, forced, budget))
+
+
 # ---------------------------------------------------------------------------------------------
 # results and progress
 
@@ -727,6 +922,8 @@ def _result(enc: _Enc, r: dict, method, unit, question, max_length, segment, tok
     meta = {"max_length": max_length, "model_calls": r["calls"], "token_spans": [list(x) for x in enc.spans]}
     if method == "llmlingua":
         meta["segment"] = r["segment"]
+    if r.get("coarse") is not None:
+        meta["coarse"] = r["coarse"]
     return CompressResult(
         text=text,
         original=enc.text,

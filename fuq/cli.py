@@ -23,12 +23,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import knobs as _knob_table
+
 __all__ = ["main", "build_parser"]
 
 STRATEGIES = ("greedy", "sample", "top-h", "entropy-gated", "adadec")
 
 #: CLI option -> strategy keyword (``--top-h`` is ``alpha`` for the top-h strategy, see _strategy_kwargs).
-_KNOBS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "top_h", "tau")
+_KNOBS = (*(kn.name for kn in _knob_table.KNOBS if kn.cli), "tau")
+#: the strategies a knob's flag applies to, where not "sample, entropy-gated"
+_FLAG_STRATEGIES = {"temperature": "sample, top-h, entropy-gated", "top_h": "top-h: its alpha; sample"}
 
 
 class CLIError(Exception):
@@ -162,12 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     gd = gen.add_argument_group("decoding")
     gd.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="decoding strategy (greedy)")
     gd.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N", help="tokens to generate (64)")
-    gd.add_argument("--temperature", type=float, help="sampling temperature (sample, top-h, entropy-gated)")
-    gd.add_argument("--top-p", type=float, help="nucleus mass (sample, entropy-gated)")
-    gd.add_argument("--top-k", type=_positive_int, help="keep the k best tokens (sample, entropy-gated)")
-    gd.add_argument("--min-p", type=float, help="keep tokens with p >= min_p * p_max (sample, entropy-gated)")
-    gd.add_argument("--typical-p", type=float, help="locally typical sampling mass (sample, entropy-gated)")
-    gd.add_argument("--top-h", type=float, help="top-H entropy fraction alpha in (0, 1] (top-h; sample)")
+    for kn in _knob_table.KNOBS:  # the knobs with a CLI flag, from the table (fuq/knobs.py)
+        if kn.cli:
+            gd.add_argument(kn.cli, type=_positive_int if kn.type is int else float,
+                            help=f"{kn.doc} ({_FLAG_STRATEGIES.get(kn.name, 'sample, entropy-gated')})")
     gd.add_argument(
         "--tau", type=float, help="entropy threshold in nats (entropy-gated: sample above it; adadec: look ahead)"
     )

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import knobs as _knob_table
 from .kv import cache_bytes
 from .ops import LogitStats, logit_stats
 from .trace import Trace
@@ -59,19 +60,7 @@ __all__ = [
 ]
 
 #: the knobs of ``fuq.sample`` / ``fuq.truncate`` that the sampling strategies pass through.
-SAMPLE_KNOBS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "typical_p",
-    "epsilon",
-    "eta",
-    "top_h",
-    "top_n_sigma",
-    "p_less",
-    "min_tokens_to_keep",
-)
+SAMPLE_KNOBS = _knob_table.NAMES
 
 
 # --------------------------------------------------------------------------------------------

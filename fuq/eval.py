@@ -255,7 +255,7 @@ TASKS: dict[str, Task] = {
               max_new_tokens=16, grader="country"),
     "largest_country": Task("largest_country", "generate", "evals", "evals",
                             "registry/data/largest_country/samples.jsonl",
-                            "which of ~10 countries is largest (evals); right if the answer names the largest and no other",
+                            "which of ~10 countries is largest (evals); right if the answer names it and no other",
                             max_new_tokens=16, grader="country"),
     "multi-step-equations": Task("multi-step-equations", "generate", "evals", "evals",
                                  "registry/data/multi-step-equations/samples.jsonl",

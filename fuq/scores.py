@@ -419,7 +419,8 @@ def summary(trace: Trace, K: int = 15, qs: Sequence[float] = (0.05, 0.25, 0.5)) 
     Keys: ``n_tokens``, the :data:`SCORE_NAMES` (``prob_qXX`` for each quantile in ``qs``)
     and ``epr_k``, the K used for ``epr``: ``min(K, trace's k)``; ``epr`` is None when
     the trace holds no alternatives. ``self_certainty``, ``renyi_neg`` and ``fisher_rao``
-    (:data:`DENSITY_FREE_SCORES`) are there only when the trace holds the vocabulary sums (recorded with ``extra=True``).
+    (:data:`DENSITY_FREE_SCORES`) are there only when the trace holds the vocabulary sums
+    (recorded with ``extra=True``).
     """
     _check_trace(trace)
     k = trace.topk_logprobs.shape[-1] if trace.topk_logprobs is not None else 0

@@ -64,6 +64,10 @@ __all__ = [
     "metrics",
     "run_code",
     "plot",
+    "cascade",
+    "plot_cascade",
+    "save",
+    "table",
 ]
 
 #: the pip line that installs every data package
@@ -468,6 +472,16 @@ def _continuation_trace(model: Any, tokenizer: Any, context: str, cont: str, k: 
     return tr
 
 
+#: the cascade rules recorded per item (fuq.scores.deferral; Chow-Quantile at alpha = 0.1)
+CHOW_RULES = ("chow-sum", "chow-average", "chow-quantile")
+
+
+def _chow(trace: Any, alpha: float = 0.1) -> dict[str, Any]:
+    from .scores import deferral
+
+    return {r: deferral(trace, r, alpha=alpha, rate=0.5).score for r in CHOW_RULES}
+
+
 def _score_choice_item(model: Any, tokenizer: Any, task: Task, item: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -484,7 +498,7 @@ def _score_choice_item(model: Any, tokenizer: Any, task: Task, item: dict[str, A
     s["choice_entropy"] = float(-(probs * probs.clamp_min(1e-300).log()).sum())
     return {"id": item["id"], "correct": pred == item["label"], "pred": pred, "label": item["label"],
             "choice_probs": [round(float(p), 6) for p in probs], "answer": item["choices"][pred],
-            "n_tokens": int(n[pred]), "scores": s}
+            "n_tokens": int(n[pred]), "scores": s, "deferral": {k: float(v[0]) for k, v in _chow(traces[pred]).items()}}
 
 
 def _generate_batch(model: Any, tokenizer: Any, task: Task, batch: list[dict[str, Any]], *, strategy: Any,
@@ -498,12 +512,13 @@ def _generate_batch(model: Any, tokenizer: Any, task: Task, batch: list[dict[str
                   chat=task.chat, stop=list(task.stop) or None, k=15, extra=True, generator=generator,
                   **strategy_kwargs)
     summ = scores.summary(tr)
+    chow = _chow(tr)
     out = []
     for b, it in enumerate(batch):
         text = tr.text[b]
         ok, graded = grade(task, it, text, timeout)
         rec = {"id": it["id"], "correct": bool(ok), "answer": graded, "n_tokens": summ[b]["n_tokens"],
-               "scores": summ[b]}
+               "scores": summ[b], "deferral": {k: float(v[b]) for k, v in chow.items()}}
         if "answer" in it:
             rec["expected"] = it["answer"]
         out.append(rec)
@@ -690,3 +705,78 @@ def table(res: dict[str, Any]) -> str:
     for name, a, p in ranking(res):
         lines.append(f"{name:<22}{a:>8.3f}{p:>8.3f}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# cascades: defer the small model's answer to the large one
+
+
+def cascade(small: dict[str, Any], large: dict[str, Any], points: int = 11, seed: int = 0) -> dict[str, Any]:
+    """Accuracy vs deferral rate of a two-model cascade, from two results of :func:`run` on the same items.
+
+    At a deferral rate r the ``round(r · n)`` items the rule finds most uncertain take the large
+    model's answer, the others keep the small model's. Rules: the Chow scores recorded with each
+    of the small model's answers (``chow-sum``, ``chow-average``, ``chow-quantile`` α = 0.1, see
+    :func:`fuq.scores.deferral`), ``random`` (the exact expectation: ``(1 − r)·acc_small +
+    r·acc_large``) and ``oracle`` (first the items only the large model gets right, last those
+    only the small one gets right). Sequence level, so the two tokenizers may differ.
+
+    Returns:
+        ``{"rates", "curves": {rule: [accuracy per rate]}, "area": {rule: mean accuracy over the
+        rates}, "acc_small", "acc_large", "n", "both_right", "only_small", "only_large"}``.
+    """
+    si = {it["id"]: it for it in small["items"]}
+    li = {it["id"]: it for it in large["items"]}
+    ids = [i for i in si if i in li]
+    if not ids:
+        raise ValueError("the two results share no item")
+    cs = np.array([1.0 if si[i]["correct"] else 0.0 for i in ids])
+    cl = np.array([1.0 if li[i]["correct"] else 0.0 for i in ids])
+    n = len(ids)
+    rates = [float(r) for r in np.linspace(0.0, 1.0, points)]
+
+    def curve(order: np.ndarray) -> list[float]:
+        out = []
+        for r in rates:
+            k = int(round(r * n))
+            d = np.zeros(n, dtype=bool)
+            d[order[:k]] = True
+            out.append(float(np.where(d, cl, cs).mean()))
+        return out
+
+    curves: dict[str, list[float]] = {}
+    for rule in CHOW_RULES:
+        u = np.array([si[i].get("deferral", {}).get(rule, np.nan) for i in ids], dtype=np.float64)
+        u = np.where(np.isnan(u), np.inf, u)  # an empty answer is deferred first
+        curves[rule] = curve(np.argsort(-u, kind="stable"))
+    curves["random"] = [float((1 - r) * cs.mean() + r * cl.mean()) for r in rates]
+    gain = cl - cs  # +1 only the large is right, -1 only the small one
+    curves["oracle"] = curve(np.argsort(-gain, kind="stable"))
+    return {"n": n, "rates": rates, "curves": curves, "area": {k: float(np.mean(v)) for k, v in curves.items()},
+            "acc_small": float(cs.mean()), "acc_large": float(cl.mean()), "both_right": int((cs * cl).sum()),
+            "only_small": int((cs * (1 - cl)).sum()), "only_large": int(((1 - cs) * cl).sum()),
+            "small": small.get("model"), "large": large.get("model"), "task": small.get("task")}
+
+
+def plot_cascade(c: dict[str, Any], path: str | os.PathLike) -> str | None:
+    """Accuracy vs deferral rate of every rule (matplotlib; None without it)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    style = {"oracle": "k--", "random": "k:"}
+    for rule, ys in c["curves"].items():
+        ax.plot(c["rates"], ys, style.get(rule, "-"), lw=1.5, label=f"{rule} (mean {c['area'][rule]:.3f})")
+    ax.set_xlabel(f"share deferred to {c['large']}")
+    ax.set_ylabel("cascade accuracy")
+    ax.set_title(f"cascade {c['small']} -> {c['large']} · {c['task']} · n={c['n']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)

@@ -247,3 +247,21 @@ def test_continuation_trace_density_free_sums_match_logits():
     q = torch.softmax(z / 2, -1)
     torch.testing.assert_close(tr.sqrt_sum[0], q.sqrt().sum(-1), atol=1e-5, rtol=1e-5)
     assert fuq.scores.summary(tr)[0]["fisher_rao"] is not None
+
+
+def test_cascade_curves_by_hand():
+    def res(model, correct, unc):
+        return {"model": model, "task": "t", "items": [
+            {"id": i, "correct": c, "deferral": {"chow-sum": u, "chow-average": u, "chow-quantile": -u}}
+            for i, (c, u) in enumerate(zip(correct, unc, strict=True))]}
+
+    small = res("s", [1, 0, 1, 0], [0.1, 5.0, 0.2, 3.0])
+    large = res("l", [1, 1, 0, 0], [0, 0, 0, 0])
+    c = fe.cascade(small, large, points=5)  # rates 0, .25, .5, .75, 1
+    assert c["acc_small"] == 0.5 and c["acc_large"] == 0.5 and c["only_large"] == 1 and c["only_small"] == 1
+    # chow-sum defers item 1 first (small wrong, large right), then 3 (both wrong), then 2 (small right only)
+    assert c["curves"]["chow-sum"] == [0.5, 0.75, 0.75, 0.5, 0.5]
+    assert c["curves"]["chow-quantile"] == [0.5, 0.5, 0.25, 0.25, 0.5]  # the reversed ranking: 0, 2, 3, 1
+    assert c["curves"]["random"] == [0.5] * 5
+    assert c["curves"]["oracle"][1] == 0.75 and max(c["curves"]["oracle"]) == 0.75
+    assert c["area"]["chow-sum"] == pytest.approx(0.6)

@@ -6,8 +6,8 @@
 // block's [rows, chunk] float32 logits into a buffer reused for every chunk; then, in
 // parallel over rows, each row's slice is transformed in place (bias, softcap · tanh(z /
 // softcap), / T: the reference's order) and folded into that row's state: the online
-// (m, s, t, u) recurrence (cpu::OnlineStats), the first argmax, the target's logit and a
-// top-k candidate list pruned against a running threshold. The states live across chunks;
+// cpu::RowPass (the online (m, s, t, u) recurrence, the first argmax and a top-k candidate
+// list pruned against a running threshold, fuq/cpu_online.h) and the target's logit. The states live across chunks;
 // the block's rows are finalised when the last chunk is in. Memory: rows · chunk floats
 // of logits, plus O(rows · k) candidates.
 //
@@ -28,10 +28,7 @@
 namespace fuq {
 namespace {
 
-using cpu::kInf;
 using cpu::kNaN;
-using cpu::OnlineStats;
-using cpu::TopCandidate;
 
 constexpr int64_t kBlock = 64;       // granularity of the block maxima used to skip top-k work
 constexpr int64_t kMaxRows = 4096;   // rows per block: the buffer is at most kMaxRows x chunk floats
@@ -49,30 +46,18 @@ inline float tanh_fast(float x) {
   return x != x ? x : r;
 }
 
-// z[0..n) <- softcap(z + bias) / T in place (each step only when asked); bmax[b] = max of
-// block b (NaN ignored). Returns the chunk max; sets *bad when a NaN is seen.
+// z[0..n) <- softcap(z + bias) / T in place (each step only when asked), with the block
+// maxima (cpu::scan_blocks). Returns the chunk max; sets *bad when a NaN is seen.
 template <bool kBias, bool kCap, bool kDiv>
 float transform_chunk(float* z, int64_t n, const float* bias, float cap, float temperature, float* bmax, bool* bad) {
-  float cmax = -kInf;
-  int nan = 0;
-  for (int64_t b0 = 0, bi = 0; b0 < n; b0 += kBlock, ++bi) {
-    const int64_t b1 = std::min(n, b0 + kBlock);
-    float bm = -kInf;
-#pragma omp simd reduction(max : bm) reduction(| : nan)
-    for (int64_t i = b0; i < b1; ++i) {
-      float v = z[i];
-      if constexpr (kBias) v = v + bias[i];
-      if constexpr (kCap) v = tanh_fast(v / cap) * cap;
-      if constexpr (kDiv) v = v / temperature;
-      z[i] = v;
-      bm = v > bm ? v : bm;
-      nan |= (v != v);
-    }
-    bmax[bi] = bm;
-    cmax = bm > cmax ? bm : cmax;
-  }
-  *bad = *bad || nan != 0;
-  return cmax;
+  return cpu::scan_blocks<kBlock>(n, bmax, bad, [&](int64_t i) {
+    float v = z[i];
+    if constexpr (kBias) v = v + bias[i];
+    if constexpr (kCap) v = tanh_fast(v / cap) * cap;
+    if constexpr (kDiv) v = v / temperature;
+    z[i] = v;
+    return v;
+  });
 }
 
 using TransformFn = float (*)(float*, int64_t, const float*, float, float, float*, bool*);
@@ -91,15 +76,10 @@ TransformFn pick_transform(bool bias, bool cap, bool div) {
   }
 }
 
-using TopK = cpu::TopK<kBlock>;  // the candidate list of logit_stats (cpu_online.h)
-
 // One row's state across the vocabulary chunks.
 struct RowState {
-  OnlineStats st;
-  float best = -kInf;  // max z (NaN ignored)
-  int64_t best_idx = 0;
+  cpu::RowPass<kBlock> pass;
   float zt = kNaN;  // the target's z once its chunk was seen
-  TopK top;
 };
 
 struct Params {
@@ -112,68 +92,20 @@ struct Params {
   TransformFn transform;
 };
 
-// Fold the row's logits z[0..n) = columns [c0, c0 + n) (raw matmul output) into st.
+// Fold the row's logits z[0..n) = columns [c0, c0 + n) (raw matmul output) into its state.
 void fold_chunk(RowState& rs, float* z, int64_t n, int64_t c0, int64_t target, const Params& p) {
   float bmax[(1 << 20) / kBlock];  // enough for chunks up to 2^20 columns (the launcher's cap)
   bool bad = false;
   const float cmax = p.transform(z, n, p.bias == nullptr ? nullptr : p.bias + c0, p.cap, p.temperature, bmax, &bad);
-  if (bad || cmax == kInf) rs.st.nan = true;  // NaN statistics from here on: stop accumulating
-  if (!rs.st.nan && cmax > -kInf) rs.st.add(z, n, cmax);
-  if (cmax > rs.best) {  // first index of the new max
-    int64_t bi = 0;
-    while (bmax[bi] != cmax) ++bi;
-    int64_t i = bi * kBlock;
-    while (z[i] != cmax) ++i;
-    rs.best = cmax;
-    rs.best_idx = c0 + i;
-  }
+  rs.pass.fold(z, n, c0, cmax, bmax, bad, p.k);
   if (target >= c0 && target < c0 + n) rs.zt = z[target - c0];
-  if (p.k > 0) rs.top.offer(z, n, bmax, c0);
-}
-
-struct Outputs {
-  float* lse;
-  float* entropy;
-  float* varentropy;
-  float* max_logprob;
-  int64_t* argmax;
-  float* topk_logprobs;
-  int64_t* topk_ids;
-  float* topk_mass;
-  float* token_logprob;  // nullptr without targets
-};
-
-void finalize_row(int64_t r, RowState& rs, int64_t k, const Outputs& o) {
-  const OnlineStats& st = rs.st;
-  const float log_s = st.log_s();
-  o.lse[r] = st.lse();
-  o.entropy[r] = st.entropy();
-  o.varentropy[r] = st.varentropy();
-  o.max_logprob[r] = (rs.best - st.m) - log_s;
-  o.argmax[r] = rs.best_idx;
-  float mass = 0.0f;
-  if (k > 0) {
-    auto& c = rs.top.c;
-    if (static_cast<int64_t>(c.size()) > k) std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), cpu::before);
-    std::sort(c.begin(), c.begin() + k, cpu::before);
-    for (int64_t j = 0; j < k; ++j) {
-      const float lp = (c[j].z - st.m) - log_s;
-      o.topk_logprobs[r * k + j] = lp;
-      o.topk_ids[r * k + j] = c[j].idx;
-      mass += std::exp(lp);
-    }
-  }
-  o.topk_mass[r] = mass;
-  if (o.token_logprob != nullptr) o.token_logprob[r] = (rs.zt - st.m) - log_s;
 }
 
 // Rows [r0, r0 + R) of h32 [N, d] float32 against weight [V, d], chunk columns at a time.
 void run_block(const at::Tensor& h32, const at::Tensor& weight, int64_t r0, int64_t R, int64_t chunk,
-               at::Tensor& buf, const Params& p, const Outputs& o) {
+               at::Tensor& buf, const Params& p, const cpu::Outputs& o) {
   std::vector<RowState> rows(static_cast<size_t>(R));
-  for (auto& rs : rows) {
-    if (p.k > 0) rs.top.init(p.k, p.V);
-  }
+  for (auto& rs : rows) rs.pass.start(p.k, 0, p.V);
   const at::Tensor h = h32.narrow(0, r0, R);
   const int64_t grain = std::max<int64_t>(1, 16384 / chunk);
   for (int64_t c0 = 0; c0 < p.V; c0 += chunk) {
@@ -191,7 +123,7 @@ void run_block(const at::Tensor& h32, const at::Tensor& weight, int64_t r0, int6
     });
   }
   at::parallel_for(0, R, 16, [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; ++r) finalize_row(r0 + r, rows[r], p.k, o);
+    for (int64_t r = a; r < b; ++r) cpu::finalize_row(r0 + r, rows[r].pass, p.k, rows[r].zt, o);
   });
 }
 
@@ -242,7 +174,7 @@ hidden_stats_cpu(const at::Tensor& hidden, const at::Tensor& weight, const std::
                  b32.defined() ? b32.const_data_ptr<float>() : nullptr,
                  tok.defined() ? tok.const_data_ptr<int64_t>() : nullptr,
                  pick_transform(b32.defined(), softcap.has_value(), t != 1.0f)};
-  const Outputs o{lse.data_ptr<float>(), ent.data_ptr<float>(), var.data_ptr<float>(), mx.data_ptr<float>(),
+  const cpu::Outputs o{lse.data_ptr<float>(), ent.data_ptr<float>(), var.data_ptr<float>(), mx.data_ptr<float>(),
                   am.data_ptr<int64_t>(), tkl.data_ptr<float>(), tki.data_ptr<int64_t>(), tkm.data_ptr<float>(),
                   tok.defined() ? tl.data_ptr<float>() : nullptr};
   const int64_t rows = std::min(N, kMaxRows);

@@ -3,9 +3,9 @@
 // Each row of z = logits / T is read once, in L1-sized chunks. Per chunk: convert to
 // float32 (and divide by T) into a scratch buffer (float32 with T = 1 is used in place),
 // keeping per-block maxima and a NaN flag; fold the
-// chunk into the online (m, s, t, u) state (fuq/cpu_online.h); update the argmax; and
-// offer the chunk to a top-k candidate list whose running threshold (the k-th best value
-// so far) lets whole blocks be skipped. Rows are spread over threads with
+// chunk into the row's cpu::RowPass (fuq/cpu_online.h): the online (m, s, t, u) state, the
+// argmax, and a top-k candidate list whose running threshold (the k-th best value so far)
+// lets whole blocks be skipped; cpu::finalize_row writes the fields. Rows are spread over threads with
 // at::parallel_for; when there are few rows (decoding is B = 1), each row is split into
 // segments whose partial states are merged, so every core works.
 //
@@ -25,52 +25,29 @@
 namespace fuq {
 namespace {
 
-using cpu::kInf;
 using cpu::kNaN;
-using cpu::OnlineStats;
-using cpu::TopCandidate;
 
 constexpr int64_t kChunk = 2048;  // floats per chunk: 8 KiB of scratch, stays in L1
 constexpr int64_t kBlock = 64;    // granularity of the block maxima used to skip top-k work
 constexpr int64_t kBlocksPerChunk = kChunk / kBlock;
 constexpr int64_t kMinSegment = 16384;  // a row is split only into segments at least this long
 
-using TopK = cpu::TopK<kBlock>;
-
-// The partial result of one row segment.
-struct Partial {
-  OnlineStats st;
-  float best = -kInf;  // max z (NaN ignored)
-  int64_t best_idx = -1;
-  TopK top;
-};
+using RowPass = cpu::RowPass<kBlock>;
 
 // Loads of one element as float32 (vectorisable: bf16 is a shift, fp32 a plain load).
 inline float load(const float* p, int64_t i) { return p[i]; }
 inline float load(const uint16_t* p, int64_t i) { return cpu::bf16_to_float(p[i]); }
 
-// z[i] = float(x[i]) / T for i < n (kStore: else z is x itself); bmax[b] = max of block b
-// (NaN ignored). Returns the chunk max and sets *bad when a NaN is seen.
+// z[i] = float(x[i]) / T for i < n (kStore: else z is x itself), with the block maxima
+// (cpu::scan_blocks). Returns the chunk max and sets *bad when a NaN is seen.
 template <bool kDivide, bool kStore, typename In>
 inline float prepare_chunk(const In* x, float* z, int64_t n, float temperature, float* bmax, bool* bad) {
-  float cmax = -kInf;
-  int nan = 0;
-  for (int64_t b0 = 0, bi = 0; b0 < n; b0 += kBlock, ++bi) {
-    const int64_t b1 = std::min(n, b0 + kBlock);
-    float bm = -kInf;
-#pragma omp simd reduction(max : bm) reduction(| : nan)
-    for (int64_t i = b0; i < b1; ++i) {
-      float v = load(x, i);
-      if constexpr (kDivide) v = v / temperature;
-      if constexpr (kStore) z[i] = v;
-      bm = v > bm ? v : bm;
-      nan |= (v != v);
-    }
-    bmax[bi] = bm;
-    cmax = bm > cmax ? bm : cmax;
-  }
-  *bad = *bad || nan != 0;
-  return cmax;
+  return cpu::scan_blocks<kBlock>(n, bmax, bad, [&](int64_t i) {
+    float v = load(x, i);
+    if constexpr (kDivide) v = v / temperature;
+    if constexpr (kStore) z[i] = v;
+    return v;
+  });
 }
 
 // z = logits[c0, c0 + n) / T as float32, in `scratch` unless the input can be used as is.
@@ -99,98 +76,38 @@ inline const float* load_chunk(const typename Tag::storage* x, float* scratch, i
 // Scan logits[begin, end) of one row into `out`.
 template <typename Tag>
 void scan_segment(const typename Tag::storage* row, int64_t begin, int64_t end, float temperature, int64_t k,
-                  Partial& out) {
+                  RowPass& out) {
   alignas(64) float scratch[kChunk];
   float bmax[kBlocksPerChunk];
-  out = Partial{};
-  out.best_idx = begin;  // valid even if every entry is -inf or NaN
-  if (k > 0) out.top.init(k, end - begin);
+  out.start(k, begin, end - begin);
   for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
     const int64_t n = std::min(kChunk, end - c0);
     bool bad = false;
     float cmax;
     const float* z = load_chunk<Tag>(row + c0, scratch, n, temperature, bmax, &cmax, &bad);
-    if (bad || cmax == kInf) out.st.nan = true;  // NaN statistics from here on: stop accumulating
-    out.st.qnan = out.st.qnan || bad;
-    out.st.pinf = out.st.pinf || cmax == kInf;
-    if (!out.st.nan && cmax > -kInf) out.st.add(z, n, cmax);
-    if (cmax > out.best) {  // first index of the new max
-      int64_t bi = 0;
-      while (bmax[bi] != cmax) ++bi;
-      int64_t i = bi * kBlock;
-      while (z[i] != cmax) ++i;
-      out.best = cmax;
-      out.best_idx = c0 + i;
-    }
-    if (k > 0) out.top.offer(z, n, bmax, c0);
+    out.fold(z, n, c0, cmax, bmax, bad, k);
   }
 }
 
-// Fold segment b (a later segment of the same row) into a.
-void merge_into(Partial& a, Partial& b, int64_t k) {
-  a.st.merge(b.st);
-  if (b.best > a.best) {  // strict: on a tie the earlier segment has the lower index
-    a.best = b.best;
-    a.best_idx = b.best_idx;
-  }
-  if (k > 0) a.top.c.insert(a.top.c.end(), b.top.c.begin(), b.top.c.end());
-}
-
-struct Outputs {
-  float* lse;
-  float* entropy;
-  float* varentropy;
-  float* max_logprob;
-  int64_t* argmax;
-  float* topk_logprobs;
-  int64_t* topk_ids;
-  float* topk_mass;
-  float* token_logprob;  // nullptr without tokens
-  const int64_t* tokens;
-};
-
+// The token's z = logits[r, tok] / T, NaN for an id out of range (never read out of bounds).
 template <typename Tag>
-void finalize_row(int64_t r, const typename Tag::storage* row, int64_t V, float temperature, int64_t k, Partial& p,
-                  const Outputs& o) {
-  const OnlineStats& st = p.st;
-  const float log_s = st.log_s();
-  o.lse[r] = st.lse();
-  o.entropy[r] = st.entropy();
-  o.varentropy[r] = st.varentropy();
-  o.max_logprob[r] = (p.best - st.m) - log_s;  // NaN for an all -inf row, as log_softmax gives
-  o.argmax[r] = p.best_idx;
-  if (k > 0) {
-    auto& c = p.top.c;
-    // c holds at least k entries: each segment keeps min(its length, >= k) of them.
-    if (static_cast<int64_t>(c.size()) > k) {
-      std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), cpu::before);
-    }
-    std::sort(c.begin(), c.begin() + k, cpu::before);
-    float mass = 0.0f;
-    for (int64_t j = 0; j < k; ++j) {
-      const float lp = (c[j].z - st.m) - log_s;
-      o.topk_logprobs[r * k + j] = lp;
-      o.topk_ids[r * k + j] = c[j].idx;
-      mass += std::exp(lp);
-    }
-    o.topk_mass[r] = mass;
-  } else {
-    o.topk_mass[r] = 0.0f;
-  }
-  if (o.token_logprob != nullptr) {
-    const int64_t tok = o.tokens[r];
-    if (tok < 0 || tok >= V) {
-      o.token_logprob[r] = kNaN;  // never read out of bounds
-    } else {
-      float zt = cpu::scalar_to_float(row[tok], Tag{});
-      if (temperature != 1.0f) zt = zt / temperature;
-      o.token_logprob[r] = (zt - st.m) - log_s;
-    }
-  }
+float token_z(const typename Tag::storage* row, int64_t V, float temperature, const int64_t* tokens, int64_t r) {
+  if (tokens == nullptr) return kNaN;
+  const int64_t tok = tokens[r];
+  if (tok < 0 || tok >= V) return kNaN;
+  float zt = cpu::scalar_to_float(row[tok], Tag{});
+  if (temperature != 1.0f) zt = zt / temperature;
+  return zt;
 }
 
 template <typename Tag>
-void run(const at::Tensor& logits, int64_t k, float temperature, const Outputs& o) {
+void finalize(int64_t r, const typename Tag::storage* row, int64_t V, float temperature, int64_t k, RowPass& p,
+              const cpu::Outputs& o, const int64_t* tokens) {
+  cpu::finalize_row(r, p, k, token_z<Tag>(row, V, temperature, tokens, r), o);
+}
+
+template <typename Tag>
+void run(const at::Tensor& logits, int64_t k, float temperature, const cpu::Outputs& o, const int64_t* tokens) {
   using S = typename Tag::storage;
   const int64_t B = logits.size(0), V = logits.size(1), stride = logits.stride(0);
   const S* base = reinterpret_cast<const S*>(logits.const_data_ptr());
@@ -207,11 +124,11 @@ void run(const at::Tensor& logits, int64_t k, float temperature, const Outputs& 
   if (nseg == 1) {
     const int64_t grain = std::max<int64_t>(1, 32768 / V);  // tiny rows: batch them per task
     at::parallel_for(0, B, grain, [&](int64_t r0, int64_t r1) {
-      Partial p;
+      RowPass p;
       for (int64_t r = r0; r < r1; ++r) {
         const S* row = base + r * stride;
         scan_segment<Tag>(row, 0, V, temperature, k, p);
-        finalize_row<Tag>(r, row, V, temperature, k, p, o);
+        finalize<Tag>(r, row, V, temperature, k, p, o, tokens);
       }
     });
     return;
@@ -219,7 +136,7 @@ void run(const at::Tensor& logits, int64_t k, float temperature, const Outputs& 
 
   const int64_t seg_len = ((V + nseg - 1) / nseg + kBlock - 1) / kBlock * kBlock;
   nseg = (V + seg_len - 1) / seg_len;
-  std::vector<Partial> parts(static_cast<size_t>(B * nseg));
+  std::vector<RowPass> parts(static_cast<size_t>(B * nseg));
   at::parallel_for(0, B * nseg, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t r = w / nseg, sgi = w % nseg;
@@ -229,9 +146,9 @@ void run(const at::Tensor& logits, int64_t k, float temperature, const Outputs& 
   });
   at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      Partial& p = parts[r * nseg];
-      for (int64_t sgi = 1; sgi < nseg; ++sgi) merge_into(p, parts[r * nseg + sgi], k);
-      finalize_row<Tag>(r, base + r * stride, V, temperature, k, p, o);
+      RowPass& p = parts[r * nseg];
+      for (int64_t sgi = 1; sgi < nseg; ++sgi) p.merge(parts[r * nseg + sgi], k);
+      finalize<Tag>(r, base + r * stride, V, temperature, k, p, o, tokens);
     }
   });
 }
@@ -271,27 +188,27 @@ logit_stats_cpu(const at::Tensor& logits_in, int64_t k, const std::optional<at::
   }
   if (B == 0) return {lse, ent, var, mx, am, tkl, tki, tkm, tl};
 
-  const Outputs o{lse.data_ptr<float>(),
-                  ent.data_ptr<float>(),
-                  var.data_ptr<float>(),
-                  mx.data_ptr<float>(),
-                  am.data_ptr<int64_t>(),
-                  tkl.data_ptr<float>(),
-                  tki.data_ptr<int64_t>(),
-                  tkm.data_ptr<float>(),
-                  tok.defined() ? tl.data_ptr<float>() : nullptr,
-                  tok.defined() ? tok.const_data_ptr<int64_t>() : nullptr};
+  const cpu::Outputs o{lse.data_ptr<float>(),
+                       ent.data_ptr<float>(),
+                       var.data_ptr<float>(),
+                       mx.data_ptr<float>(),
+                       am.data_ptr<int64_t>(),
+                       tkl.data_ptr<float>(),
+                       tki.data_ptr<int64_t>(),
+                       tkm.data_ptr<float>(),
+                       tok.defined() ? tl.data_ptr<float>() : nullptr};
+  const int64_t* tokens = tok.defined() ? tok.const_data_ptr<int64_t>() : nullptr;
   // The reference divides a float32 tensor by the Python float, i.e. by float(T).
   const float t = static_cast<float>(temperature);
   switch (dtype) {
     case at::kFloat:
-      run<cpu::F32>(logits, k, t, o);
+      run<cpu::F32>(logits, k, t, o, tokens);
       break;
     case at::kBFloat16:
-      run<cpu::BF16>(logits, k, t, o);
+      run<cpu::BF16>(logits, k, t, o, tokens);
       break;
     default:
-      run<cpu::F16>(logits, k, t, o);
+      run<cpu::F16>(logits, k, t, o, tokens);
       break;
   }
   return {lse, ent, var, mx, am, tkl, tki, tkm, tl};

@@ -9,6 +9,11 @@
 //   * TopK            : the k best (z, index) of a stream, block maxima to skip blocks
 //   * TopCandidate    : (z, index) with the order "z descending, then index ascending"
 //   * gt_mask8        : which of 8 floats exceed a threshold (top-k candidate scans)
+//   * scan_blocks     : one chunk's values v_i = f(i), with the max of each block and a NaN flag
+//   * RowPass         : one row's (or row segment's) state over its chunks: the online stats,
+//                       the first argmax and the top-k candidates; fold a chunk, merge segments
+//   * Outputs, finalize_row : the fields of logit_stats (the outputs of logit_stats and
+//                       hidden_stats) written from a finished RowPass
 //
 // The loops here are written for the compiler to vectorise (`#pragma omp simd`, branch-free
 // selects; build with -fopenmp or -fopenmp-simd so the simd reductions may reassociate, and
@@ -339,6 +344,119 @@ struct TopK {
     }
   }
 };
+
+// ---------------------------------------------------------------------------------------
+// The chunked row pass shared by logit_stats and hidden_stats.
+
+// v_i = f(i) for i < n (f may also store v_i), in blocks of kBlock: bmax[b] = max of block b
+// (NaN ignored, -inf for an all -inf / NaN block). Returns the chunk max; sets *bad when a NaN
+// is seen. f must be branch-free for the loop to vectorise.
+template <int64_t kBlock, typename F>
+inline float scan_blocks(int64_t n, float* bmax, bool* bad, F&& f) {
+  float cmax = -kInf;
+  int nan = 0;
+  for (int64_t b0 = 0, bi = 0; b0 < n; b0 += kBlock, ++bi) {
+    const int64_t b1 = std::min(n, b0 + kBlock);
+    float bm = -kInf;
+#pragma omp simd reduction(max : bm) reduction(| : nan)
+    for (int64_t i = b0; i < b1; ++i) {
+      const float v = f(i);
+      bm = v > bm ? v : bm;
+      nan |= (v != v);
+    }
+    bmax[bi] = bm;
+    cmax = bm > cmax ? bm : cmax;
+  }
+  *bad = *bad || nan != 0;
+  return cmax;
+}
+
+// One row (or one segment of a row) seen chunk by chunk: the online (m, s, t, u) state, the
+// first index of the max and the top-k candidates.
+template <int64_t kBlock>
+struct RowPass {
+  OnlineStats st;
+  float best = -kInf;  // max z (NaN ignored)
+  int64_t best_idx = 0;
+  TopK<kBlock> top;
+
+  // Start over for entries [begin, begin + len); best_idx = begin stays valid even if every
+  // entry is -inf or NaN.
+  void start(int64_t k, int64_t begin, int64_t len) {
+    st = OnlineStats{};
+    best = -kInf;
+    best_idx = begin;
+    if (k > 0) top.init(k, len);
+  }
+
+  // Fold the chunk z[0..n) = entries [c0, c0 + n), whose scan_blocks gave cmax, bmax and bad.
+  void fold(const float* z, int64_t n, int64_t c0, float cmax, const float* bmax, bool bad, int64_t k) {
+    if (bad || cmax == kInf) st.nan = true;  // NaN statistics from here on: stop accumulating
+    st.qnan = st.qnan || bad;
+    st.pinf = st.pinf || cmax == kInf;
+    if (!st.nan && cmax > -kInf) st.add(z, n, cmax);
+    if (cmax > best) {  // first index of the new max
+      int64_t bi = 0;
+      while (bmax[bi] != cmax) ++bi;
+      int64_t i = bi * kBlock;
+      while (z[i] != cmax) ++i;
+      best = cmax;
+      best_idx = c0 + i;
+    }
+    if (k > 0) top.offer(z, n, bmax, c0);
+  }
+
+  // Fold b, a later segment of the same row, into this one.
+  void merge(const RowPass& b, int64_t k) {
+    st.merge(b.st);
+    if (b.best > best) {  // strict: on a tie the earlier segment has the lower index
+      best = b.best;
+      best_idx = b.best_idx;
+    }
+    if (k > 0) top.c.insert(top.c.end(), b.top.c.begin(), b.top.c.end());
+  }
+};
+
+// Where finalize_row writes row r's fields (fuq::logit_stats' outputs, in its order).
+struct Outputs {
+  float* lse;
+  float* entropy;
+  float* varentropy;
+  float* max_logprob;
+  int64_t* argmax;
+  float* topk_logprobs;  // [B, k]
+  int64_t* topk_ids;     // [B, k]
+  float* topk_mass;
+  float* token_logprob;  // nullptr without tokens
+};
+
+// Write row r's fields from its finished pass; zt is the token's z (NaN for an id out of
+// range: its log-prob is then NaN), read only when o.token_logprob is set.
+template <int64_t kBlock>
+void finalize_row(int64_t r, RowPass<kBlock>& p, int64_t k, float zt, const Outputs& o) {
+  const OnlineStats& st = p.st;
+  const float log_s = st.log_s();
+  o.lse[r] = st.lse();
+  o.entropy[r] = st.entropy();
+  o.varentropy[r] = st.varentropy();
+  o.max_logprob[r] = (p.best - st.m) - log_s;  // NaN for an all -inf row, as log_softmax gives
+  o.argmax[r] = p.best_idx;
+  float mass = 0.0f;
+  if (k > 0) {
+    auto& c = p.top.c;
+    // c holds at least k entries: each segment keeps min(its length, >= k) of them.
+    if (static_cast<int64_t>(c.size()) > k) std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), before);
+    std::sort(c.begin(), c.begin() + k, before);
+    for (int64_t j = 0; j < k; ++j) {
+      const float lp = (c[j].z - st.m) - log_s;
+      o.topk_logprobs[r * k + j] = lp;
+      o.topk_ids[r * k + j] = c[j].idx;
+      mass += std::exp(lp);
+    }
+  }
+  o.topk_mass[r] = mass;
+  if (o.token_logprob != nullptr) o.token_logprob[r] = (zt - st.m) - log_s;
+}
 
 }  // namespace cpu
 }  // namespace fuq

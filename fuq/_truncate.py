@@ -36,6 +36,8 @@ def _grouped(fn, packed: Tensor, rows: Tensor, *per_row: Tensor, args: tuple = (
     B = rows.shape[0]
     if B == 0:
         return fn(rows, *per_row, *args, *_kt.OFF, *tail)
+    if B == 1:
+        return fn(rows, *per_row, *args, *_kt.unpack_row(packed[0]), *tail)
     uniq, inv = torch.unique(packed, dim=0, return_inverse=True)
     if uniq.shape[0] == 1:
         return fn(rows, *per_row, *args, *_kt.unpack_row(uniq[0]), *tail)

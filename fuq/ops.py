@@ -31,6 +31,12 @@ class LogitStats(NamedTuple):
     topk_ids: Tensor  #: int64 [..., k]
     topk_mass: Tensor  #: float32, Σ of the top-k probabilities
     token_logprob: Tensor | None  #: float32 log p of ``tokens``, or None
+    # The density-free sums (``extra=True``; None otherwise), from the same pass. NaN on a row
+    # whose entropy is NaN (a NaN or +inf entry, or no live token).
+    sum_logp: Tensor | None = None  #: float32, Σ log p over the live tokens (SelfCertainty)
+    n_live: Tensor | None = None  #: float32, the number of live tokens (z > -inf)
+    log_sum_p_alpha: Tensor | None = None  #: float32, log Σ p^alpha (RenyiNeg)
+    log_sum_sqrt_p: Tensor | None = None  #: float32, log Σ √p (FisherRao)
 
 
 def _check_logits(logits: Tensor, name: str = "logits") -> int:
@@ -107,8 +113,9 @@ def _check_cuda_cpp(rows: Tensor) -> None:
 
 
 def _shaped(out, lead: torch.Size, k: int, has_tokens: bool) -> LogitStats:
-    """The nine ``[B]`` / ``[B, k]`` kernel outputs as a :class:`LogitStats` with leading dims ``lead``."""
-    lse, ent, var, mx, am, tkl, tki, tkm, tl = out
+    """The ``[B]`` / ``[B, k]`` kernel outputs (nine, or ten with ``extra`` ``[B, 4]``) as a
+    :class:`LogitStats` with leading dims ``lead``."""
+    lse, ent, var, mx, am, tkl, tki, tkm, tl = out[:9]
     return LogitStats(
         lse.reshape(lead),
         ent.reshape(lead),
@@ -119,23 +126,33 @@ def _shaped(out, lead: torch.Size, k: int, has_tokens: bool) -> LogitStats:
         tki.reshape(*lead, k),
         tkm.reshape(lead),
         tl.reshape(lead) if has_tokens else None,
+        *_extra_fields(out, lead),
     )
 
 
-def _dispatch_logit_stats(rows: Tensor, k: int, tok: Tensor | None, t: float, backend: str):
+def _extra_fields(out, lead) -> tuple:
+    """The four density-free fields from the op's ``extra`` output ``[B, 4]``; () without it."""
+    if len(out) < 10:
+        return ()
+    return tuple(c.reshape(lead) for c in out[9].unbind(-1))
+
+
+def _dispatch_logit_stats(rows: Tensor, k: int, tok: Tensor | None, t: float, backend: str, alpha=None):
+    """The op's ten outputs; ``alpha`` None leaves the density-free sums off (``extra`` ``[0, 4]``)."""
+    a = () if alpha is None else (alpha,)  # the default call passes the op's four arguments only
     if backend == "auto":
-        return torch.ops.fuq.logit_stats(rows, k, tok, t)
+        return torch.ops.fuq.logit_stats(rows, k, tok, t, *a)
     if backend == "reference":
-        return reference.logit_stats(rows, k, tok, t)
+        return reference.logit_stats_extra(rows, k, tok, t, alpha)
     if backend == "cpp":
         _check_cpp(rows, "logit_stats", _library.HAS_CPP)
-        return torch.ops.fuq.logit_stats(rows, k, tok, t)
+        return torch.ops.fuq.logit_stats(rows, k, tok, t, *a)
     if backend == "triton":
         from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
 
-        return triton_logit_stats(rows, k, tok, t)
+        return triton_logit_stats(rows, k, tok, t, alpha)
     _check_cuda_cpp(rows)  # backend == "cuda"
-    return torch.ops.fuq.logit_stats_cuda(rows, k, tok, t)
+    return torch.ops.fuq.logit_stats_cuda(rows, k, tok, t, *a)
 
 
 def logit_stats(
@@ -144,6 +161,8 @@ def logit_stats(
     tokens: Tensor | None = None,
     temperature: float = 1.0,
     backend: str = "auto",
+    extra: bool = False,
+    alpha: float = 0.5,
 ) -> LogitStats:
     """Everything a decoder wants to know about one step, from one pass over the logits.
 
@@ -159,6 +178,12 @@ def logit_stats(
         temperature: finite, > 0; the stats are those of ``softmax(logits / T)``.
         backend: ``"auto"`` (C++ on CPU, Triton on CUDA), ``"cpp"``, ``"triton"``,
             ``"cuda"`` or ``"reference"``.
+        extra: also return the density-free sums of the same pass (``sum_logp``,
+            ``n_live``, ``log_sum_p_alpha``, ``log_sum_sqrt_p``): SelfCertainty is
+            ``-sum_logp / n_live - log n_live``, RenyiNeg ``(log_sum_p_alpha + (alpha - 1)
+            log V) / (alpha - 1)``, FisherRao ``(2 / π) acos(exp(log_sum_sqrt_p) / √V)``.
+            Off (the default), those fields are None and cost nothing.
+        alpha: the Rényi order of ``log_sum_p_alpha``, finite and > 0 (used with ``extra``).
 
     Returns:
         :class:`LogitStats` (float32 stats in nats, int64 ids). A row that is all
@@ -180,12 +205,24 @@ def logit_stats(
     _check_backend(backend)
     lead = logits.shape[:-1]
     tok = None if tokens is None else _check_tokens(tokens, lead, V, logits.device)
+    a = _check_alpha(alpha) if extra else None
     rows = _as_rows(logits)
-    out = _dispatch_logit_stats(rows, k, tok, t, backend)
+    out = _dispatch_logit_stats(rows, k, tok, t, backend, a)
     if logits.dim() == 2:  # already [B, ...]: skip nine reshapes (~3 µs each, the cost of the door at B = 1)
-        lse, ent, var, mx, am, tkl, tki, tkm, tl = out
+        lse, ent, var, mx, am, tkl, tki, tkm, tl = out[:9]
+        if extra:
+            return LogitStats(lse, ent, var, mx, am, tkl, tki, tkm, None if tokens is None else tl, *out[9].unbind(-1))
         return LogitStats(lse, ent, var, mx, am, tkl, tki, tkm, None if tokens is None else tl)
-    return _shaped(out, lead, k, tokens is not None)
+    return _shaped(out if extra else out[:9], lead, k, tokens is not None)
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, (bool, Tensor)) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a Python float, got {type(alpha).__name__}")
+    a = float(alpha)
+    if not math.isfinite(a) or a <= 0.0:
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    return a
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +272,7 @@ def _dispatch_hidden_stats(h, weight, bias, k, tok, t, softcap, chunk, backend):
         torch.ops.fuq.logit_stats_cuda(
             reference.hidden_logits(h[s : s + rows], weight, bias, softcap), k,
             None if tok is None else tok[s : s + rows], t,
-        )
+        )[:9]
         for s in range(0, N, rows)
     ]
     if not parts:

@@ -27,6 +27,7 @@ import warnings
 
 import torch
 
+from . import knobs as _knob_table
 from . import reference
 
 # Python's fragment of the ``fuq`` namespace: the fakes, the Triton / reference kernels and, only
@@ -212,10 +213,8 @@ LIB.impl("logit_stats", _logit_stats_cuda, "CUDA")
 # the ids then the fields of logit_stats (token_logprob always [B]), at ``temperature``, or
 # at T = 1 when ``base_stats`` (the model's own distribution; the CPU kernel takes both
 # temperatures from one pass over the row, the composed Triton / CUDA route with its stats call).
-_KNOBS_SCHEMA = (
-    "float temperature, int top_k, float top_p, float min_p, float typical_p, float epsilon, "
-    "float eta, float top_h, float top_n_sigma, bool p_less, int min_tokens_to_keep"
-)
+# The knob arguments come from the knob table (fuq/knobs.py), in its column order.
+_KNOBS_SCHEMA = ", ".join(f"{kn.type.__name__} {kn.name}" for kn in _knob_table.KNOBS)
 TRUNCATE_SCHEMA = f"truncate(Tensor logits, {_KNOBS_SCHEMA}) -> Tensor"
 SAMPLE_SCHEMA = (
     f"sample(Tensor logits, Tensor uniform, int k, {_KNOBS_SCHEMA}, bool base_stats=False) -> "
@@ -301,7 +300,7 @@ def _sample_cuda(logits, uniform, k, *knobs):
     return sample_composed(logits, uniform, k, knobs[:N_KNOBS], kernels[1].truncate, kernels[0].logit_stats, base)
 
 
-N_KNOBS = 11  # temperature ... min_tokens_to_keep, as in _KNOBS_SCHEMA
+N_KNOBS = _knob_table.NK  # temperature ... min_tokens_to_keep, as in _KNOBS_SCHEMA
 
 
 def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn, base_stats=False):
@@ -437,3 +436,129 @@ HAS_CPP_HIDDEN_STATS = HAS_CPP and _has_kernel("hidden_stats", "CPU")
 if not HAS_CPP_HIDDEN_STATS:
     LIB.impl("hidden_stats", _hidden_stats_cpu_fallback, "CPU")
 LIB.impl("hidden_stats", _hidden_stats_cuda, "CUDA")
+
+
+# ---------------------------------------------------------------------------------------
+# One dispatch. Each op declares its implementations once, every one taking the op's schema
+# arguments: ``auto`` (the registered op: the C++ kernel on the CPU, Triton on CUDA, or the
+# reference fallback with a warning), ``reference``, ``cpp`` (with its availability), ``triton``
+# (imported on first use) and ``cuda`` (the CUDA C++ op of fuq._C_cuda). :func:`pick` chooses.
+
+
+def _hidden_stats_cuda_cpp(h, weight, bias, k, tok, t, softcap, chunk):
+    """backend="cuda" for hidden_stats: no CUDA C++ kernel of its own; the logits of a block of
+    rows (rows x V, about 2^24 of them) go through the CUDA C++ logit_stats."""
+    N, V = h.shape[0], weight.shape[0]
+    rows = max(1, (1 << 24) // V)
+    parts = [
+        torch.ops.fuq.logit_stats_cuda(
+            reference.hidden_logits(h[s : s + rows], weight, bias, softcap), k,
+            None if tok is None else tok[s : s + rows], t,
+        )[:9]
+        for s in range(0, N, rows)
+    ]
+    if not parts:
+        return torch.ops.fuq.hidden_stats(h, weight, bias, k, tok, t, softcap, chunk)
+    return tuple(torch.cat(f) for f in zip(*parts, strict=True))
+
+
+def _triton_logit_stats():
+    from .triton_kernels.logit_stats import logit_stats
+
+    return logit_stats
+
+
+def _triton_truncate():
+    from .triton_kernels.truncate import truncate
+
+    return truncate
+
+
+def _triton_sample():
+    from .triton_kernels.logit_stats import logit_stats
+    from .triton_kernels.truncate import truncate
+
+    def sample(logits, uniform, k, *knobs):
+        base = bool(knobs[N_KNOBS]) if len(knobs) > N_KNOBS else False
+        return sample_composed(logits, uniform, k, knobs[:N_KNOBS], truncate, logit_stats, base)
+
+    return sample
+
+
+def _triton_attention_stats():
+    from .triton_kernels.attention_stats import attention_stats
+
+    return attention_stats
+
+
+def _triton_hidden_stats():
+    from .triton_kernels.hidden_stats import hidden_stats
+
+    return lambda h, w, b, k, tok, t, softcap, chunk: hidden_stats(h, w, b, k, tok, t, softcap)
+
+
+class Impls:
+    """The implementations of one op (see the comment above :func:`pick`)."""
+
+    __slots__ = ("name", "auto", "reference", "cpp", "cpp_available", "triton", "cuda", "_triton")
+
+    def __init__(self, name, auto, reference, cpp_available, triton, cuda):
+        self.name = name
+        self.auto = auto
+        self.reference = reference
+        self.cpp = auto  # the registered op runs the C++ kernel on a CPU tensor
+        self.cpp_available = cpp_available
+        self._triton = triton
+        self.triton = None
+        self.cuda = cuda
+
+
+OPS: dict[str, Impls] = {
+    "logit_stats": Impls("logit_stats", torch.ops.fuq.logit_stats, reference.logit_stats_extra, HAS_CPP,
+                         _triton_logit_stats, torch.ops.fuq.logit_stats_cuda),
+    "truncate": Impls("truncate", torch.ops.fuq.truncate, reference.truncate, HAS_CPP_TRUNCATE,
+                      _triton_truncate, torch.ops.fuq.truncate_cuda),
+    "sample": Impls("sample", torch.ops.fuq.sample, lambda *a: reference.sample(*a[:-1], base_stats=a[-1]),
+                    HAS_CPP_SAMPLE, _triton_sample, torch.ops.fuq.sample_cuda),
+    "attention_stats": Impls("attention_stats", torch.ops.fuq.attention_stats, _attention_stats_reference,
+                             HAS_CPP_ATTENTION_STATS, _triton_attention_stats, torch.ops.fuq.attention_stats_cuda),
+    "hidden_stats": Impls("hidden_stats", torch.ops.fuq.hidden_stats, _hidden_stats_reference,
+                          HAS_CPP_HIDDEN_STATS, _triton_hidden_stats, _hidden_stats_cuda_cpp),
+}
+
+
+def check_cpp(rows: torch.Tensor, op: str, available: bool) -> None:
+    """backend="cpp": a CPU tensor and a fuq._C that holds the op's kernel, or a clear error."""
+    if rows.device.type != "cpu":
+        raise ValueError(f"backend='cpp' needs a CPU tensor, logits is on {rows.device}")
+    if not available:
+        raise RuntimeError(f"backend='cpp' asked for, but fuq._C has no fuq::{op} kernel ({C_ERROR})")
+
+
+def check_cuda_cpp(rows: torch.Tensor) -> None:
+    """backend="cuda": a CUDA tensor and a loaded fuq._C_cuda, or a clear error."""
+    if rows.device.type != "cuda":
+        raise ValueError(f"backend='cuda' needs a CUDA tensor, logits is on {rows.device}")
+    if not HAS_CUDA_CPP:
+        raise RuntimeError(f"backend='cuda' asked for, but fuq._C_cuda could not be loaded: {C_CUDA_ERROR}")
+
+
+def pick(op: str, backend: str, x: torch.Tensor):
+    """The implementation of ``op`` for ``backend`` and the input ``x`` (its device), with a clear
+    error when that backend cannot run it here (``cpp`` off the CPU or not built, ``cuda`` without
+    fuq._C_cuda). ``auto`` is the registered op (dispatched by device, with its fallbacks)."""
+    impl = OPS[op]
+    if backend == "auto":
+        return impl.auto
+    if backend == "reference":
+        return impl.reference
+    if backend == "cpp":
+        check_cpp(x, op, impl.cpp_available)
+        return impl.cpp
+    if backend == "triton":
+        if impl.triton is None:
+            impl.triton = impl._triton()
+        return impl.triton
+    check_cuda_cpp(x)  # backend == "cuda"
+    return impl.cuda
+

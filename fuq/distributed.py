@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _truncate, ops, reference
+from . import _validate, reference
+from . import knobs as _knob_table
 from .ops import LogitStats
 from .partial import (
     PAD_ID,
@@ -264,7 +265,7 @@ def _flat(st: StatsState) -> StatsState:
 # their logits (fallback="gather": one more all-gather of those rows only; same ids), or raise
 # (fallback="error").
 
-_OFF = (0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0, False, 1)  # the op's knobs after temperature, all off
+_OFF = _knob_table.OFF[1:]  # the op's knobs after temperature, all off
 
 
 def _generator(generator, seed, device: torch.device) -> torch.Generator:
@@ -358,7 +359,7 @@ def sample(
     t, tk, tp, mp = knobs[:4]
     size = _group_size(group)
     lead = logits_shard.shape[:-1]
-    rows = ops._as_rows(logits_shard)
+    rows = _validate.as_rows(logits_shard)
     B = rows.shape[0]
     u0 = torch.rand((B,), dtype=torch.float64, generator=gen, device=gen.device).to(rows.device)
     truncating = tk > 0 or tp < 1.0 or mp > 0.0
@@ -393,15 +394,16 @@ def _listed(candidates: int, top_k: int, k: int) -> int:
 
 def _sample_args(logits_shard, vocab_offset, k, knobs4, generator, seed, candidates, fallback, backend):
     """Validate :func:`sample`'s arguments (before any collective) -> (offset, k, the op's knobs, generator)."""
-    ops._check_logits(logits_shard, "logits_shard")
+    _validate.check_logits(logits_shard, "logits_shard")
     offset = _check_vocab_offset(vocab_offset)
     k = _check_k(k)
-    knobs = _truncate._knobs(*knobs4, None, None, None, None, None, False, 1)
+    # fuq.distributed takes the first four knobs of the table, as numbers (no per-row tensors)
+    knobs = _knob_table.resolve(None, **dict(zip(_knob_table.NAMES[:4], knobs4, strict=True)))
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise ValueError(f"candidates must be an int >= 1, got {candidates!r}")
     if fallback not in ("widen", "gather", "error"):
         raise ValueError(f"fallback must be 'widen', 'gather' or 'error', got {fallback!r}")
-    ops._check_backend(backend)
+    _validate.check_backend(backend)
     return offset, k, knobs, _generator(generator, seed, logits_shard.device)
 
 

@@ -41,9 +41,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import knobs as _knob_table
 from .kv import cache_bytes
 from .ops import LogitStats, logit_stats
-from .trace import Trace
+from .trace import DENSITY_FREE_DEFAULTS, Trace, density_free_sums
 
 __all__ = [
     "generate",
@@ -59,19 +60,7 @@ __all__ = [
 ]
 
 #: the knobs of ``fuq.sample`` / ``fuq.truncate`` that the sampling strategies pass through.
-SAMPLE_KNOBS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "typical_p",
-    "epsilon",
-    "eta",
-    "top_h",
-    "top_n_sigma",
-    "p_less",
-    "min_tokens_to_keep",
-)
+SAMPLE_KNOBS = _knob_table.NAMES
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,6 +602,7 @@ def generate(
     kv_sinks: int = 4,
     kv_window: int = 32,
     kv_every: int | None = None,
+    extra: bool = False,
     **strategy_kwargs: Any,
 ) -> Trace:
     """Generate up to ``max_new_tokens`` per row, recording every step's uncertainty.
@@ -648,6 +638,10 @@ def generate(
         kv_window: most recent tokens always kept (32).
         kv_every: evict every n decode steps (0: only after the prefill); None: the scorer's
             default (SnapKV: after the prefill only; the others: every step).
+        extra: also record, per token, the vocabulary sums of the density-free scores
+            (``trace.vocab_logprob_sum``, ``power_sum``, ``sqrt_sum``: see
+            :func:`fuq.trace.density_free_sums`, lm-polygraph's alpha 0.5 at temperature 2),
+            which ``fuq.scores.self_certainty``, ``renyi_neg`` and ``fisher_rao`` read.
 
     Returns:
         a :class:`~fuq.trace.Trace` ``[B, T_new]``: chosen ids, mask (False after a row ended),
@@ -697,6 +691,9 @@ def generate(
         for step in range(max_new_tokens):
             st.step = step
             nxt, stats = _choose(strat, logits, st, run.pad_id)
+            if extra:
+                run.extra.append(density_free_sums(logits, **DENSITY_FREE_DEFAULTS))
+                run.vocab_size = int(logits.shape[-1])
             if _record(run, st, step, stats, nxt, hook) or step == max_new_tokens - 1:
                 break
             logits = _decode(st, nxt, stats)
@@ -718,6 +715,8 @@ class _Run:
         self.chosen: list[Tensor] = []
         self.masks: list[Tensor] = []
         self.gen: list[list[int]] = [[] for _ in range(B)]
+        self.extra: list[tuple[Tensor, Tensor, Tensor]] = []  # density-free sums per step (extra=True)
+        self.vocab_size = 0
 
 
 def _feed(st: DecodeState, ids: Tensor, position_ids: Tensor, phase: str, entropy: Tensor | None = None) -> Tensor:
@@ -809,6 +808,10 @@ def _finish(run: _Run, st: DecodeState, strat: Strategy, model: Any, tokenizer: 
                                                                                              strict=True)]
         meta["kv"] = _jsonable(kv)
     kw: dict[str, Any] = {"meta": meta}
+    if run.extra:
+        for j, name in enumerate(("vocab_logprob_sum", "power_sum", "sqrt_sum")):
+            kw[name] = torch.stack([e[j].cpu() for e in run.extra], dim=1)
+        meta["density_free"] = {"vocab_size": run.vocab_size, **DENSITY_FREE_DEFAULTS}
     if tokenizer is not None:
         kw["prompt"] = prompt_text
         kw["text"] = [tokenizer.decode(g, skip_special_tokens=True) for g in run.gen]

@@ -77,6 +77,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
         "fuq.hf needs Hugging Face transformers, which is not installed: `pip install fuq[hf]`"
     ) from exc
 
+from . import knobs as _knob_table
 from .processors import FusedLogitsWarper, FusedSampler, UncertaintyRecorder
 
 __all__ = ["fused_logits_processor", "patch", "sampling_knobs"]
@@ -109,22 +110,12 @@ def sampling_knobs(generation_config: GenerationConfig) -> dict[str, Any]:
     if not gc.do_sample:
         return {}
     knobs: dict[str, Any] = {}
-    if gc.temperature is not None and gc.temperature != 1.0:
-        knobs["temperature"] = float(gc.temperature)
-    if getattr(gc, "top_h", None) is not None:
-        knobs["top_h"] = float(gc.top_h)
-    if gc.top_k is not None and gc.top_k != 0:
-        knobs["top_k"] = int(gc.top_k)
-    if gc.top_p is not None and gc.top_p < 1.0:
-        knobs["top_p"] = float(gc.top_p)
-    if gc.min_p is not None:
-        knobs["min_p"] = float(gc.min_p)
-    if gc.typical_p is not None and gc.typical_p < 1.0:
-        knobs["typical_p"] = float(gc.typical_p)
-    if gc.epsilon_cutoff is not None and 0.0 < gc.epsilon_cutoff < 1.0:
-        knobs["epsilon"] = float(gc.epsilon_cutoff)
-    if gc.eta_cutoff is not None and 0.0 < gc.eta_cutoff < 1.0:
-        knobs["eta"] = float(gc.eta_cutoff)
+    for kn in _knob_table.KNOBS:  # the knobs with a GenerationConfig field, from the table
+        if kn.hf is None:
+            continue
+        v = getattr(gc, kn.hf, None)
+        if v is not None and kn.hf_on(v):
+            knobs[kn.name] = kn.type(v)
     knobs["min_tokens_to_keep"] = _min_tokens_to_keep(gc)
     return knobs
 

@@ -8,12 +8,21 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import _library, reference
+from . import _library, _validate
 
 __all__ = ["LogitStats", "logit_stats", "hidden_stats", "AttentionStats", "attention_stats", "BACKENDS"]
 
-BACKENDS = ("auto", "cpp", "triton", "cuda", "reference")
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from ._validate import _FLOAT_DTYPES, BACKENDS  # noqa: F401
+
+# The old private names, still imported from here by callers outside the package.
+_as_rows = _validate.as_rows
+_check_backend = _validate.check_backend
+_check_cpp = _validate.check_cpp
+_check_cuda_cpp = _validate.check_cuda_cpp
+_check_float = _validate.check_float
+_check_logits = _validate.check_logits
+_check_temperature = _validate.check_temperature
+_check_tokens = _validate.check_tokens
 
 
 class LogitStats(NamedTuple):
@@ -37,79 +46,6 @@ class LogitStats(NamedTuple):
     n_live: Tensor | None = None  #: float32, the number of live tokens (z > -inf)
     log_sum_p_alpha: Tensor | None = None  #: float32, log Σ p^alpha (RenyiNeg)
     log_sum_sqrt_p: Tensor | None = None  #: float32, log Σ √p (FisherRao)
-
-
-def _check_logits(logits: Tensor, name: str = "logits") -> int:
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {logits.dtype}")
-    if logits.dim() == 0:
-        raise ValueError(f"{name} must have shape [..., V], got a 0-d tensor")
-    V = logits.shape[-1]
-    if V == 0:
-        raise ValueError(f"{name} has an empty vocabulary (V = 0), shape {tuple(logits.shape)}")
-    return V
-
-
-def _check_temperature(temperature: float) -> float:
-    if isinstance(temperature, Tensor):
-        raise TypeError("temperature must be a Python float, not a tensor")
-    t = float(temperature)
-    if not math.isfinite(t) or t <= 0.0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return t
-
-
-def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
-def _as_rows(logits: Tensor) -> Tensor:
-    """``[..., V]`` -> ``[B, V]`` with a contiguous last dim (any row stride)."""
-    V = logits.shape[-1]
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    return logits.reshape(-1, V)
-
-
-def _check_tokens(tokens: Tensor, lead: torch.Size, V: int, device: torch.device) -> Tensor:
-    if not isinstance(tokens, Tensor):
-        raise TypeError(f"tokens must be a torch.Tensor of ids, got {type(tokens).__name__}")
-    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-        raise TypeError(f"tokens must be an integer tensor, got {tokens.dtype}")
-    if tuple(tokens.shape) != tuple(lead):
-        raise ValueError(
-            f"tokens must have shape {tuple(lead)} (the leading dims of logits), got {tuple(tokens.shape)}"
-        )
-    if tokens.device != device:
-        raise ValueError(f"tokens is on {tokens.device} but logits is on {device}")
-    # The range check reads the ids on the host: only for CPU tensors. On a CUDA (or other
-    # device) tensor it would sync every call and break CUDA-graph capture, so it is skipped
-    # there; the kernels then give token_logprob = NaN for an id outside [0, V).
-    if not torch.compiler.is_compiling() and tokens.numel() > 0 and tokens.device.type == "cpu":
-        lo, hi = (int(v) for v in torch.aminmax(tokens))
-        if lo < 0 or hi >= V:
-            raise ValueError(f"tokens must be in [0, {V}) (V = {V}), got values in [{lo}, {hi}]")
-    return tokens.reshape(-1).to(torch.int64)
-
-
-def _check_cpp(rows: Tensor, op: str, available: bool) -> None:
-    """backend="cpp": a CPU tensor and a fuq._C that holds the op's kernel, or a clear error."""
-    if rows.device.type != "cpu":
-        raise ValueError(f"backend='cpp' needs a CPU tensor, logits is on {rows.device}")
-    if not available:
-        raise RuntimeError(f"backend='cpp' asked for, but fuq._C has no fuq::{op} kernel ({_library.C_ERROR})")
-
-
-def _check_cuda_cpp(rows: Tensor) -> None:
-    """backend="cuda": a CUDA tensor and a loaded fuq._C_cuda, or a clear error."""
-    if rows.device.type != "cuda":
-        raise ValueError(f"backend='cuda' needs a CUDA tensor, logits is on {rows.device}")
-    if not _library.HAS_CUDA_CPP:
-        raise RuntimeError(f"backend='cuda' asked for, but fuq._C_cuda could not be loaded: {_library.C_CUDA_ERROR}")
 
 
 def _shaped(out, lead: torch.Size, k: int, has_tokens: bool) -> LogitStats:
@@ -139,20 +75,10 @@ def _extra_fields(out, lead) -> tuple:
 
 def _dispatch_logit_stats(rows: Tensor, k: int, tok: Tensor | None, t: float, backend: str, alpha=None):
     """The op's ten outputs; ``alpha`` None leaves the density-free sums off (``extra`` ``[0, 4]``)."""
-    a = () if alpha is None else (alpha,)  # the default call passes the op's four arguments only
-    if backend == "auto":
-        return torch.ops.fuq.logit_stats(rows, k, tok, t, *a)
-    if backend == "reference":
-        return reference.logit_stats_extra(rows, k, tok, t, alpha)
-    if backend == "cpp":
-        _check_cpp(rows, "logit_stats", _library.HAS_CPP)
-        return torch.ops.fuq.logit_stats(rows, k, tok, t, *a)
-    if backend == "triton":
-        from .triton_kernels.logit_stats import logit_stats as triton_logit_stats
-
-        return triton_logit_stats(rows, k, tok, t, alpha)
-    _check_cuda_cpp(rows)  # backend == "cuda"
-    return torch.ops.fuq.logit_stats_cuda(rows, k, tok, t, *a)
+    fn = _library.pick("logit_stats", backend, rows)
+    if alpha is None:  # the default call passes the op's four arguments only
+        return fn(rows, k, tok, t)
+    return fn(rows, k, tok, t, alpha)
 
 
 def logit_stats(
@@ -229,15 +155,6 @@ def _check_alpha(alpha: float) -> float:
 # hidden_stats: LogitStats of hidden @ weight.T without holding [T, V]
 
 
-def _check_float(x: Tensor, name: str, dims: tuple[int, ...]) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
-    if x.dim() not in dims:
-        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got shape {tuple(x.shape)}")
-
-
 # The logits buffer of the CPU kernel when ``chunk`` is None: about this many float32 (32 MiB).
 _HIDDEN_BUFFER_FLOATS = 1 << 23
 _HIDDEN_MAX_ROWS = 4096  # rows per block of the CPU kernel (csrc/cpu/hidden_stats.cpp: kMaxRows)
@@ -251,33 +168,8 @@ def _hidden_chunk(N: int, V: int) -> int:
 
 
 def _dispatch_hidden_stats(h, weight, bias, k, tok, t, softcap, chunk, backend):
-    N, V = h.shape[0], weight.shape[0]
-    c = _hidden_chunk(N, V) if chunk is None else min(chunk, V)
-    if backend == "auto":
-        return torch.ops.fuq.hidden_stats(h, weight, bias, k, tok, t, softcap, c)
-    if backend == "reference":
-        return _library._hidden_stats_reference(h, weight, bias, k, tok, t, softcap, c)
-    if backend == "cpp":
-        _check_cpp(h, "hidden_stats", _library.HAS_CPP_HIDDEN_STATS)
-        return torch.ops.fuq.hidden_stats(h, weight, bias, k, tok, t, softcap, c)
-    if backend == "triton":
-        from .triton_kernels.hidden_stats import hidden_stats as triton_hidden_stats
-
-        return triton_hidden_stats(h, weight, bias, k, tok, t, softcap)
-    # backend == "cuda": no CUDA C++ kernel of its own; the logits of a block of rows
-    # (rows x V, about 2^24 of them) go through the CUDA C++ logit_stats.
-    _check_cuda_cpp(h)
-    rows = max(1, (1 << 24) // V)
-    parts = [
-        torch.ops.fuq.logit_stats_cuda(
-            reference.hidden_logits(h[s : s + rows], weight, bias, softcap), k,
-            None if tok is None else tok[s : s + rows], t,
-        )[:9]
-        for s in range(0, N, rows)
-    ]
-    if not parts:
-        return torch.ops.fuq.hidden_stats(h, weight, bias, k, tok, t, softcap, c)
-    return tuple(torch.cat(f) for f in zip(*parts, strict=True))
+    c = _hidden_chunk(h.shape[0], weight.shape[0]) if chunk is None else min(chunk, weight.shape[0])
+    return _library.pick("hidden_stats", backend, h)(h, weight, bias, k, tok, t, softcap, c)
 
 
 def hidden_stats(
@@ -442,16 +334,4 @@ def attention_stats(
 
 
 def _dispatch_attention_stats(q: Tensor, k: Tensor, scale: float, mask, causal: bool, window: int, backend: str):
-    if backend == "auto":
-        return torch.ops.fuq.attention_stats(q, k, scale, mask, causal, window)
-    if backend == "reference":
-        return reference.attention_stats(q, k, scale, mask, causal, window or None)
-    if backend == "cpp":
-        _check_cpp(q, "attention_stats", _library.HAS_CPP_ATTENTION_STATS)
-        return torch.ops.fuq.attention_stats(q, k, scale, mask, causal, window)
-    if backend == "triton":
-        from .triton_kernels.attention_stats import attention_stats as triton_attention_stats
-
-        return triton_attention_stats(q, k, scale, mask, causal, window)
-    _check_cuda_cpp(q)  # backend == "cuda"
-    return torch.ops.fuq.attention_stats_cuda(q, k, scale, mask, causal, window)
+    return _library.pick("attention_stats", backend, q)(q, k, scale, mask, causal, window)

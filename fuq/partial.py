@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import ops
+from . import _validate, ops
 from .ops import LogitStats
 
 __all__ = ["StatsState", "logit_stats_partial", "hidden_stats_partial", "merge_stats"]
@@ -180,14 +180,14 @@ def logit_stats_partial(
         >>> s.topk_ids.tolist(), round(s.entropy.item(), 4) == round(fuq.logit_stats(x).entropy.item(), 4)
         ([[4, 0]], True)
     """
-    Vs = ops._check_logits(logits_shard, "logits_shard")
+    Vs = _validate.check_logits(logits_shard, "logits_shard")
     offset = _check_vocab_offset(vocab_offset)
     k = _check_k(k)
-    t = ops._check_temperature(temperature)
-    ops._check_backend(backend)
+    t = _validate.check_temperature(temperature)
+    _validate.check_backend(backend)
     lead = logits_shard.shape[:-1]
     tok = None if tokens is None else _check_global_tokens(tokens, lead, logits_shard.device)
-    rows = ops._as_rows(logits_shard)
+    rows = _validate.as_rows(logits_shard)
     stats = ops._dispatch_logit_stats(rows, min(k, Vs), None, t, backend)
     return state_from_stats(stats, lambda ids: rows.gather(-1, ids).float() / t, k, tok, offset, Vs, t, lead)
 
@@ -250,8 +250,8 @@ def hidden_stats_partial(
         >>> torch.allclose(fuq.merge_stats(parts).entropy, fuq.hidden_stats(h, W).entropy, atol=1e-5)
         True
     """
-    ops._check_float(hidden, "hidden", tuple(range(1, 9)))
-    ops._check_float(weight_shard, "weight_shard", (2,))
+    _validate.check_float(hidden, "hidden", tuple(range(1, 9)))
+    _validate.check_float(weight_shard, "weight_shard", (2,))
     offset = _check_vocab_offset(vocab_offset)
     k = _check_k(k)
     Vs = weight_shard.shape[0]

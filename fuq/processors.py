@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
         "fuq.processors needs Hugging Face transformers, which is not installed: `pip install fuq[hf]`"
     ) from exc
 
+from . import _validate
 from . import ops as _ops
 from .trace import Trace
 
@@ -313,8 +314,8 @@ class FusedLogitsWarper(_FuqWarper):
         filter_value: float = _NEG_INF,
         backend: str = "auto",
     ):
-        _ops._check_temperature(temperature)
-        _ops._check_backend(backend)
+        _validate.check_temperature(temperature)
+        _validate.check_backend(backend)
         self.temperature = float(temperature)
         self.top_k = None if top_k is None else max(int(top_k), min_tokens_to_keep)
         self.top_p = top_p
@@ -417,8 +418,8 @@ class UncertaintyRecorder(LogitsProcessor):
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"`k` has to be a non-negative integer, but is {k!r}")
         self.k = k
-        self.temperature = _ops._check_temperature(temperature)
-        self.backend = _ops._check_backend(backend)
+        self.temperature = _validate.check_temperature(temperature)
+        self.backend = _validate.check_backend(backend)
         self.eos_token_id = eos_token_id
         self.recorded_on = "processor list position"
         self.reset()

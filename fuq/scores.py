@@ -57,8 +57,14 @@ __all__ = [
     "prob_quantiles",
     "logprob_quantiles",
     "weighted_mean",
+    "self_certainty",
+    "renyi_neg",
+    "fisher_rao",
+    "token_sar",
     "summary",
+    "UNCERTAINTY_SIGN",
     "SCORE_NAMES",
+    "DENSITY_FREE_SCORES",
     "deferral",
     "Deferral",
     "DEFERRAL_RULES",
@@ -80,6 +86,32 @@ SCORE_NAMES = (
     "prob_q25",
     "prob_q50",
 )
+#: the keys :func:`summary` adds when the trace holds the vocabulary sums (recorded with ``extra=True``)
+DENSITY_FREE_SCORES = ("self_certainty", "renyi_neg", "fisher_rao")
+
+#: +1 where a higher score means a more uncertain sequence, -1 where it means a more confident one
+#: (error detection and rejection read ``sign * score`` as the uncertainty).
+UNCERTAINTY_SIGN = {
+    "g_nll": 1,
+    "nll": 1,
+    "perplexity": 1,
+    "mean_entropy": 1,
+    "max_entropy": 1,
+    "mean_varentropy": 1,
+    "geometric_mean_prob": -1,
+    "mean_prob": -1,
+    "epr": 1,
+    "prob_q05": -1,
+    "prob_q25": -1,
+    "prob_q50": -1,
+    "self_certainty": 1,
+    "renyi_neg": -1,
+    "fisher_rao": -1,
+    "token_sar": 1,
+}
+
+#: the per-token fields the density-free scores read (``None`` in a Trace recorded without them)
+DENSITY_FREE_FIELDS = ("vocab_logprob_sum", "power_sum", "sqrt_sum")
 
 _PER_TOKEN_FIELDS = ("lse", "entropy", "varentropy", "max_logprob", "topk_mass", "token_logprob")
 
@@ -291,12 +323,104 @@ def weighted_mean(trace: Trace, weights: Tensor, field: str = "token_logprob") -
     return _masked_sum(wm * x, trace.mask) / wm.sum(dim=1)
 
 
+# ---------------------------------------------------------------------------------------------
+# density-free scores (lm-polygraph's SelfCertainty, RenyiNeg, FisherRao): they read sums over the
+# whole vocabulary that the Trace holds when it was recorded with ``extra=True``
+
+
+def _density_free(trace: Trace, name: str) -> tuple[Tensor, dict[str, float]]:
+    x = getattr(trace, name, None)
+    if x is None:
+        raise ValueError(
+            f"trace.{name} is None: record the trace with extra=True (fuq.generate(..., extra=True)) "
+            "to get the vocabulary sums the density-free scores need"
+        )
+    if x.shape != trace.mask.shape:
+        raise ValueError(f"trace.{name} has shape {tuple(x.shape)}, expected [B, T] = {tuple(trace.mask.shape)}")
+    info = (getattr(trace, "meta", None) or {}).get("density_free")
+    if not info or "vocab_size" not in info:
+        raise ValueError("trace.meta['density_free'] must give vocab_size (and alpha, temperature)")
+    return x.to(torch.float64), info
+
+
+def self_certainty(trace: Trace) -> Tensor:
+    """lm-polygraph's SelfCertainty: ``-mean_t KL(U || p_t)``, ``[B]`` float32 (higher = more uncertain).
+
+    ``KL(U || p_t) = -(1/V) Σ_v log p_t(v) - log V`` is the divergence of the model's
+    next-token distribution (temperature 1) from the uniform one over the V tokens
+    ("Scalable Best-of-N Selection via Self-Certainty", Kang et al., 2025); lm-polygraph
+    0.7.0 returns minus its mean over the tokens, as here. Needs ``trace.vocab_logprob_sum``
+    (``Σ_v log p_t(v)``, recorded with ``extra=True``). lm-polygraph drops ``-inf`` entries of
+    its log-probabilities and counts the rest; fuq uses the vocabulary size, the same whenever
+    no logit is ``-inf`` (a model's own distribution).
+    """
+    _check_trace(trace)
+    s, info = _density_free(trace, "vocab_logprob_sum")
+    V = float(info["vocab_size"])
+    kl = -s / V - math.log(V)
+    return (-_masked_mean(kl, trace.mask)).to(torch.float32)
+
+
+def renyi_neg(trace: Trace) -> Tensor:
+    """lm-polygraph's RenyiNeg, ``[B]`` float32: ``mean_t [log Σ_v q_t(v)^α / (α − 1) − log V]``.
+
+    ``q_t = softmax(logits / τ)`` with lm-polygraph's defaults ``α = 0.5``, ``τ = 2`` (the
+    ones recorded in ``trace.meta["density_free"]``). This is lm-polygraph 0.7.0's formula
+    exactly: the Rényi divergence ``D_α(q_t || U)`` minus ``2 log V``. Note its direction:
+    it is LARGER for a peaked (confident) distribution (``−log V`` for one sure token,
+    ``−2 log V`` for the uniform one), although lm-polygraph's docstring says "higher = more
+    uncertain"; :data:`UNCERTAINTY_SIGN` records -1 for it. Needs ``trace.power_sum``
+    (``Σ_v q_t(v)^α``, recorded with ``extra=True``).
+    """
+    _check_trace(trace)
+    s, info = _density_free(trace, "power_sum")
+    alpha, V = float(info["alpha"]), float(info["vocab_size"])
+    if alpha == 1.0:
+        raise ValueError("renyi_neg with alpha = 1 is the KL divergence: record the trace with alpha != 1")
+    r = torch.log(s) / (alpha - 1.0) - math.log(V)
+    return _masked_mean(r, trace.mask).to(torch.float32)
+
+
+def fisher_rao(trace: Trace) -> Tensor:
+    """lm-polygraph's FisherRao, ``[B]`` float32: ``mean_t (2/π) arccos(Σ_v √q_t(v) / √V)``.
+
+    The Fisher-Rao distance of ``q_t = softmax(logits / τ)`` (``τ = 2``, lm-polygraph's
+    default) from the uniform distribution, scaled to [0, 1]: 0 for the uniform, near 1 for
+    one sure token, so, as :func:`renyi_neg`, larger = more confident (sign -1). Needs
+    ``trace.sqrt_sum`` (``Σ_v √q_t(v)``, recorded with ``extra=True``).
+    """
+    _check_trace(trace)
+    s, info = _density_free(trace, "sqrt_sum")
+    V = float(info["vocab_size"])
+    c = (s / math.sqrt(V)).clamp(-1.0, 1.0)  # rounding can push Σ√q / √V a hair past 1
+    return _masked_mean(2.0 / math.pi * torch.arccos(c), trace.mask).to(torch.float32)
+
+
+def token_sar(trace: Trace, similarity: Tensor) -> Tensor:
+    """TokenSAR (Duan et al., "Shifting Attention to Relevance"), ``[B]`` float32 nats (higher = more uncertain).
+
+    ``Σ_t −log p(token_t) · R_t / Σ_t R_t`` with the relevance ``R_t = 1 − similarity_t``,
+    where ``similarity_t`` is how similar the answer stays without token t (a sentence
+    similarity model's output, given by the caller): lm-polygraph 0.7.0's TokenSAR.
+
+    Args:
+        trace: the record (uses ``token_logprob`` and ``mask``).
+        similarity: ``[B, T]`` in [0, 1] (entries outside the mask are ignored).
+    """
+    sim = torch.as_tensor(similarity)
+    if sim.dtype.is_complex or sim.dtype == torch.bool:
+        raise TypeError(f"similarity must be a real tensor, got {sim.dtype}")
+    return weighted_mean(trace, 1.0 - sim.detach().to("cpu", torch.float32), field="token_nll")
+
+
 def summary(trace: Trace, K: int = 15, qs: Sequence[float] = (0.05, 0.25, 0.5)) -> list[dict[str, Any]]:
     """All sequence scores, one dict of Python floats per sequence.
 
     Keys: ``n_tokens``, the :data:`SCORE_NAMES` (``prob_qXX`` for each quantile in ``qs``)
     and ``epr_k``, the K used for ``epr``: ``min(K, trace's k)``; ``epr`` is None when
-    the trace holds no alternatives.
+    the trace holds no alternatives. ``self_certainty``, ``renyi_neg`` and ``fisher_rao``
+    (:data:`DENSITY_FREE_SCORES`) are there only when the trace holds the vocabulary sums
+    (recorded with ``extra=True``).
     """
     _check_trace(trace)
     k = trace.topk_logprobs.shape[-1] if trace.topk_logprobs is not None else 0
@@ -312,6 +436,8 @@ def summary(trace: Trace, K: int = 15, qs: Sequence[float] = (0.05, 0.25, 0.5)) 
         "mean_prob": mean_prob(trace),
         "epr": epr(trace, kk) if kk > 0 else None,
     }
+    if all(getattr(trace, f, None) is not None for f in DENSITY_FREE_FIELDS):
+        cols.update(self_certainty=self_certainty(trace), renyi_neg=renyi_neg(trace), fisher_rao=fisher_rao(trace))
     quant = prob_quantiles(trace, qs)
     n = trace.mask.sum(dim=1)
     out = []

@@ -19,7 +19,25 @@ from torch import Tensor
 from .ops import LogitStats
 from .scores import Deferral, deferral
 
-__all__ = ["Trace"]
+__all__ = ["Trace", "density_free_sums", "DENSITY_FREE_DEFAULTS"]
+
+#: lm-polygraph 0.7.0's defaults for RenyiNeg / FisherRao: alpha 0.5 on softmax(logits / 2)
+DENSITY_FREE_DEFAULTS = {"alpha": 0.5, "temperature": 2.0}
+_EXTRA_FIELDS = ("vocab_logprob_sum", "power_sum", "sqrt_sum")
+
+
+def density_free_sums(logits: Tensor, *, alpha: float = 0.5, temperature: float = 2.0) -> tuple[Tensor, Tensor, Tensor]:
+    """The vocabulary sums of the density-free scores, per row of ``logits`` ``[..., V]``.
+
+    Returns ``(Σ_v log p(v), Σ_v q(v)^α, Σ_v √q(v))``, each ``[...]`` float64, with
+    ``p = softmax(logits)`` (temperature 1: SelfCertainty) and ``q = softmax(logits / temperature)``
+    (RenyiNeg, FisherRao). Plain PyTorch in float64, the one place these sums are computed
+    (a stand-in for the same sums computed inside the fused ``fuq.logit_stats`` pass).
+    """
+    x = logits.detach().to(torch.float64)
+    logp = torch.log_softmax(x, dim=-1)
+    logq = torch.log_softmax(x / float(temperature), dim=-1)
+    return logp.sum(-1), torch.exp(float(alpha) * logq).sum(-1), torch.exp(0.5 * logq).sum(-1)
 
 _STEP_FIELDS = (
     "lse",
@@ -48,6 +66,10 @@ class Trace:
         prompt: the prompt text of each sequence (optional).
         text: the generated text of each sequence (optional).
         meta: free-form facts about the run (strategy, model, timings, model calls…).
+        vocab_logprob_sum, power_sum, sqrt_sum: ``[B, T]`` float64 or None, the vocabulary sums of
+            :func:`density_free_sums` (``Σ_v log p``, ``Σ_v q^α``, ``Σ_v √q``), recorded with
+            ``extra=True``; ``meta["density_free"]`` then gives ``vocab_size``, ``alpha`` and
+            ``temperature``. They feed ``fuq.scores.self_certainty / renyi_neg / fisher_rao``.
     """
 
     token_ids: Tensor
@@ -65,6 +87,9 @@ class Trace:
     prompt: list[str] | None = None
     text: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    vocab_logprob_sum: Tensor | None = None
+    power_sum: Tensor | None = None
+    sqrt_sum: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -105,8 +130,10 @@ class Trace:
         """Sequence ``b`` as plain Python lists, real tokens only."""
         keep = self.mask[b]
         out: dict[str, Any] = {"token_ids": self.token_ids[b][keep].tolist()}
-        for name in _STEP_FIELDS:
-            out[name] = getattr(self, name)[b][keep].tolist()
+        for name in _STEP_FIELDS + _EXTRA_FIELDS:
+            x = getattr(self, name)
+            if x is not None:
+                out[name] = x[b][keep].tolist()
         if self.tokens is not None:
             out["tokens"] = [t for t, k in zip(self.tokens[b], keep.tolist(), strict=False) if k]
         if self.prompt is not None:

@@ -51,7 +51,6 @@ classes are built on first access (``fuq.vllm.Truncation``), subclassing vLLM's 
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -65,6 +64,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import knobs as _knob_table
 from . import ops
 from . import truncate as _fuq_truncate
 
@@ -83,14 +83,9 @@ KNOBS_KEY = "fuq"  #: extra_args key of the truncation knobs
 GATE_KEY = "fuq_gate"  #: extra_args key of the entropy gate
 RECORD_KEY = "fuq_record"  #: extra_args key of the uncertainty recorder
 
-# The knobs a request may give: those of fuq.truncate, less its tensor, backend and temperature
-# (vLLM's own SamplingParams.temperature applies; a second one here would only confuse).
-# (Read from its signature; the literal list is the fallback should the signature become **knobs.)
-KNOBS: tuple[str, ...] = tuple(
-    n
-    for n, prm in inspect.signature(_fuq_truncate).parameters.items()
-    if n not in ("logits", "backend", "temperature") and prm.kind is inspect.Parameter.KEYWORD_ONLY
-) or ("top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "top_h", "top_n_sigma", "p_less", "min_tokens_to_keep")
+# The knobs a request may give: those of the knob table (fuq/knobs.py) less temperature (vLLM's own
+# SamplingParams.temperature applies; a second one here would only confuse).
+KNOBS: tuple[str, ...] = tuple(n for n in _knob_table.NAMES if n != "temperature")
 _GATE_FIELDS = ("tau", "temperature", "low_temperature")
 _RECORD_FIELDS = ("key", "k")
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -195,23 +190,33 @@ def _record_of(params: Any) -> tuple[str, int] | None:
 def _truncate_rows(logits: Tensor, rows: list[int], knob_dicts: list[dict[str, Any]], temperatures=None) -> Tensor:
     """Set to -inf, in place, the tokens that ``fuq.truncate(row / T, **knobs)`` removes from each given row.
 
-    The single place where the processors call ``fuq.truncate``. Today: one call per group of
-    rows with identical knobs (usually one group). When ``fuq.truncate`` takes each knob as a
-    ``[B]`` tensor, this becomes one call for all rows. Kept tokens keep their logits (vLLM
-    applies its own temperature and sampling afterwards); ``temperatures`` (per row, default 1)
-    is the scale the kept set is decided at.
+    The single place where the processors call ``fuq.truncate``: one call over the rows that
+    asked, each knob a ``[n]`` tensor of the rows' values (the knob's off-value where a row did
+    not give it). Kept tokens keep their logits (vLLM applies its own temperature and sampling
+    afterwards); ``temperatures`` (per row, default 1) is the scale the kept set is decided at.
     """
     if not rows:
         return logits
-    temps = [1.0] * len(rows) if temperatures is None else [float(t) for t in temperatures]
-    groups: dict[tuple, list[int]] = {}
-    for j, (knobs, t) in enumerate(zip(knob_dicts, temps, strict=True)):
-        groups.setdefault((tuple(sorted(knobs.items())), t), []).append(j)
-    for (items, t), js in groups.items():
-        idx = torch.tensor([rows[j] for j in js], dtype=torch.long, device=logits.device)
-        sub = logits.index_select(0, idx)
-        cut = torch.isneginf(_fuq_truncate(sub, temperature=t, **dict(items)))
-        logits.index_copy_(0, idx, sub.masked_fill_(cut, float("-inf")))
+    dev = logits.device
+
+    per_row: dict[str, Any] = {}
+    names = {name for knobs in knob_dicts for name in knobs}
+    for name in names:
+        kn = _knob_table.BY_NAME[name]
+        vals = [d.get(name) for d in knob_dicts]
+        if kn.type is bool:
+            per_row[name] = torch.tensor([bool(v) if v is not None else False for v in vals], device=dev)
+        elif kn.type is int:
+            per_row[name] = torch.tensor([int(v) if v is not None else int(kn.off) for v in vals], device=dev)
+        else:
+            per_row[name] = torch.tensor([float(v) if v is not None else kn.off for v in vals],
+                                         dtype=torch.float64, device=dev)
+    if temperatures is not None and any(float(t) != 1.0 for t in temperatures):
+        per_row["temperature"] = torch.tensor([float(t) for t in temperatures], dtype=torch.float64, device=dev)
+    idx = torch.tensor(rows, dtype=torch.long, device=dev)
+    sub = logits.index_select(0, idx)
+    cut = torch.isneginf(_fuq_truncate(sub, **per_row))
+    logits.index_copy_(0, idx, sub.masked_fill_(cut, float("-inf")))
     return logits
 
 

@@ -23,6 +23,7 @@ from test_truncate import assert_same_kept
 
 import fuq
 from fuq import _library, reference
+from fuq import knobs as fuq_knobs
 
 # ---- the backends, in one place ---------------------------------------------------------------
 STATS_BACKENDS = ["cpp"] + (["triton"] if TRITON_RUNS else [])  # fuq.logit_stats
@@ -33,7 +34,7 @@ TRITON_MAX_V = 2048  # interpreted Triton: small rows only
 N_CASES = int(os.environ.get("FUQ_FUZZ_CASES", "40"))
 NEG, INF, NAN = float("-inf"), float("inf"), float("nan")
 KINDS = ["normal", "ties", "nan", "pinf", "allneg", "gap", "masked", "flat"]
-KNOBS = ["top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "top_h", "top_n_sigma", "p_less"]
+KNOBS = [k.name for k in fuq_knobs.KNOBS if k.name not in ("temperature", "min_tokens_to_keep")]  # the cut knobs
 
 
 def _vocab(rng: random.Random) -> int:

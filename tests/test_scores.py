@@ -352,3 +352,43 @@ def test_score_text_softcapped_head(tmp_path):
     lp = _direct(model, ids)
     close(tr.token_logprob[0], [lp[t, ids[t + 1]].item() for t in range(len(ids) - 1)], 1e-4, 1e-4)
     assert "".join(tr.tokens[0]) == text
+
+
+def test_density_free_scores_by_their_formulas():
+    """self_certainty, renyi_neg and fisher_rao from the recorded vocabulary sums equal their
+    formulas on the full distributions (lm-polygraph 0.7.0's: see tests/test_polygraph_parity.py)."""
+    import math
+
+    from fuq.trace import DENSITY_FREE_DEFAULTS, Trace, density_free_sums
+
+    g = torch.Generator().manual_seed(0)
+    B, T, V = 2, 5, 50
+    z = torch.randn(B, T, V, generator=g, dtype=torch.float64) * 3
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 3:] = False
+    lp = torch.log_softmax(z, -1)
+    lsum, psum, ssum = density_free_sums(z, **DENSITY_FREE_DEFAULTS)
+    f32 = lp.max(-1).values.float()
+    tr = Trace(token_ids=torch.zeros(B, T, dtype=torch.long), mask=mask, lse=torch.zeros(B, T),
+               entropy=torch.zeros(B, T), varentropy=torch.zeros(B, T), max_logprob=f32,
+               argmax=torch.zeros(B, T, dtype=torch.long), topk_logprobs=f32[..., None],
+               topk_ids=torch.zeros(B, T, 1, dtype=torch.long), topk_mass=f32.exp(), token_logprob=f32,
+               vocab_logprob_sum=lsum, power_sum=psum, sqrt_sum=ssum,
+               meta={"density_free": {"vocab_size": V, **DENSITY_FREE_DEFAULTS}})
+    q = torch.softmax(z / 2, -1)
+    for b in range(B):
+        m = mask[b]
+        sc = -(-lp[b][m].mean(-1) - math.log(V)).mean()
+        rn = (torch.log((q[b][m] ** 0.5).sum(-1)) / (0.5 - 1) - math.log(V)).mean()
+        fr = (2 / math.pi * torch.arccos(q[b][m].sqrt().sum(-1) / math.sqrt(V))).mean()
+        assert scores.self_certainty(tr)[b].item() == pytest.approx(sc.item(), abs=1e-5)
+        assert scores.renyi_neg(tr)[b].item() == pytest.approx(rn.item(), abs=1e-5)
+        assert scores.fisher_rao(tr)[b].item() == pytest.approx(fr.item(), abs=1e-5)
+    # a sharper distribution is more certain on all three (SelfCertainty down, the other two up)
+    tr2 = Trace(**{**tr.__dict__, "vocab_logprob_sum": density_free_sums(z * 3)[0],
+                   "power_sum": density_free_sums(z * 3)[1], "sqrt_sum": density_free_sums(z * 3)[2]})
+    assert (scores.self_certainty(tr2) < scores.self_certainty(tr)).all()
+    assert (scores.renyi_neg(tr2) > scores.renyi_neg(tr)).all()
+    assert (scores.fisher_rao(tr2) > scores.fisher_rao(tr)).all()
+    with pytest.raises(ValueError, match="extra=True"):
+        scores.self_certainty(Trace(**{**tr.__dict__, "vocab_logprob_sum": None}))

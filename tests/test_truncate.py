@@ -69,21 +69,9 @@ def assert_same_kept(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, kw:
 
 
 def _op_args(kw: dict) -> tuple:
-    from fuq._truncate import _knobs
+    from fuq import knobs
 
-    return _knobs(
-        kw.get("temperature", 1.0),
-        kw.get("top_k"),
-        kw.get("top_p"),
-        kw.get("min_p"),
-        kw.get("typical_p"),
-        kw.get("epsilon"),
-        kw.get("eta"),
-        kw.get("top_h"),
-        kw.get("top_n_sigma"),
-        kw.get("p_less", False),
-        kw.get("min_tokens_to_keep", 1),
-    )
+    return knobs.resolve(**kw)
 
 
 def _hf(kw: dict) -> list:

@@ -10,7 +10,15 @@ from torch import Tensor
 
 from . import _library, _validate
 
-__all__ = ["LogitStats", "logit_stats", "hidden_stats", "AttentionStats", "attention_stats", "BACKENDS"]
+__all__ = [
+    "LogitStats",
+    "LogitStatsExtra",
+    "logit_stats",
+    "hidden_stats",
+    "AttentionStats",
+    "attention_stats",
+    "BACKENDS",
+]
 
 from ._validate import _FLOAT_DTYPES, BACKENDS  # noqa: F401
 
@@ -40,19 +48,35 @@ class LogitStats(NamedTuple):
     topk_ids: Tensor  #: int64 [..., k]
     topk_mass: Tensor  #: float32, Σ of the top-k probabilities
     token_logprob: Tensor | None  #: float32 log p of ``tokens``, or None
-    # The density-free sums (``extra=True``; None otherwise), from the same pass. NaN on a row
-    # whose entropy is NaN (a NaN or +inf entry, or no live token).
-    sum_logp: Tensor | None = None  #: float32, Σ log p over the live tokens (SelfCertainty)
-    n_live: Tensor | None = None  #: float32, the number of live tokens (z > -inf)
-    log_sum_p_alpha: Tensor | None = None  #: float32, log Σ p^alpha (RenyiNeg)
-    log_sum_sqrt_p: Tensor | None = None  #: float32, log Σ √p (FisherRao)
+
+
+class LogitStatsExtra(NamedTuple):
+    """:class:`LogitStats` plus the density-free sums of the same pass (``logit_stats(..., extra=True)``).
+
+    The four extra fields are NaN on a row whose entropy is NaN (a NaN or +inf entry, or no live token).
+    """
+
+    lse: Tensor
+    entropy: Tensor
+    varentropy: Tensor
+    max_logprob: Tensor
+    argmax: Tensor
+    topk_logprobs: Tensor
+    topk_ids: Tensor
+    topk_mass: Tensor
+    token_logprob: Tensor | None
+    sum_logp: Tensor  #: float32, Σ log p over the live tokens (SelfCertainty)
+    n_live: Tensor  #: float32, the number of live tokens (z > -inf)
+    log_sum_p_alpha: Tensor  #: float32, log Σ p^alpha (RenyiNeg)
+    log_sum_sqrt_p: Tensor  #: float32, log Σ √p (FisherRao)
 
 
 def _shaped(out, lead: torch.Size, k: int, has_tokens: bool) -> LogitStats:
     """The ``[B]`` / ``[B, k]`` kernel outputs (nine, or ten with ``extra`` ``[B, 4]``) as a
     :class:`LogitStats` with leading dims ``lead``."""
     lse, ent, var, mx, am, tkl, tki, tkm, tl = out[:9]
-    return LogitStats(
+    cls = LogitStatsExtra if len(out) > 9 else LogitStats
+    return cls(
         lse.reshape(lead),
         ent.reshape(lead),
         var.reshape(lead),
@@ -89,7 +113,7 @@ def logit_stats(
     backend: str = "auto",
     extra: bool = False,
     alpha: float = 0.5,
-) -> LogitStats:
+) -> LogitStats | LogitStatsExtra:
     """Everything a decoder wants to know about one step, from one pass over the logits.
 
     Args:
@@ -108,7 +132,8 @@ def logit_stats(
             ``n_live``, ``log_sum_p_alpha``, ``log_sum_sqrt_p``): SelfCertainty is
             ``-sum_logp / n_live - log n_live``, RenyiNeg ``(log_sum_p_alpha + (alpha - 1)
             log V) / (alpha - 1)``, FisherRao ``(2 / π) acos(exp(log_sum_sqrt_p) / √V)``.
-            Off (the default), those fields are None and cost nothing.
+            The result is then a :class:`LogitStatsExtra` (a :class:`LogitStats` with those
+            four fields more); off (the default), a plain :class:`LogitStats`, at no cost.
         alpha: the Rényi order of ``log_sum_p_alpha``, finite and > 0 (used with ``extra``).
 
     Returns:
@@ -137,7 +162,8 @@ def logit_stats(
     if logits.dim() == 2:  # already [B, ...]: skip nine reshapes (~3 µs each, the cost of the door at B = 1)
         lse, ent, var, mx, am, tkl, tki, tkm, tl = out[:9]
         if extra:
-            return LogitStats(lse, ent, var, mx, am, tkl, tki, tkm, None if tokens is None else tl, *out[9].unbind(-1))
+            tlp = None if tokens is None else tl
+            return LogitStatsExtra(lse, ent, var, mx, am, tkl, tki, tkm, tlp, *out[9].unbind(-1))
         return LogitStats(lse, ent, var, mx, am, tkl, tki, tkm, None if tokens is None else tl)
     return _shaped(out if extra else out[:9], lead, k, tokens is not None)
 

@@ -54,7 +54,10 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["logit_stats", "logit_stats_extra", "density_free", "log_softmax_t", "truncate", "sample", "sample_from", "hidden_stats", "attention_stats"]
+__all__ = [
+    "logit_stats", "logit_stats_extra", "density_free", "log_softmax_t", "truncate", "sample", "sample_from",
+    "hidden_stats", "attention_stats",
+]
 
 
 def log_softmax_t(logits: Tensor, temperature: float = 1.0) -> Tensor:

@@ -354,8 +354,9 @@ def test_extra_off_is_none_and_shapes(backend):
     dev = _device(backend)
     x = make_logits(2 * 3, 1031, torch.float32, "masked", device=dev).reshape(2, 3, 1031)
     off = fuq.logit_stats(x, k=2, backend=backend)
-    assert all(getattr(off, n) is None for n in EXTRA)
+    assert type(off) is fuq.LogitStats and not any(hasattr(off, n) for n in EXTRA)
     on = fuq.logit_stats(x, k=2, backend=backend, extra=True)
+    assert type(on) is fuq.LogitStatsExtra
     for n in EXTRA:
         assert getattr(on, n).shape == (2, 3)
     for a, b in zip(on[:9], off[:9], strict=True):  # the same nine fields
@@ -418,3 +419,18 @@ def test_extra_opcheck():
     x = make_logits(3, 257, torch.float32)
     torch.library.opcheck(torch.ops.fuq.logit_stats.default, (x, 4, torch.tensor([0, 1, 2]), 0.9, 0.5))
     torch.library.opcheck(torch.ops.fuq.logit_stats.default, (x, 0, None, 1.0, 2.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_extra_one_token_vocab_and_odd_v(backend, dtype):
+    """V = 1 (p = 1: every sum 0, one live token) and small odd V, with and without a mask."""
+    dev = _device(backend)
+    x = make_logits(3, 1, dtype, "normal", device=dev)
+    got = fuq.logit_stats(x, backend=backend, extra=True, alpha=1.5, temperature=0.3)
+    ex = torch.stack([getattr(got, n).cpu() for n in EXTRA], dim=-1)
+    torch.testing.assert_close(ex, torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 3), atol=1e-6, rtol=0)
+    for V in (3, 129, 1025):
+        x = make_logits(2, V, dtype, "masked", seed=V, device=dev)
+        got = fuq.logit_stats(x, k=1, backend=backend, extra=True, alpha=0.7, temperature=1.3)
+        _assert_extra_close(got, _density_free64(x.cpu(), 1.3, 0.7), V, dtype)

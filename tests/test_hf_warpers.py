@@ -3,8 +3,9 @@
 The checks of the eight sampling-warper tests of transformers'
 ``tests/generation/test_logits_process.py`` (temperature, top-k, top-p, top-H, min-p,
 typical, epsilon, eta), rewritten here from reading that file: the same inputs, the same
-expected kept sets, on every CPU backend. One check cannot hold under fuq's tie rule and is
-tested for the rule instead (:func:`test_typical_uniform_row_follows_the_tie_rule`).
+expected kept sets, on every CPU backend: all eight hold. ``TypicalLogitsWarper`` keeps a tie
+group at its cut whole as Hugging Face's does (``ties="group"``); ``ties="prefix"`` is
+``fuq.truncate``'s prefix rule (:func:`test_typical_prefix_ties_follow_the_tie_rule`).
 """
 
 from __future__ import annotations
@@ -122,17 +123,48 @@ def test_typical_dist_warper(backend):
     assert not torch.all(warp(None, dist) == dist)
     warp = _warper(P.TypicalLogitsWarper, 0.7, min_tokens_to_keep=2, filter_value=0.0, backend=backend)
     assert _nonzero(warp(None, _ramp(2, 10))) == [2, 2]
+    # HF's special case: a uniform row is not changed (its tie group at the cut kept whole)
+    warp = _warper(P.TypicalLogitsWarper, mass=0.5, filter_value=0.0, min_tokens_to_keep=3, backend=backend)
+    assert (warp(None, _uniform(2, 5)) == 0.0).sum(-1).tolist() == [0, 0]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_typical_uniform_row_follows_the_tie_rule(backend):
-    """HF's typical test also expects a uniform row of 5 to come back whole at mass 0.5 with
-    min_tokens_to_keep=3 (HF keeps every token whose key ties the cut's). fuq's tie rule
-    (fuq/reference.py) keeps a prefix of the order instead: the mass before tokens 0, 1, 2 is
-    0, 0.2, 0.4 < 0.5, so those 3 are kept (also min_tokens_to_keep) and tokens 3, 4 dropped."""
-    warp = _warper(P.TypicalLogitsWarper, mass=0.5, filter_value=0.0, min_tokens_to_keep=3, backend=backend)
+def test_typical_prefix_ties_follow_the_tie_rule(backend):
+    """ties="prefix" is fuq.truncate's rule (fuq/reference.py): a prefix of the order. On the
+    uniform row of 5 the mass before tokens 0, 1, 2 is 0, 0.2, 0.4 < 0.5, so those 3 are kept
+    (also min_tokens_to_keep) and tokens 3, 4 dropped."""
+    import fuq
+
+    warp = _warper(P.TypicalLogitsWarper, mass=0.5, filter_value=0.0, min_tokens_to_keep=3, ties="prefix",
+                   backend=backend)
     out = warp(None, _uniform(2, 5))
     assert (out == 0.0).tolist() == [[False, False, False, True, True]] * 2
+    want = fuq.truncate(_uniform(2, 5), typical_p=0.5, min_tokens_to_keep=3, backend=backend)
+    assert torch.equal(out == 0.0, want == float("-inf"))
+    with pytest.raises(ValueError, match="ties"):
+        P.TypicalLogitsWarper(0.5, ties="all")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mass,mtk", [(0.3, 1), (0.7, 1), (0.5, 40), (0.95, 1)])
+def test_typical_group_equals_hf_on_tie_heavy_rows(backend, mass, mtk):
+    """bf16 rows with long runs of equal values: the kept set is Hugging Face's (tie groups at
+    the cut whole, the first min_tokens_to_keep of the order)."""
+    hf = pytest.importorskip("transformers.generation.logits_process")
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(4, 3000, generator=g) * 0.6).to(torch.bfloat16).float()
+    x[1] = 0.0  # uniform
+    x[2, :1500] = 0.0  # two values
+    x[2, 1500:] = -0.5
+    x[3, ::3] = float("-inf")
+    want = hf.TypicalLogitsWarper(mass, min_tokens_to_keep=mtk)(None, x) > float("-inf")
+    got = _warper(P.TypicalLogitsWarper, mass, min_tokens_to_keep=mtk, backend=backend)(None, x) > float("-inf")
+    # HF's unstable sort picks which members of a tie group fill min_tokens_to_keep: compare counts there
+    assert got.sum(-1).tolist() == want.sum(-1).tolist()
+    if mtk == 1:
+        assert torch.equal(got, want)
+    prefix = _warper(P.TypicalLogitsWarper, mass, min_tokens_to_keep=mtk, ties="prefix", backend=backend)(None, x)
+    assert (prefix > float("-inf")).sum(-1)[1].item() < 3000 and got[1].all()  # the uniform row
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

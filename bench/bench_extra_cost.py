@@ -42,7 +42,8 @@ def child(args: argparse.Namespace) -> None:
     from fuq import _library
 
     torch.set_num_threads(1)
-    res: dict[str, Any] = {"fuq": str(Path(fuq.__file__).parent), "build": _library.CPU_BUILD, "cases": []}
+    so = getattr(_library._C, "__file__", None)  # the extension actually loaded (checked by the parent)
+    res: dict[str, Any] = {"fuq": str(Path(fuq.__file__).parent), "so": so, "build": _library.CPU_BUILD, "cases": []}
     for B in args.B:
         x = make_logits(B, args.V, torch.float32, torch.device("cpu"))
         for k in args.k:
@@ -69,8 +70,8 @@ def run_child(tree: Path, extra: bool, args: argparse.Namespace) -> dict[str, An
         cmd.append("--extra")
     out = subprocess.run(cmd, env=env, cwd=str(tree), capture_output=True, text=True, check=True).stdout
     res = json.loads(out.strip().splitlines()[-1])
-    if not res["fuq"].startswith(str(tree)):
-        raise RuntimeError(f"the child imported fuq from {res['fuq']}, not from {tree}")
+    if not res["fuq"].startswith(str(tree)) or not str(res["so"]).startswith(str(tree)):
+        raise RuntimeError(f"the child imported fuq from {res['fuq']} ({res['so']}), not from {tree}")
     return res
 
 

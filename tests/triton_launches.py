@@ -181,6 +181,13 @@ def _calls(x, tokens):
                         lambda k=k, T=T, tok=tok: fuq.logit_stats(x, k=k, tokens=tok, temperature=T, backend="triton"),
                     )
                 )
+    for k, alpha in ((0, 0.5), (min(50, V), 2.0)):  # the density-free sums (extra=True)
+        out.append(
+            (
+                f"logit_stats k={k} extra alpha={alpha}",
+                lambda k=k, a=alpha: fuq.logit_stats(x, k=k, temperature=0.7, extra=True, alpha=a, backend="triton"),
+            )
+        )
     knobs = [
         dict(top_k=min(7, V)),
         dict(top_k=V),
@@ -408,18 +415,21 @@ def hand_listed() -> list[dict]:
                       BLOCK_M=p["BLOCK_M"], BLOCK_N=p["BLOCK_N"], BLOCK_K=p["BLOCK_K"])
         out.append(_entry(H, "_hidden_stats_kernel", sig, consts, p["num_warps"]))
     # logit_stats: the bitonic top-k (what a CUDA device runs), the finalize modes, the row keys
-    P = dict(x_ptr="*bf16", stride_row="i64", V="i32", seg="i32", temperature="fp32", state_ptr="*fp32",
-             cand_ptr="*i64")
-    for kp, bit in ((0, False), (4, False), (64, True)):
+    # (extra: the density-free sums of logit_stats(..., extra=True), state rows of NS = 10 floats)
+    P = dict(x_ptr="*bf16", stride_row="i64", V="i32", seg="i32", temperature="fp32", alpha="fp32",
+             state_ptr="*fp32", cand_ptr="*i64")
+    for kp, bit, ex in ((0, False, False), (4, False, True), (64, True, False), (64, True, True)):
         out.append(_entry(L, "_logit_stats_partial_kernel", P,
-                          dict(HAS_T=True, BLOCK=1024, K_PAD=kp, BITONIC=bit, E=8, R=128), 4))
-    F = dict(x_ptr="*fp32", stride_row="i64", V="i32", temperature="fp32", tokens_ptr="*i64", state_ptr="*fp32",
-             cand_ptr="*i64", sel_ptr="*i64", n_splits="i32", n_cand="i32", k="i32", lse_ptr="*fp32",
-             ent_ptr="*fp32", var_ptr="*fp32", maxlp_ptr="*fp32", argmax_ptr="*i64", tkl_ptr="*fp32",
-             tki_ptr="*i64", mass_ptr="*fp32", toklp_ptr="*fp32")
-    for mode in (0, 1, 2):
+                          dict(HAS_T=True, EXTRA=ex, NS=10 if ex else 6, BLOCK=1024, K_PAD=kp, BITONIC=bit,
+                               E=8, R=128), 4))
+    F = dict(x_ptr="*fp32", stride_row="i64", V="i32", temperature="fp32", alpha="fp32", tokens_ptr="*i64",
+             state_ptr="*fp32", cand_ptr="*i64", sel_ptr="*i64", n_splits="i32", n_cand="i32", k="i32",
+             lse_ptr="*fp32", ent_ptr="*fp32", var_ptr="*fp32", maxlp_ptr="*fp32", argmax_ptr="*i64",
+             tkl_ptr="*fp32", tki_ptr="*i64", mass_ptr="*fp32", toklp_ptr="*fp32", extra_ptr="*fp32")
+    for mode, ex in ((0, False), (1, False), (2, False), (0, True), (2, True)):
         out.append(_entry(L, "_logit_stats_finalize_kernel", F,
-                          dict(HAS_T=True, HAS_TOKENS=True, MODE=mode, SPLITS_PAD=16, CAND_PAD=256, KB=16), 4))
+                          dict(HAS_T=True, HAS_TOKENS=True, EXTRA=ex, NS=10 if ex else 6, MODE=mode, SPLITS_PAD=16,
+                               CAND_PAD=256, KB=16), 4))
     out.append(_entry(L, "_row_keys_kernel",
                       dict(x_ptr="*fp16", stride_row="i64", V="i32", temperature="fp32", keys_ptr="*i64"),
                       dict(HAS_T=True, BLOCK=1024), 4))

@@ -173,10 +173,10 @@ def sample(
     B = rows.shape[0]
     kn = _kt.resolve(B, **knobs)
     if uniform is None:
-        gdev = generator.device if generator is not None else rows.device
-        u = torch.rand((B,), dtype=torch.float64, generator=generator, device=gdev)
-        if gdev != rows.device:
-            u = u.to(rows.device)
+        if generator is None or rows.is_cpu and generator.device.type == "cpu":
+            u = torch.rand((B,), dtype=torch.float64, generator=generator, device=rows.device)
+        else:
+            u = torch.rand((B,), dtype=torch.float64, generator=generator, device=generator.device).to(rows.device)
     else:
         u = _check_uniform(uniform, lead, rows.device)
     fn = _library.pick("sample", backend, rows)

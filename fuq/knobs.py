@@ -238,6 +238,25 @@ def resolve(B: int | None = None, **knobs: Any) -> tuple | Tensor:
 
     Unknown names raise ``TypeError``; a missing knob takes its default.
     """
+    if not knobs:
+        return OFF
+    types = tuple(map(type, knobs.values()))
+    if _SCALAR_TYPES.issuperset(types):  # a decode loop's knobs: memoised by name, value and type
+        key = (*knobs.items(), *types)
+        hit = _MEMO_KW.get(key)
+        if hit is None:
+            hit = _resolve_kw(B, knobs)
+            if len(_MEMO_KW) >= _MEMO_MAX:
+                _MEMO_KW.clear()
+            _MEMO_KW[key] = hit
+        return hit
+    return _resolve_kw(B, knobs)
+
+
+_MEMO_KW: dict[tuple, tuple] = {}
+
+
+def _resolve_kw(B: int | None, knobs: dict[str, Any]) -> tuple | Tensor:
     bad = [n for n in knobs if n not in BY_NAME]
     if bad:
         raise TypeError(f"unknown knob(s) {bad}; the knobs are {list(NAMES)}")

@@ -153,6 +153,49 @@ def test_cpp_two_pass_route(case, monkeypatch):
                            fuq.attention_stats(q, k, backend="reference", **kw))  # fmt: skip
 
 
+# Prefill windows (the SnapKV observation window, Lq = 64) on the C++ GEMM route (G >= 16 rows per
+# KV head): GQA 3 and 4, T over several key chunks and not a multiple of one, a sliding window, row
+# and key masks (row 0 of the row mask may attend nothing).
+PREFILL_CASES = [
+    (1, 9, 3, 64, 700, 64, True, None, "rows"),
+    (2, 4, 1, 64, 600, 256, True, 200, "keys"),
+    (1, 8, 2, 64, 64, 128, False, None, None),
+]
+PREFILL_IDS = [f"Hq{c[1]}-Hkv{c[2]}-T{c[4]}-d{c[5]}-w{c[7]}-{c[8]}" for c in PREFILL_CASES]
+
+
+@pytest.mark.parametrize("budget", [None, "0"], ids=["kept", "two-pass"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", PREFILL_CASES, ids=PREFILL_IDS)
+def test_cpp_prefill_window(case, dtype, budget, monkeypatch):
+    if budget is not None:
+        monkeypatch.setenv("FUQ_ATTENTION_SCORE_BUDGET", budget)
+    q, k, kw = make_inputs(case, dtype)
+    got = fuq.attention_stats(q, k, backend="cpp", **kw)
+    assert_attention_close(got, fuq.attention_stats(q, k, backend="reference", **kw))
+    if dtype == torch.float32:  # and against float64 directly
+        want = float64_stats(q, k, 1.0 / math.sqrt(q.shape[-1]), kw["mask"], kw["causal"], kw["window"])
+        assert_attention_close(got, want)
+
+
+@pytest.mark.parametrize("budget", [None, "0"], ids=["kept", "two-pass"])
+def test_cpp_prefill_non_finite(budget, monkeypatch):
+    """NaN / inf scores and fully masked rows on the GEMM route (16 rows per KV head)."""
+    if budget is not None:
+        monkeypatch.setenv("FUQ_ATTENTION_SCORE_BUDGET", budget)
+    q = torch.randn(1, 4, 8, 16)
+    k = torch.randn(1, 2, 600, 16)
+    q[0, 3, 2, 5] = float("nan")  # head 3 (KV head 1), row 2: NaN scores
+    k[0, 0, 400, 0] = float("inf")  # KV head 0, key 400: +-inf scores for heads 0 and 1
+    mask = torch.rand(1, 8, 600, generator=torch.Generator().manual_seed(1)) > 0.2
+    mask[0, 1] = False  # row 1 may attend nothing
+    mask[0, 4, 300:] = False  # row 4: nothing in the last key chunks
+    want = reference.attention_stats(q, k, 0.25, mask, True, None)
+    got = fuq.attention_stats(q, k, scale=0.25, mask=mask, backend="cpp")
+    assert_attention_close(got, want)
+    assert got.mass[0, 1].isnan().any() and got.mass[0, 0].isnan().any()
+
+
 @pytest.mark.triton_interp
 @pytest.mark.skipif(not TRITON_RUNS, reason="triton not installed")
 @pytest.mark.parametrize("case, dtype", TRITON_PARAMS)

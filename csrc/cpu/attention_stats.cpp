@@ -166,6 +166,61 @@ void block_scores(const Problem& P, int64_t bh, const float* keys, int64_t c0, i
   }
 }
 
+// One row of a GEMM block (route of many rows): z[0, n) holds the raw q.k of the chunk for
+// allowed keys [a, b). Scales and masks them, folds them into st and, when `store_p`, leaves
+// p_j = exp(z_j - m) in z (m = the row's max over the chunk, kept in st.m; 0 for the keys the
+// row may not attend), so that phase 2 sums w * p with w = exp(m - lse) and no second exp.
+void gemm_row(const Problem& P, float* z, int64_t c0, int64_t n, int64_t a, int64_t b, const bool* mrow,
+              bool store_p, OnlineStats& st) {
+  for (int64_t j = 0; j < a; ++j) z[j] = -kInf;
+  for (int64_t j = b; j < n; ++j) z[j] = -kInf;
+  const float sc = P.scale;
+  float zmax = -kInf;
+  int bad = 0;
+  if (mrow == nullptr) {
+#pragma omp simd reduction(max : zmax) reduction(| : bad)
+    for (int64_t j = a; j < b; ++j) {
+      const float v = z[j] * sc;
+      z[j] = v;
+      zmax = v > zmax ? v : zmax;
+      bad |= (v != v) | (v == kInf);
+    }
+  } else {
+    for (int64_t j = a; j < b; ++j) {
+      const float v = mrow[(c0 + j) * P.sm_t] ? z[j] * sc : -kInf;
+      z[j] = v;
+      zmax = v > zmax ? v : zmax;
+      bad |= (v != v) | (v == kInf);
+    }
+  }
+  st = OnlineStats{};
+  if (bad) {
+    st.nan = true;  // phase 2 marks the row's keys NaN from lse, without reading z
+    return;
+  }
+  if (!(zmax > -kInf)) {  // every allowed key masked
+    if (store_p) std::fill_n(z, n, 0.0f);
+    return;
+  }
+  const float ref = zmax;
+  float ss = 0.0f, tt = 0.0f, uu = 0.0f;
+#pragma omp simd reduction(+ : ss, tt, uu)
+  for (int64_t j = 0; j < n; ++j) {  // the same sums as OnlineStats::add, with p stored
+    const float d0 = z[j] - ref;
+    const float d = d0 > cpu::kExpMin ? d0 : cpu::kExpMin;
+    const float e = cpu::fast_exp_nonpos(d0);
+    const float ed = e * d;
+    ss += e;
+    tt += ed;
+    uu = std::fma(ed, d, uu);
+    if (store_p) z[j] = e;
+  }
+  st.m = ref;
+  st.s = ss;
+  st.t = tt;
+  st.u = uu;
+}
+
 // Phase 1 of item (bh, c): fold the chunk into states[(bh * nchunks + c) * G + r].
 template <typename Tag>
 void phase1(const Problem& P, int64_t bh, int64_t c, float* kept, float* kf, float* zbuf, OnlineStats* states) {
@@ -178,7 +233,12 @@ void phase1(const Problem& P, int64_t bh, int64_t c, float* kept, float* kf, flo
   const bool gemm = P.G >= kGemmRows;
   float* z0 = kept != nullptr ? kept + (bh * P.nchunks + c) * P.G * P.C : zbuf;
   const int64_t ld = kept != nullptr ? P.C : (gemm ? n : 0);  // ld 0: one row buffer, reused
-  if (gemm) block_scores(P, bh, keys, c0, n, z0, ld);
+  if (gemm) {  // one GEMM of the block's raw q.k, then each row scaled, masked and folded
+    const at::Tensor qm = at::from_blob(const_cast<float*>(P.q + bh * P.G * P.d), {P.G, P.d}, at::kFloat);
+    const at::Tensor km = at::from_blob(const_cast<float*>(keys), {n, P.d}, at::kFloat);
+    at::Tensor out = at::from_blob(z0, {P.G, n}, {ld, 1}, at::kFloat);
+    at::mm_out(out, qm, km.t());
+  }
   for (int64_t r = 0; r < P.G; ++r) {
     int64_t lo, hi;
     row_range(P, r, &lo, &hi);
@@ -186,7 +246,12 @@ void phase1(const Problem& P, int64_t bh, int64_t c, float* kept, float* kf, flo
     st = OnlineStats{};
     if (hi <= c0 || lo >= c0 + n) continue;  // nothing allowed here (phase 2 skips it too)
     float* z = z0 + r * ld;
-    if (!gemm) row_scores(P, P.q + (bh * P.G + r) * P.d, keys, c0, n, lo, hi, mask_row(P, bh, r), z);
+    if (gemm) {
+      const int64_t a = std::clamp(lo - c0, int64_t{0}, n), b = std::clamp(hi - c0, int64_t{0}, n);
+      gemm_row(P, z, c0, n, a, b, mask_row(P, bh, r), kept != nullptr, st);
+      continue;
+    }
+    row_scores(P, P.q + (bh * P.G + r) * P.d, keys, c0, n, lo, hi, mask_row(P, bh, r), z);
     fold(st, z, n);
   }
 }
@@ -210,8 +275,8 @@ void merge_row(const Problem& P, int64_t bh, int64_t r, const OnlineStats* state
 
 // Phase 2 of item (bh, c): mass of the chunk's keys.
 template <typename Tag>
-void phase2(const Problem& P, int64_t bh, int64_t c, const float* kept, const float* lse, float* kf, float* zbuf,
-            float* mass) {
+void phase2(const Problem& P, int64_t bh, int64_t c, const float* kept, const OnlineStats* states, const float* lse,
+            float* kf, float* zbuf, float* mass) {
   const int64_t c0 = c * P.C, n = std::min(P.C, P.T - c0);
   float* acc = mass + bh * P.T + c0;
   std::fill_n(acc, n, 0.0f);
@@ -229,6 +294,15 @@ void phase2(const Problem& P, int64_t bh, int64_t c, const float* kept, const fl
       continue;
     }
     const float* z = kept != nullptr ? kept + ((bh * P.nchunks + c) * P.G + r) * P.C : nullptr;
+    if (z != nullptr && P.G >= kGemmRows) {  // kept p = exp(s - m): mass += exp(m - lse) * p
+      const float m = states[(bh * P.nchunks + c) * P.G + r].m;
+      if (!(m > -kInf)) continue;  // every allowed key of the chunk masked
+      const float w = cpu::fast_exp_nonpos(m - l);
+      if (w == 0.0f) continue;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) acc[j] = std::fma(w, z[j], acc[j]);
+      continue;
+    }
     if (z == nullptr && P.G >= kGemmRows) {  // recompute the whole block once
       if (keys == nullptr) {
         keys = load_keys<Tag>(P, bh, c0, n, kf);
@@ -265,7 +339,7 @@ void run(const Problem& P, float* mass, float* ent, float* lse) {
   });
   at::parallel_for(0, items, 1, [&](int64_t w0, int64_t w1) {
     std::vector<float> kf(keep ? 0 : static_cast<size_t>(P.C * P.d)), zbuf(keep ? 0 : zsize);
-    for (int64_t w = w0; w < w1; ++w) phase2<Tag>(P, w / P.nchunks, w % P.nchunks, kept, lse, kf.data(),
+    for (int64_t w = w0; w < w1; ++w) phase2<Tag>(P, w / P.nchunks, w % P.nchunks, kept, states.data(), lse, kf.data(),
                                                   zbuf.data(), mass);
   });
 }

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import struct
 
 import torch
 import triton
@@ -61,7 +62,7 @@ F_M, F_LSE, F_H, F_P2, F_ZMEAN, F_CUT, F_ZCUT, F_N0, F_M2, F_LOGS, F_WTOP, F_MRE
 )
 NF = tl.constexpr(16)
 # int64 state of a row (split path), ist[B, NI]: the search interval and the cuts
-I_BASE, I_STEP, I_X, I_Y, I_KV = (tl.constexpr(i) for i in range(5))
+I_BASE, I_STEP, I_X, I_Y, I_KV, I_S = (tl.constexpr(i) for i in range(6))  # I_S: float64 bits of Σ
 NI = tl.constexpr(8)
 VEC = tl.constexpr(16)  # partial sums per program and pass
 
@@ -99,8 +100,8 @@ def _weight(z, live, lse, m, logs, wtop, mref, WMODE: tl.constexpr):
     """The search weight of each token: 1, p, or top-h's scaled entropy term; 0 for removed tokens."""
     if WMODE == 0:
         w = tl.where(live, 1.0, 0.0)
-    elif WMODE == 1:
-        w = tl.where(live, tl.exp(z - lse), 0.0)
+    elif WMODE == 1:  # exp(z - m): 1 exactly on the top group (the cut compares with p·S, S = Σ)
+        w = tl.where(live, tl.exp(tl.where(live, z - m, 0.0)), 0.0)
     else:
         # S·e^{m - mref}·(-p log p) = e^{z - mref}·(log S + m - z); the top token's is wtop
         rest = tl.exp(tl.where(live, z - mref, 0.0)) * (logs + (m - z))
@@ -211,12 +212,12 @@ def _seg_pivots(ptr, lo, hi, base, step, lse, H, m, logs, wtop, mref, IDB,
                 PMODE: tl.constexpr, WMODE: tl.constexpr, SB: tl.constexpr):
     """[NPIV] sums of the weights of the tokens at or below each pivot base + (b + 1)·step - 1."""
     piv = base + (tl.arange(0, NPIV).to(tl.int64) + 1) * step - 1
-    acc = tl.zeros([SB, NPIV], tl.float32)
+    acc = tl.zeros([SB, NPIV], tl.float64)  # float64: a mass bound 1 float32 ulp away still cuts right
     for start in range(lo, hi, SB):
         cols = start + tl.arange(0, SB)
         z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
         live = z > float("-inf")
-        w = _weight(z, live, lse, m, logs, wtop, mref, WMODE)
+        w = _weight(z, live, lse, m, logs, wtop, mref, WMODE).to(tl.float64)
         p = _pos(z, cols, lse, H, IDB, PMODE)
         acc += tl.where(p[:, None] <= piv[None, :], w[:, None], 0.0)
     return tl.sum(acc, axis=0)
@@ -256,9 +257,37 @@ def _toph_scale(s, n0, m, m2, r2):
 
 
 @triton.jit
-def _fin_pivots(sums, base, step, target, STRICT: tl.constexpr):
-    """Next (base, step): the first of the 16 sub-intervals whose upper pivot meets the target."""
-    if STRICT:
+def _f64(bits):
+    """The float64 whose bits the int64 ``bits`` holds (a Python float argument is float32 in Triton)."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _toph_one_group(alpha, n0, n, wtop, bound):
+    """(wtop, bound) of top-h's search; on a row that is one tie group (every live token at the
+    max: equal terms) the count #{i : i <= alpha·n} (alpha·n exact, at least 1) with weights 1,
+    so a uniform row of V keeps #{j : (j + 1) / V <= alpha}, as the reference and the C++ kernel."""
+    one = n0 == n
+    nd = n.to(tl.float64)
+    hi = alpha * nd
+    lo = tl.fma(alpha, nd, -hi)
+    f = tl.floor(hi)
+    k = tl.where((f == hi) & (lo < 0.0), f - 1.0, f)
+    k = tl.minimum(tl.maximum(k, 1.0), nd)
+    return tl.where(one, 1.0, wtop), tl.where(one, k.to(tl.float32), bound)
+
+
+@triton.jit
+def _fin_pivots(sums, base, step, target, S, STRICT: tl.constexpr, MASS: tl.constexpr):
+    """Next (base, step): the first of the 16 sub-intervals whose upper pivot meets the target.
+
+    MASS (top-p, typical: the weights are exp(z - m), S their float64 total): the target is
+    the float64 knob p and a pivot meets it iff its sum is not < p·S, decided on the exact
+    product (one rounding, in the fma): a uniform row of V keeps #{j : j / V < p}.
+    """
+    if MASS:
+        hit = tl.fma(target, S, -sums) <= 0.0
+    elif STRICT:
         hit = sums > target
     else:
         hit = sums >= target
@@ -274,20 +303,32 @@ def _search(ptr, V, nbits, target, lse, H, m, logs, wtop, mref, IDB,
     Never met (rounding; fewer live tokens than a count): the last position, 2^nbits - 1.
     """
     base = tl.full([], 0, tl.int64)
-    step = tl.full([], 1, tl.int64) << (nbits - 4)
+    step0 = tl.full([], 1, tl.int64) << (nbits - 4)
+    step = step0
+    S = tl.zeros([], tl.float64)
     for _ in range(0, nbits // 4):
         sums = _seg_pivots(ptr, 0, V, base, step, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, SB)
-        base, step = _fin_pivots(sums, base, step, target, STRICT)
+        S = tl.where(step == step0, _total(sums), S)  # the first round's last pivot holds every token
+        base, step = _fin_pivots(sums, base, step, target, S, STRICT, WMODE == 1)
     return base
+
+
+@triton.jit
+def _total(sums):
+    return tl.sum(tl.where(tl.arange(0, NPIV) == NPIV - 1, sums, 0.0), axis=0)
 
 
 # ------------------------------------------------------------------- one program per row
 
 
 @triton.jit
-def _knob_kernel(out_ptr, out_stride, V, param, min_keep, IDB,
+def _knob_kernel(out_ptr, out_stride, V, param, pbits, min_keep, IDB,
                  KNOB: tl.constexpr, BLOCK: tl.constexpr, SB: tl.constexpr):
-    """One knob on one row per program: stats, cut, then -inf over the removed tokens, in place."""
+    """One knob on one row per program: stats, cut, then -inf over the removed tokens, in place.
+
+    ``pbits``: the bits of the knob as the caller's float64 (``param`` is it rounded to float32):
+    top-p / typical compare masses with it, top-h counts a one-group row with it."""
+    param64 = _f64(pbits)
     row = tl.program_id(0).to(tl.int64)
     ptr = out_ptr + row * out_stride
     m = _seg_max(ptr, 0, V, BLOCK)
@@ -305,11 +346,11 @@ def _knob_kernel(out_ptr, out_stride, V, param, min_keep, IDB,
     if KNOB == 0:
         X = _search(ptr, V, 32, param, lse, H, m, logs, wtop, mref, 0, 0, 0, False, SB)
     elif KNOB == 1:
-        X = _search(ptr, V, nb, param, lse, H, m, logs, wtop, mref, IDB, 0, 1, False, SB)
+        X = _search(ptr, V, nb, param64, lse, H, m, logs, wtop, mref, IDB, 0, 1, False, SB)
         if min_keep > 1:
             Y = _search(ptr, V, nb, min_keep.to(tl.float32), lse, H, m, logs, wtop, mref, IDB, 0, 0, False, SB)
     elif KNOB == 3:
-        X = _search(ptr, V, nb, param, lse, H, m, logs, wtop, mref, IDB, 1, 1, False, SB)
+        X = _search(ptr, V, nb, param64, lse, H, m, logs, wtop, mref, IDB, 1, 1, False, SB)
         if min_keep > 1:
             Y = _search(ptr, V, nb, min_keep.to(tl.float32), lse, H, m, logs, wtop, mref, IDB, 1, 0, False, SB)
     elif KNOB == 6:
@@ -317,6 +358,7 @@ def _knob_kernel(out_ptr, out_stride, V, param, min_keep, IDB,
         logs, wtop, mref = _toph_scale(s, n0, m, m2, r2)
         hs = _seg_hs(ptr, 0, V, lse, m, logs, wtop, mref, BLOCK)
         bound = tl.maximum(param * hs, wtop)  # the first token is always kept
+        wtop, bound = _toph_one_group(param64, n0, n, wtop, bound)
         X = _search(ptr, V, nb, bound, lse, H, m, logs, wtop, mref, IDB, 0, 2, True, SB)
     elif KNOB == 7:
         zvar = tl.math.div_rn(_seg_var(ptr, 0, V, zmean, BLOCK), tl.maximum(n - 1.0, 1.0))
@@ -394,7 +436,7 @@ def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB,
     wtop = tl.load(f + F_WTOP)
     mref = tl.load(f + F_MREF)
     v = tl.arange(0, VEC)
-    res = tl.zeros([VEC], tl.float32)
+    res = tl.zeros([VEC], tl.float64)  # float64: the pivot sums (PH_PIV) need it
     if PHASE == 0:
         res = tl.where(v == 0, _seg_max(ptr, lo, hi, BLOCK), res)
     elif PHASE == 1:
@@ -415,14 +457,15 @@ def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB,
 
 
 @triton.jit
-def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, IDB,
+def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB,
                 PHASE: tl.constexpr, KNOB: tl.constexpr, SLOT: tl.constexpr, STRICT: tl.constexpr,
-                S_PAD: tl.constexpr):
+                S_PAD: tl.constexpr, MASS: tl.constexpr = False):
     """Reduce the S partials of a row (sums; maxima for the max slots) and advance its state.
 
     PH_PIV: SLOT is the int state slot that receives the search result once the step
     reaches 0 (the caller launches exactly nbits / 4 rounds after an init).
     """
+    param64 = _f64(pbits)
     row = tl.program_id(0).to(tl.int64)
     sp = tl.arange(0, S_PAD)
     v = tl.arange(0, VEC)
@@ -433,8 +476,16 @@ def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, IDB,
         sums = tl.sum(tl.load(tile, mask=msk, other=0.0), axis=0)
         base = tl.load(ist_ptr + row * NI + I_BASE)
         step = tl.load(ist_ptr + row * NI + I_STEP)
-        target = tl.load(f + F_TARGET)
-        base, step = _fin_pivots(sums, base, step, target, STRICT)
+        # MASS: the target is the float64 knob and Σ (the first round's last pivot) is kept in I_S
+        step0 = tl.full([], 1, tl.int64) << (IDB + 28)
+        tot = tl.load(ist_ptr + row * NI + I_S).to(tl.float64, bitcast=True)
+        tot = tl.where(step == step0, _total(sums), tot)
+        tl.store(ist_ptr + row * NI + I_S, tot.to(tl.int64, bitcast=True))
+        if MASS:
+            target = param64
+        else:
+            target = tl.load(f + F_TARGET).to(tl.float64)
+        base, step = _fin_pivots(sums, base, step, target, tot, STRICT, MASS)
         tl.store(ist_ptr + row * NI + I_BASE, base)
         tl.store(ist_ptr + row * NI + I_STEP, step)
         if step == 0:
@@ -443,7 +494,7 @@ def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, IDB,
         m = tl.max(tl.max(tl.load(tile, mask=msk & (v[None, :] == 0), other=float("-inf")), axis=1), axis=0)
         tl.store(f + F_M, m)
     else:
-        sums = tl.sum(tl.load(tile, mask=msk, other=0.0), axis=0)
+        sums = tl.sum(tl.load(tile, mask=msk, other=0.0), axis=0).to(tl.float32)
         m = tl.load(f + F_M)
         if PHASE == 1:
             s = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
@@ -479,7 +530,11 @@ def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, IDB,
             tl.store(f + F_MREF, mref)
         else:  # PH_HS: top-h's bound, the first token always kept
             hs = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
-            tl.store(f + F_TARGET, tl.maximum(param * hs, tl.load(f + F_WTOP)))
+            wtop = tl.load(f + F_WTOP)
+            wtop, bound = _toph_one_group(param64, tl.load(f + F_N0), tl.load(f + F_N), wtop,
+                                          tl.maximum(param * hs, wtop))
+            tl.store(f + F_WTOP, wtop)
+            tl.store(f + F_TARGET, bound)
 
 
 @triton.jit
@@ -542,6 +597,11 @@ BLOCK = 1024  # entries per chunk of the streaming passes
 SB = 256  # entries per chunk of a search pass ([SB, 16] sums)
 MAX_V = 2**24  # counts are float32 sums (exact below 2^24); positions need 32 + IDB <= 56 bits
 MIN_CHUNKS = 1  # a split segment holds at least this many BLOCKs
+
+
+def _bits(x: float) -> int:
+    """The bits of the float64 ``x`` as an int64 (kernels read the knob exactly with ``_f64``)."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 def _p2(n: int) -> int:
@@ -607,12 +667,13 @@ def _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, min_keep):
     def phase(ph, pmode=0, wmode=0, slot=I_X.value, strict=False, p=0.0, bits=idb):
         _part_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, part, bits,
                              PHASE=ph, PMODE=pmode, WMODE=wmode, BLOCK=BLOCK, SB=SB, num_warps=8)
-        _fin_kernel[(B,)](fst, ist, part, S, p, bits, PHASE=ph, KNOB=knob, SLOT=slot, STRICT=strict, S_PAD=S_PAD)
+        _fin_kernel[(B,)](fst, ist, part, S, p, _bits(p), bits, PHASE=ph, KNOB=knob, SLOT=slot, STRICT=strict,
+                          S_PAD=S_PAD, MASS=ph == PH_PIV and wmode == W_P)
 
     def search(nbits, target, pmode, wmode, slot, strict=False, set_target=True):
         _init_kernel[(B,)](fst, ist, target, nbits, KNOB=knob, SET_TARGET=set_target)
         for _ in range(nbits // 4):
-            phase(PH_PIV, pmode, wmode, slot.value, strict, bits=nbits - 32)
+            phase(PH_PIV, pmode, wmode, slot.value, strict, p=target, bits=nbits - 32)
 
     phase(PH_MAX)
     phase(PH_MOM)
@@ -682,12 +743,12 @@ def truncate(
                             int(min_tokens_to_keep))
         if S == 1:
             for knob, param, keep in knobs:
-                _knob_kernel[(B,)](out, out.stride(0), V, param, keep, _idb(V),
+                _knob_kernel[(B,)](out, out.stride(0), V, param, _bits(param), keep, _idb(V),
                                    KNOB=knob, BLOCK=BLOCK, SB=SB, num_warps=8)
         elif knobs:
             fst = torch.zeros((B, NF.value), dtype=torch.float32, device=dev)
             ist = torch.zeros((B, NI.value), dtype=torch.int64, device=dev)
-            part = torch.empty((B, S, VEC.value), dtype=torch.float32, device=dev)
+            part = torch.empty((B, S, VEC.value), dtype=torch.float64, device=dev)
             for knob, param, keep in knobs:
                 _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, keep)
         _nan_rows_kernel[(B, S)](out, bad, out.stride(0), V, seg, S, S_PAD=max(2, _p2(S)), BLOCK=BLOCK)

@@ -511,15 +511,15 @@ class Impls:
 
 
 OPS: dict[str, Impls] = {
-    "logit_stats": Impls("logit_stats", torch.ops.fuq.logit_stats, reference.logit_stats, HAS_CPP,
+    "logit_stats": Impls("logit_stats", torch.ops.fuq.logit_stats.default, reference.logit_stats, HAS_CPP,
                          _triton_logit_stats, torch.ops.fuq.logit_stats_cuda),
-    "truncate": Impls("truncate", torch.ops.fuq.truncate, reference.truncate, HAS_CPP_TRUNCATE,
+    "truncate": Impls("truncate", torch.ops.fuq.truncate.default, reference.truncate, HAS_CPP_TRUNCATE,
                       _triton_truncate, torch.ops.fuq.truncate_cuda),
-    "sample": Impls("sample", torch.ops.fuq.sample, lambda *a: reference.sample(*a[:-1], base_stats=a[-1]),
+    "sample": Impls("sample", torch.ops.fuq.sample.default, lambda *a: reference.sample(*a[:-1], base_stats=a[-1]),
                     HAS_CPP_SAMPLE, _triton_sample, torch.ops.fuq.sample_cuda),
-    "attention_stats": Impls("attention_stats", torch.ops.fuq.attention_stats, _attention_stats_reference,
+    "attention_stats": Impls("attention_stats", torch.ops.fuq.attention_stats.default, _attention_stats_reference,
                              HAS_CPP_ATTENTION_STATS, _triton_attention_stats, torch.ops.fuq.attention_stats_cuda),
-    "hidden_stats": Impls("hidden_stats", torch.ops.fuq.hidden_stats, _hidden_stats_reference,
+    "hidden_stats": Impls("hidden_stats", torch.ops.fuq.hidden_stats.default, _hidden_stats_reference,
                           HAS_CPP_HIDDEN_STATS, _triton_hidden_stats, _hidden_stats_cuda_cpp),
 }
 

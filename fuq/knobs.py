@@ -174,8 +174,30 @@ _DEFAULT_IS_OFF = tuple(
 )
 
 
+#: the validated op arguments of recent all-scalar knob settings, keyed by the values and their
+#: types (so True and 1, 1 and 1.0 stay apart): a decode loop passes the same knobs every step,
+#: and their checks cost a couple of microseconds per call otherwise. Bounded; errors never cached.
+_MEMO: dict[tuple, tuple] = {}
+_MEMO_MAX = 256
+_SCALAR_TYPES = frozenset((type(None), float, int, bool))
+
+
 def resolve_values(B: int | None, values: tuple | list) -> tuple | Tensor:
     """:func:`resolve` for the values of every knob in column order (the fast path of the ops)."""
+    types = tuple(map(type, values))
+    if _SCALAR_TYPES.issuperset(types):
+        key = (*values, *types)
+        hit = _MEMO.get(key)
+        if hit is None:
+            hit = _resolve_values(B, values)
+            if len(_MEMO) >= _MEMO_MAX:
+                _MEMO.clear()
+            _MEMO[key] = hit
+        return hit
+    return _resolve_values(B, values)
+
+
+def _resolve_values(B: int | None, values: tuple | list) -> tuple | Tensor:
     out = None
     rows = None
     for i, (kn, v) in enumerate(zip(KNOBS, values, strict=True)):

@@ -185,3 +185,26 @@ def test_per_row_triton_equals_reference_row_by_row(name):
     kw = {n: v.cpu() if isinstance(v, torch.Tensor) else v for n, v in kw.items()}
     for i in range(B):
         assert torch.equal(got[i : i + 1], _row_reference(x, i, kw)), (name, i)
+
+
+def test_resolve_memo_keeps_types_apart_and_never_caches_errors():
+    """The scalar fast path's memo (fuq.knobs._MEMO) must give what the checks give."""
+    from fuq import knobs as kt
+
+    vals = [1.0, None, 0.9, None, None, None, None, None, None, False, 1]
+    first = kt.resolve_values(1, vals)
+    assert kt.resolve_values(1, vals) is first  # the memo answers a repeated setting
+    bad = list(vals)
+    bad[9] = 1  # p_less as an int: a TypeError, even though 1 == True hashes alike
+    for _ in range(2):
+        with pytest.raises(TypeError, match="p_less"):
+            kt.resolve_values(1, bad)
+    bad = list(vals)
+    bad[2] = 1.5
+    for _ in range(2):  # an error is raised again, not remembered as a result
+        with pytest.raises(ValueError, match="top_p"):
+            kt.resolve_values(1, bad)
+    per_row = list(vals)
+    per_row[2] = torch.tensor([0.5, 0.9], dtype=torch.float64)
+    packed = kt.resolve_values(2, per_row)  # tensors bypass the memo
+    assert isinstance(packed, torch.Tensor) and packed[:, 2].tolist() == [0.5, 0.9]

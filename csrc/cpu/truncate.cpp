@@ -62,6 +62,14 @@ void check_knobs(const char* op, const at::Tensor& logits, double temperature, i
   TORCH_CHECK(mtk >= 1, op, ": min_tokens_to_keep must be >= 1, got ", mtk);
 }
 
+// One workspace per thread, kept between calls: its histogram bins and chunk tables (tens of
+// KB) were allocated and zeroed on every call, most of a decode-shaped call's time (B = 1,
+// V = 1024). Every pass that reads a part of it writes that part first (as between rows).
+cpu::Workspace& thread_workspace() {
+  static thread_local cpu::Workspace ws;
+  return ws;
+}
+
 template <typename Tag>
 void truncate_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, at::Tensor& out) {
   using S = typename Tag::storage;
@@ -69,7 +77,7 @@ void truncate_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, a
   const S* base = reinterpret_cast<const S*>(logits.const_data_ptr());
   float* obase = out.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
-    cpu::Workspace ws;
+    cpu::Workspace& ws = thread_workspace();
     // The knobs whose first step needs the row's stats get them from the first scan.
     const bool stats_first = knobs.top_h == 0.0 && knobs.top_k == 0 && knobs.top_p >= 1.0 && knobs.min_p <= 0.0 &&
                              (knobs.typical_p < 1.0 || knobs.epsilon > 0.0 || knobs.eta > 0.0 || knobs.p_less);
@@ -129,8 +137,9 @@ void sample_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, con
   const int64_t B = logits.size(0), V = logits.size(1), stride = logits.stride(0), k = o.k;
   const S* base = reinterpret_cast<const S*>(logits.const_data_ptr());
   at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
-    cpu::Workspace ws;
-    std::vector<float> buf(V);  // written only if typical must write the row out
+    cpu::Workspace& ws = thread_workspace();
+    static thread_local std::vector<float> buf;  // written only if typical must write the row out
+    if (static_cast<int64_t>(buf.size()) < V) buf.resize(V);
     std::vector<cpu::TopCandidate> top;
     for (int64_t r = r0; r < r1; ++r) {
       const S* x = base + r * stride;

@@ -128,10 +128,12 @@ def _define(schema: str) -> None:
         )
 
 
+# ``alpha`` None: the density-free sums are off and ``extra`` is [0, 4]; else ``extra`` is
+# [B, 4]: Σ log p over the live tokens, their number, log Σ p^alpha, log Σ √p (reference.density_free).
 LOGIT_STATS_SCHEMA = (
-    "logit_stats(Tensor logits, int k, Tensor? tokens, float temperature) -> "
+    "logit_stats(Tensor logits, int k, Tensor? tokens, float temperature, float? alpha=None) -> "
     "(Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "
-    "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
+    "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob, Tensor extra)"
 )
 _define(LOGIT_STATS_SCHEMA)
 # The CUDA C++ kernel, chosen with backend="cuda"; implemented by fuq._C_cuda.
@@ -140,7 +142,7 @@ _define(LOGIT_STATS_SCHEMA.replace("logit_stats(", "logit_stats_cuda(", 1))
 
 @torch.library.register_fake("fuq::logit_stats_cuda")
 @torch.library.register_fake("fuq::logit_stats")
-def _logit_stats_fake(logits, k, tokens, temperature):
+def _logit_stats_fake(logits, k, tokens, temperature, alpha=None):
     B = logits.shape[0]
     f = logits.new_empty((B,), dtype=torch.float32)
     i = logits.new_empty((B,), dtype=torch.int64)
@@ -154,6 +156,7 @@ def _logit_stats_fake(logits, k, tokens, temperature):
         logits.new_empty((B, k), dtype=torch.int64),
         f.clone(),
         f.clone() if tokens is not None else logits.new_empty((0,), dtype=torch.float32),
+        logits.new_empty((B if alpha is not None else 0, 4), dtype=torch.float32),
     )
 
 
@@ -166,14 +169,14 @@ def warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _logit_stats_cpu_fallback(logits, k, tokens, temperature):
+def _logit_stats_cpu_fallback(logits, k, tokens, temperature, alpha=None):
     warn_once(
         "cpp",
         f"fuq: the C++ extension fuq._C could not be loaded ({C_ERROR}); "
         "fuq.logit_stats falls back to the slow PyTorch reference on the CPU. "
         "Rebuild with `pip install --no-build-isolation -e .`.",
     )
-    return reference.logit_stats(logits, k, tokens, temperature)
+    return reference.logit_stats_extra(logits, k, tokens, temperature, alpha)
 
 
 if not HAS_CPP:
@@ -193,11 +196,11 @@ def _triton(op: str):
     return logit_stats, truncate
 
 
-def _logit_stats_cuda(logits, k, tokens, temperature):
+def _logit_stats_cuda(logits, k, tokens, temperature, alpha=None):
     kernels = _triton("logit_stats")
     if kernels is None:
-        return reference.logit_stats(logits, k, tokens, temperature)
-    return kernels[0].logit_stats(logits, k, tokens, temperature)
+        return reference.logit_stats_extra(logits, k, tokens, temperature, alpha)
+    return kernels[0].logit_stats(logits, k, tokens, temperature, alpha)
 
 
 LIB.impl("logit_stats", _logit_stats_cuda, "CUDA")
@@ -308,7 +311,7 @@ def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn, base_stats
     instead of at the sampling temperature (still one stats call: no second pass is added).
     """
     ids = reference.sample_from(truncate_fn(logits, *knobs), uniform)
-    return (ids, *stats_fn(logits, k, ids, 1.0 if base_stats else knobs[0]))
+    return (ids, *stats_fn(logits, k, ids, 1.0 if base_stats else knobs[0])[:9])
 
 
 HAS_CPP_TRUNCATE = HAS_CPP and _has_kernel("truncate", "CPU")
@@ -389,7 +392,7 @@ _define(HIDDEN_STATS_SCHEMA)
 
 @torch.library.register_fake("fuq::hidden_stats")
 def _hidden_stats_fake(hidden, weight, bias, k, targets, temperature, softcap, chunk):
-    return _logit_stats_fake(hidden.new_empty((hidden.shape[0], 0)), k, targets, temperature)
+    return _logit_stats_fake(hidden.new_empty((hidden.shape[0], 0)), k, targets, temperature)[:9]
 
 
 def _hidden_stats_reference(hidden, weight, bias, k, targets, temperature, softcap, chunk):
@@ -451,7 +454,7 @@ def _hidden_stats_cuda_cpp(h, weight, bias, k, tok, t, softcap, chunk):
         torch.ops.fuq.logit_stats_cuda(
             reference.hidden_logits(h[s : s + rows], weight, bias, softcap), k,
             None if tok is None else tok[s : s + rows], t,
-        )
+        )[:9]
         for s in range(0, N, rows)
     ]
     if not parts:
@@ -511,7 +514,7 @@ class Impls:
 
 
 OPS: dict[str, Impls] = {
-    "logit_stats": Impls("logit_stats", torch.ops.fuq.logit_stats.default, reference.logit_stats, HAS_CPP,
+    "logit_stats": Impls("logit_stats", torch.ops.fuq.logit_stats.default, reference.logit_stats_extra, HAS_CPP,
                          _triton_logit_stats, torch.ops.fuq.logit_stats_cuda),
     "truncate": Impls("truncate", torch.ops.fuq.truncate.default, reference.truncate, HAS_CPP_TRUNCATE,
                       _triton_truncate, torch.ops.fuq.truncate_cuda),

@@ -19,17 +19,6 @@ from .ops import LogitStats, _shaped
 __all__ = ["truncate", "sample"]
 
 
-def _knobs(
-    temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep
-) -> tuple:
-    """Validated scalar knobs as the op's arguments, with the off-values of the table (fuq/knobs.py)."""
-    r = _kt.resolve_values(
-        None, (temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
-               min_tokens_to_keep)
-    )
-    return r
-
-
 def _grouped(fn, packed: Tensor, rows: Tensor, *per_row: Tensor, args: tuple = (), tail: tuple = ()):
     """Per-row knobs: one call of ``fn(rows[g], *per_row[g], *args, *knobs_g, *tail)`` per distinct
     knob setting g (one call when every row has the same), scattered back into ``[B, ...]`` outputs."""
@@ -76,22 +65,8 @@ def _check_uniform(uniform: Tensor, lead: torch.Size, device: torch.device) -> T
     return uniform.reshape(-1).to(torch.float64)
 
 
-def truncate(
-    logits: Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    typical_p: float | None = None,
-    epsilon: float | None = None,
-    eta: float | None = None,
-    top_h: float | None = None,
-    top_n_sigma: float | None = None,
-    p_less: bool = False,
-    min_tokens_to_keep: int = 1,
-    backend: str = "auto",
-) -> Tensor:
+@_kt.with_knob_params
+def truncate(logits: Tensor, *, backend: str = "auto", **knobs) -> Tensor:
     """``logits / temperature`` with every token the sampling knobs remove at ``-inf``.
 
     The knobs run in Hugging Face's order (temperature, top-h, top-k, top-p, min-p,
@@ -103,29 +78,18 @@ def truncate(
     the thresholds keep equal values together; top-p, typical and top-h keep a prefix of
     their order (z descending, then token id ascending; typical: ``|-log p - H|``
     ascending), so of a tie group at the cut only the lower ids stay. No full-vocabulary
-    sort.
+    sort. Top-H (``top_h`` = alpha) runs over the full distribution: unlike HF's
+    ``TopHLogitsWarper`` (and the paper's code), which computes both sums over the 100 most
+    probable tokens only, the sums here run over the whole vocabulary (exact when one logit
+    is hundreds of nats ahead). Top-nσ's sigma is the (N - 1)-normalised standard deviation
+    of the row's finite z. ``min_tokens_to_keep`` is honoured by top-k, top-p, min-p,
+    typical, epsilon and eta as HF does (top-h, top-nσ and p-less keep at least one token).
+    The knobs are declared in ``fuq/knobs.py``; each is a number or a ``[B]`` tensor (one
+    value per row of ``logits``; a row holding the knob's off-value does not use it).
 
     Args:
         logits: ``[..., V]`` float32 | bfloat16 | float16, any strides; ``-inf`` = masked.
-        temperature: finite, > 0.
-        top_k: keep the k most probable tokens (and ties with the k-th); None or 0 is off; >= 0.
-        top_p: keep the shortest prefix of the order of mass >= top_p; in (0, 1], 1 is off.
-        min_p: keep p >= min_p * max p; in [0, 1], 0 is off.
-        typical_p: keep the most typical tokens (|-log p - H| ascending) up to this
-            mass; in (0, 1], 1 is off.
-        epsilon: keep p >= epsilon (HF's ``epsilon_cutoff``); >= 0, 0 is off.
-        eta: keep p >= min(eta, sqrt(eta) * exp(-H)) (HF's ``eta_cutoff``); >= 0, 0 is off.
-        top_h: Top-H with alpha = top_h over the full distribution: keep the longest
-            prefix of the order whose entropy terms sum to <= alpha * H(p) (at least the
-            top token; exact when one logit is hundreds of nats ahead); in (0, 1].
-            Unlike HF's ``TopHLogitsWarper`` (and the paper's code), which computes both
-            sums over the 100 most probable tokens only, the sums here run over the
-            whole vocabulary.
-        top_n_sigma: keep z >= max z - n * sigma, sigma the (N - 1)-normalised standard
-            deviation of the finite z of the row; >= 0.
-        p_less: keep p >= sum p^2 (the row's collision probability).
-        min_tokens_to_keep: >= 1; honoured by top-k, top-p, min-p, typical, epsilon and
-            eta as HF does (top-h, top-nσ and p-less keep at least one token).
+        {knob_args}
         backend: ``"auto"`` (C++ on the CPU), ``"cpp"``, ``"triton"`` or ``"reference"``.
 
     Returns:
@@ -141,34 +105,22 @@ def truncate(
     check_backend(backend)
     shape = logits.shape
     rows = as_rows(logits)
-    knobs = _kt.resolve_values(
-        rows.shape[0],
-        (temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep),
-    )
+    kn = _kt.resolve(rows.shape[0], **knobs)
     fn = _library.pick("truncate", backend, rows)
-    out = fn(rows, *knobs) if isinstance(knobs, tuple) else _grouped(fn, knobs, rows)
+    out = fn(rows, *kn) if isinstance(kn, tuple) else _grouped(fn, kn, rows)
     return out.reshape(shape)
 
 
+@_kt.with_knob_params
 def sample(
     logits: Tensor,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    typical_p: float | None = None,
-    epsilon: float | None = None,
-    eta: float | None = None,
-    top_h: float | None = None,
-    top_n_sigma: float | None = None,
-    p_less: bool = False,
-    min_tokens_to_keep: int = 1,
     generator: torch.Generator | None = None,
     k: int = 0,
     base_stats: bool = False,
     backend: str = "auto",
     uniform: Tensor | None = None,
+    **knobs,
 ) -> tuple[Tensor, LogitStats]:
     """Draw one token per row from the truncated distribution, with the step's stats, in one call.
 
@@ -180,6 +132,7 @@ def sample(
 
     Args:
         logits: ``[..., V]`` float32 | bfloat16 | float16.
+        {knob_args}
         generator: a ``torch.Generator`` (any device) or None for the default one.
         k: how many top tokens the returned stats hold, ``0 <= k <= V``.
         base_stats: return the stats at temperature 1 (the model's own distribution, what
@@ -218,21 +171,19 @@ def sample(
     lead = logits.shape[:-1]
     rows = as_rows(logits)
     B = rows.shape[0]
-    knobs = _kt.resolve_values(
-        B, (temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less, min_tokens_to_keep)
-    )
+    kn = _kt.resolve(B, **knobs)
     if uniform is None:
-        gdev = generator.device if generator is not None else rows.device
-        u = torch.rand((B,), dtype=torch.float64, generator=generator, device=gdev)
-        if gdev != rows.device:
-            u = u.to(rows.device)
+        if generator is None or rows.is_cpu and generator.device.type == "cpu":
+            u = torch.rand((B,), dtype=torch.float64, generator=generator, device=rows.device)
+        else:
+            u = torch.rand((B,), dtype=torch.float64, generator=generator, device=generator.device).to(rows.device)
     else:
         u = _check_uniform(uniform, lead, rows.device)
     fn = _library.pick("sample", backend, rows)
-    if isinstance(knobs, tuple):
-        out = fn(rows, u, k, *knobs, base_stats)
+    if isinstance(kn, tuple):
+        out = fn(rows, u, k, *kn, base_stats)
     else:
-        out = _grouped(fn, knobs, rows, u, args=(k,), tail=(base_stats,))
+        out = _grouped(fn, kn, rows, u, args=(k,), tail=(base_stats,))
     if logits.dim() == 2:  # already [B, V]: skip ten reshapes (microseconds each at B = 1)
         return out[0], LogitStats(*out[1:])
     return out[0].reshape(lead), _shaped(out[1:], lead, k, True)

@@ -451,7 +451,7 @@ def _continuation_trace(model: Any, tokenizer: Any, context: str, cont: str, k: 
 
     from .forced import lm_head
     from .ops import LogitStats, hidden_stats, logit_stats
-    from .trace import DENSITY_FREE_DEFAULTS, Trace, density_free_sums
+    from .trace import DENSITY_FREE_DEFAULTS, DENSITY_FREE_STATS_KW, Trace, density_free_from_stats, density_free_sums
 
     ctx = list(tokenizer(context)["input_ids"])
     tgt = list(tokenizer(cont, add_special_tokens=False)["input_ids"])
@@ -471,9 +471,12 @@ def _continuation_trace(model: Any, tokenizer: Any, context: str, cont: str, k: 
                 z = head.softcap * torch.tanh(z / head.softcap)
         else:
             z = model(input_ids=full).logits[0, pos].float()
-            s = logit_stats(z, k=k, tokens=target)
-    s = LogitStats(*[x[None] for x in s])
-    lsum, psum, ssum = density_free_sums(z, **DENSITY_FREE_DEFAULTS)
+            s = logit_stats(z, k=k, tokens=target, **DENSITY_FREE_STATS_KW)  # the sums in the same pass
+    if getattr(s, "sum_logp", None) is not None:
+        lsum, psum, ssum = density_free_from_stats(s, int(z.shape[-1]))
+    else:
+        lsum, psum, ssum = density_free_sums(z, **DENSITY_FREE_DEFAULTS)
+    s = LogitStats(*[None if x is None else x[None] for x in s[:9]])
     tr = Trace.from_stats(s, target[None], vocab_logprob_sum=lsum[None], power_sum=psum[None], sqrt_sum=ssum[None],
                           meta={"density_free": {"vocab_size": int(z.shape[-1]), **DENSITY_FREE_DEFAULTS}})
     return tr

@@ -44,7 +44,7 @@ from torch import Tensor
 from . import knobs as _knob_table
 from .kv import cache_bytes
 from .ops import LogitStats, logit_stats
-from .trace import DENSITY_FREE_DEFAULTS, Trace, density_free_sums
+from .trace import DENSITY_FREE_DEFAULTS, DENSITY_FREE_STATS_KW, Trace, density_free_from_stats, density_free_sums
 
 __all__ = [
     "generate",
@@ -153,7 +153,7 @@ class Greedy(Strategy):
     name = "greedy"
 
     def choose(self, logits: Tensor, state: DecodeState) -> tuple[Tensor, LogitStats]:
-        s = logit_stats(logits, k=state.k)
+        s = logit_stats(logits, k=state.k, **state.stats_kw)
         return s.argmax, s._replace(token_logprob=s.max_logprob)
 
 
@@ -265,7 +265,7 @@ class EntropyGated(Strategy):
         return table[hi_h.long() * 2 + hi_v.long()]
 
     def choose(self, logits: Tensor, state: DecodeState) -> tuple[Tensor, LogitStats]:
-        s = logit_stats(logits, k=state.k)
+        s = logit_stats(logits, k=state.k, **state.stats_kw)
         temps = self.temperatures(s)
         ids = s.argmax.clone()
         live = ~state.finished.to(temps.device)
@@ -321,7 +321,7 @@ class AdaDec(Strategy):
     def choose(self, logits: Tensor, state: DecodeState) -> tuple[Tensor, LogitStats]:
         V = logits.shape[-1]
         beam = min(self.beam, V)
-        s = logit_stats(logits, k=max(state.k, beam))
+        s = logit_stats(logits, k=max(state.k, beam), **state.stats_kw)
         ids = s.argmax.clone()
         lp = s.max_logprob.clone()
         hot = (s.entropy > self.tau) & ~state.finished.to(s.entropy.device)
@@ -418,6 +418,9 @@ class DecodeState:
         self.next_pos: Tensor = torch.zeros(0, dtype=torch.long)  # [B] position of the next fed token
         self.calls: list[tuple[int, int]] = []  # (rows, tokens per row) of every model call
         self.kv: Any = None  # a fuq.kv.KVPolicy when evicting
+        # extra keyword arguments of a strategy's own fuq.logit_stats call: with extra=True,
+        # fuq.trace.DENSITY_FREE_STATS_KW (the vocabulary sums then come from that same pass)
+        self.stats_kw: dict[str, Any] = {}
         self.cache_bytes: list[int] = []  # KV-cache bytes after every call of the main sequence
         sig = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in sig else "past_key_values"
@@ -641,7 +644,9 @@ def generate(
         extra: also record, per token, the vocabulary sums of the density-free scores
             (``trace.vocab_logprob_sum``, ``power_sum``, ``sqrt_sum``: see
             :func:`fuq.trace.density_free_sums`, lm-polygraph's alpha 0.5 at temperature 2),
-            which ``fuq.scores.self_certainty``, ``renyi_neg`` and ``fisher_rao`` read.
+            which ``fuq.scores.self_certainty``, ``renyi_neg`` and ``fisher_rao`` read. Greedy,
+            the entropy-gated strategy and AdaDec get them from their own ``fuq.logit_stats``
+            pass (``extra=True``); the others from one more fused pass over the step's logits.
 
     Returns:
         a :class:`~fuq.trace.Trace` ``[B, T_new]``: chosen ids, mask (False after a row ended),
@@ -677,6 +682,8 @@ def generate(
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
     st = DecodeState(model, k, generator, torch.tensor(eos_list, dtype=torch.long, device=device), device)
+    if extra:
+        st.stats_kw = dict(DENSITY_FREE_STATS_KW)
     if kv_budget is not None:
         from .kv import KVPolicy
 
@@ -691,8 +698,11 @@ def generate(
         for step in range(max_new_tokens):
             st.step = step
             nxt, stats = _choose(strat, logits, st, run.pad_id)
-            if extra:
-                run.extra.append(density_free_sums(logits, **DENSITY_FREE_DEFAULTS))
+            if extra:  # from the strategy's own stats pass when it kept the sums, else one fused pass
+                if getattr(stats, "sum_logp", None) is not None and stats.sum_logp.shape == logits.shape[:-1]:
+                    run.extra.append(density_free_from_stats(stats, int(logits.shape[-1])))
+                else:
+                    run.extra.append(density_free_sums(logits, **DENSITY_FREE_DEFAULTS))
                 run.vocab_size = int(logits.shape[-1])
             if _record(run, st, step, stats, nxt, hook) or step == max_new_tokens - 1:
                 break

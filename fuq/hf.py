@@ -120,12 +120,12 @@ def sampling_knobs(generation_config: GenerationConfig) -> dict[str, Any]:
     return knobs
 
 
+@_knob_table.knob_params(_knob_table.FUQ_ONLY)
 def fused_logits_processor(
     generation_config: GenerationConfig,
     *,
-    top_n_sigma: float | None = None,
-    p_less: bool = False,
     backend: str = "auto",
+    **fuq_knobs: Any,
 ) -> FusedLogitsWarper | None:
     """One processor doing all the sampling warpers of ``generation_config`` in one ``fuq.truncate`` call.
 
@@ -133,7 +133,8 @@ def fused_logits_processor(
         generation_config: a Hugging Face ``GenerationConfig`` (``do_sample`` and its
             temperature / top_h / top_k / top_p / min_p / typical_p / epsilon_cutoff /
             eta_cutoff are read the way ``generate`` reads them).
-        top_n_sigma, p_less: fuq's extra knobs (no ``GenerationConfig`` field), applied last.
+        {knob_args}
+            (fuq's own knobs: no ``GenerationConfig`` field; applied last.)
         backend: as for ``fuq.truncate``.
 
     Returns:
@@ -151,10 +152,11 @@ def fused_logits_processor(
         (``model.generate(ids, do_sample=True, logits_processor=[proc], top_k=0, top_p=1.0, temperature=1.0)``),
         or let :func:`patch` do it.
     """
+    _knob_table.check_names(fuq_knobs, _knob_table.FUQ_ONLY, "fused_logits_processor")
     knobs = sampling_knobs(generation_config)
     if not generation_config.do_sample:
         return None
-    proc = FusedLogitsWarper(**knobs, top_n_sigma=top_n_sigma, p_less=p_less, backend=backend)
+    proc = FusedLogitsWarper(**knobs, **fuq_knobs, backend=backend)
     return None if proc.is_identity else proc
 
 
@@ -167,6 +169,7 @@ def _uses_per_step_processors(generation_config: GenerationConfig) -> bool:
 
 
 @contextlib.contextmanager
+@_knob_table.knob_params(_knob_table.FUQ_ONLY)
 def patch(
     model: torch.nn.Module,
     record: UncertaintyRecorder | None = None,
@@ -174,9 +177,8 @@ def patch(
     record_on: str = "raw",
     sampler: str = "hf",
     generator: torch.Generator | None = None,
-    top_n_sigma: float | None = None,
-    p_less: bool = False,
     backend: str = "auto",
+    **fuq_knobs: Any,
 ) -> Iterator[torch.nn.Module]:
     """Within the block, ``model.generate`` samples with one fused fuq call instead of HF's warper chain.
 
@@ -195,12 +197,14 @@ def patch(
             softmax and multinomial (the fastest; same distribution, another random
             stream, reproducible with ``torch.manual_seed`` or ``generator``).
         generator: the ``torch.Generator`` of ``sampler="fuq"`` (None: the default one).
-        top_n_sigma, p_less: fuq-only knobs added to the fused call when sampling.
+        {knob_args}
+            (fuq-only knobs added to the fused call when sampling.)
         backend: as for ``fuq.truncate``.
 
     Yields:
         the model (patched in place; restored on exit).
     """
+    _knob_table.check_names(fuq_knobs, _knob_table.FUQ_ONLY, "fuq.hf.patch")
     if record_on not in _RECORD_ON:
         raise ValueError(f"record_on must be one of {_RECORD_ON}, got {record_on!r}")
     if sampler not in _SAMPLERS:
@@ -238,13 +242,13 @@ def patch(
                 raise ValueError("fuq.hf.patch(sampler='fuq') cannot honour watermarking_config; use sampler='hf'")
             knobs = sampling_knobs(generation_config)
             fused: FusedLogitsWarper | None = FusedSampler(
-                **knobs, top_n_sigma=top_n_sigma, p_less=p_less, backend=backend, generator=generator
+                **knobs, **fuq_knobs, backend=backend, generator=generator
             )
             # generate() gave us its own copy of the config; _sample reads do_sample from it after this
             # call: greedy argmax over the sampler's one-hot output picks the drawn token.
             generation_config.do_sample = False
         else:
-            fused = fused_logits_processor(generation_config, top_n_sigma=top_n_sigma, p_less=p_less, backend=backend)
+            fused = fused_logits_processor(generation_config, **fuq_knobs, backend=backend)
         if fused is not None:
             processors.insert(at, fused)
         if record is not None:

@@ -15,8 +15,10 @@ ops take them). In a tensor, a row holding the knob's off-value does not use the
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Knob", "KNOBS", "NAMES", "NK", "INDEX", "check", "resolve", "pack", "header"]
+__all__ = ["Knob", "KNOBS", "NAMES", "NK", "INDEX", "FUQ_ONLY", "check", "resolve", "pack", "header",
+           "with_knob_params", "knob_params", "check_names"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}
 #: the off-values in column order: the op arguments of a call with every knob off.
 OFF: tuple = tuple(k.type(k.off) if k.type is not float else k.off for k in KNOBS)
 _OFF_FLOATS = [float(k.off) for k in KNOBS]
+#: the knobs Hugging Face's ``GenerationConfig`` has no field for (fuq's own cuts)
+FUQ_ONLY: tuple[str, ...] = tuple(k.name for k in KNOBS if k.hf is None and k.name != "min_tokens_to_keep")
 
 _INTERVAL = {"prob_open": "(0, 1]", "prob": "[0, 1]"}
 
@@ -233,6 +238,25 @@ def resolve(B: int | None = None, **knobs: Any) -> tuple | Tensor:
 
     Unknown names raise ``TypeError``; a missing knob takes its default.
     """
+    if not knobs:
+        return OFF
+    types = tuple(map(type, knobs.values()))
+    if _SCALAR_TYPES.issuperset(types):  # a decode loop's knobs: memoised by name, value and type
+        key = (*knobs.items(), *types)
+        hit = _MEMO_KW.get(key)
+        if hit is None:
+            hit = _resolve_kw(B, knobs)
+            if len(_MEMO_KW) >= _MEMO_MAX:
+                _MEMO_KW.clear()
+            _MEMO_KW[key] = hit
+        return hit
+    return _resolve_kw(B, knobs)
+
+
+_MEMO_KW: dict[tuple, tuple] = {}
+
+
+def _resolve_kw(B: int | None, knobs: dict[str, Any]) -> tuple | Tensor:
     bad = [n for n in knobs if n not in BY_NAME]
     if bad:
         raise TypeError(f"unknown knob(s) {bad}; the knobs are {list(NAMES)}")
@@ -267,6 +291,57 @@ def signature_params() -> list[tuple[str, Any]]:
     return [(k.name, k.default) for k in KNOBS]
 
 
+def _annotation(kn: Knob) -> str:
+    t = kn.type.__name__
+    return t if kn.default is not None else f"{t} | None"
+
+
+def doc_args(names: tuple[str, ...] = NAMES, indent: str = "        ") -> str:
+    """The ``Args:`` lines of these knobs (Google style), from the table's doc lines."""
+    out = []
+    for kn in (BY_NAME[n] for n in names):
+        off = " (None: off)" if kn.default is None else ""
+        out.append(textwrap.fill(f"{kn.name}: {kn.doc}{off}.", width=96, initial_indent=indent,
+                                 subsequent_indent=indent + "    "))
+    return "\n".join(out).lstrip()
+
+
+def knob_params(names: tuple[str, ...] = NAMES) -> Callable[[Callable], Callable]:
+    """Decorator: give ``fn(..., *, <own keyword args>, **knobs)`` these knobs as keyword parameters.
+
+    ``inspect.signature(fn)`` / ``help(fn)`` show one keyword-only parameter per knob (its public
+    default and type), placed before the function's own keyword-only ones; ``{knob_args}`` in the docstring becomes
+    their ``Args:`` lines. The function receives the knobs the caller gave in ``**knobs`` and
+    passes them to :func:`resolve` (or :func:`check_names`), which refuse unknown names.
+    """
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())
+        if not params or params[-1].kind is not inspect.Parameter.VAR_KEYWORD:
+            raise TypeError(f"{fn.__name__} must end with **knobs")
+        kp = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=BY_NAME[n].default,
+                                annotation=_annotation(BY_NAME[n])) for n in names]
+        at = next((i for i, q in enumerate(params) if q.kind is inspect.Parameter.KEYWORD_ONLY), len(params) - 1)
+        fn.__signature__ = sig.replace(parameters=[*params[:at], *kp, *params[at:-1]])
+        if fn.__doc__ and "{knob_args}" in fn.__doc__:
+            fn.__doc__ = fn.__doc__.replace("{knob_args}", doc_args(names))
+        return fn
+
+    return deco
+
+
+#: ``fuq.truncate`` / ``fuq.sample`` and the fused HF processors: every knob of the table
+with_knob_params = knob_params(NAMES)
+
+
+def check_names(given: dict[str, Any], allowed: tuple[str, ...], who: str) -> dict[str, Any]:
+    """Refuse keyword arguments of ``who`` that are not among the ``allowed`` knobs."""
+    bad = sorted(set(given) - set(allowed))
+    if bad:
+        raise TypeError(f"{who}: unknown argument(s) {bad}; the knobs taken here are {list(allowed)}")
+    return given
+
+
 def header() -> str:
     """The text of ``csrc/include/fuq/knobs.h``: column indices, bits and off-values."""
     lines = [
@@ -286,6 +361,9 @@ def header() -> str:
         lines.append(f"constexpr unsigned long long BIT_{k.name.upper()} = 1ull << {i};")
     offs = ", ".join(repr(float(k.off)) for k in KNOBS)
     lines += [f"constexpr double OFF[NK] = {{{offs}}};", "}  // namespace knobs", "}  // namespace fuq", ""]
+    schema = ", ".join(f"{k.type.__name__} {k.name}" for k in KNOBS)
+    lines += ["// The knob arguments of the truncate / sample op schemas (csrc/cpu/schemas.cpp).",
+              f'#define FUQ_KNOBS_SCHEMA "{schema}"', ""]
     return "\n".join(lines)
 
 

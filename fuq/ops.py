@@ -10,7 +10,15 @@ from torch import Tensor
 
 from . import _library, _validate
 
-__all__ = ["LogitStats", "logit_stats", "hidden_stats", "AttentionStats", "attention_stats", "BACKENDS"]
+__all__ = [
+    "LogitStats",
+    "LogitStatsExtra",
+    "logit_stats",
+    "hidden_stats",
+    "AttentionStats",
+    "attention_stats",
+    "BACKENDS",
+]
 
 from ._validate import _FLOAT_DTYPES, BACKENDS  # noqa: F401
 
@@ -42,10 +50,33 @@ class LogitStats(NamedTuple):
     token_logprob: Tensor | None  #: float32 log p of ``tokens``, or None
 
 
+class LogitStatsExtra(NamedTuple):
+    """:class:`LogitStats` plus the density-free sums of the same pass (``logit_stats(..., extra=True)``).
+
+    The four extra fields are NaN on a row whose entropy is NaN (a NaN or +inf entry, or no live token).
+    """
+
+    lse: Tensor
+    entropy: Tensor
+    varentropy: Tensor
+    max_logprob: Tensor
+    argmax: Tensor
+    topk_logprobs: Tensor
+    topk_ids: Tensor
+    topk_mass: Tensor
+    token_logprob: Tensor | None
+    sum_logp: Tensor  #: float32, Σ log p over the live tokens (SelfCertainty)
+    n_live: Tensor  #: float32, the number of live tokens (z > -inf)
+    log_sum_p_alpha: Tensor  #: float32, log Σ p^alpha (RenyiNeg)
+    log_sum_sqrt_p: Tensor  #: float32, log Σ √p (FisherRao)
+
+
 def _shaped(out, lead: torch.Size, k: int, has_tokens: bool) -> LogitStats:
-    """The nine ``[B]`` / ``[B, k]`` kernel outputs as a :class:`LogitStats` with leading dims ``lead``."""
-    lse, ent, var, mx, am, tkl, tki, tkm, tl = out
-    return LogitStats(
+    """The ``[B]`` / ``[B, k]`` kernel outputs (nine, or ten with ``extra`` ``[B, 4]``) as a
+    :class:`LogitStats` with leading dims ``lead``."""
+    lse, ent, var, mx, am, tkl, tki, tkm, tl = out[:9]
+    cls = LogitStatsExtra if len(out) > 9 else LogitStats
+    return cls(
         lse.reshape(lead),
         ent.reshape(lead),
         var.reshape(lead),
@@ -55,11 +86,23 @@ def _shaped(out, lead: torch.Size, k: int, has_tokens: bool) -> LogitStats:
         tki.reshape(*lead, k),
         tkm.reshape(lead),
         tl.reshape(lead) if has_tokens else None,
+        *_extra_fields(out, lead),
     )
 
 
-def _dispatch_logit_stats(rows: Tensor, k: int, tok: Tensor | None, t: float, backend: str):
-    return _library.pick("logit_stats", backend, rows)(rows, k, tok, t)
+def _extra_fields(out, lead) -> tuple:
+    """The four density-free fields from the op's ``extra`` output ``[B, 4]``; () without it."""
+    if len(out) < 10:
+        return ()
+    return tuple(c.reshape(lead) for c in out[9].unbind(-1))
+
+
+def _dispatch_logit_stats(rows: Tensor, k: int, tok: Tensor | None, t: float, backend: str, alpha=None):
+    """The op's ten outputs; ``alpha`` None leaves the density-free sums off (``extra`` ``[0, 4]``)."""
+    fn = _library.pick("logit_stats", backend, rows)
+    if alpha is None:  # the default call passes the op's four arguments only
+        return fn(rows, k, tok, t)
+    return fn(rows, k, tok, t, alpha)
 
 
 def logit_stats(
@@ -68,7 +111,9 @@ def logit_stats(
     tokens: Tensor | None = None,
     temperature: float = 1.0,
     backend: str = "auto",
-) -> LogitStats:
+    extra: bool = False,
+    alpha: float = 0.5,
+) -> LogitStats | LogitStatsExtra:
     """Everything a decoder wants to know about one step, from one pass over the logits.
 
     Args:
@@ -83,6 +128,13 @@ def logit_stats(
         temperature: finite, > 0; the stats are those of ``softmax(logits / T)``.
         backend: ``"auto"`` (C++ on CPU, Triton on CUDA), ``"cpp"``, ``"triton"``,
             ``"cuda"`` or ``"reference"``.
+        extra: also return the density-free sums of the same pass (``sum_logp``,
+            ``n_live``, ``log_sum_p_alpha``, ``log_sum_sqrt_p``): SelfCertainty is
+            ``-sum_logp / n_live - log n_live``, RenyiNeg ``(log_sum_p_alpha + (alpha - 1)
+            log V) / (alpha - 1)``, FisherRao ``(2 / π) acos(exp(log_sum_sqrt_p) / √V)``.
+            The result is then a :class:`LogitStatsExtra` (a :class:`LogitStats` with those
+            four fields more); off (the default), a plain :class:`LogitStats`, at no cost.
+        alpha: the Rényi order of ``log_sum_p_alpha``, finite and > 0 (used with ``extra``).
 
     Returns:
         :class:`LogitStats` (float32 stats in nats, int64 ids). A row that is all
@@ -104,12 +156,25 @@ def logit_stats(
     _check_backend(backend)
     lead = logits.shape[:-1]
     tok = None if tokens is None else _check_tokens(tokens, lead, V, logits.device)
+    a = _check_alpha(alpha) if extra else None
     rows = _as_rows(logits)
-    out = _dispatch_logit_stats(rows, k, tok, t, backend)
+    out = _dispatch_logit_stats(rows, k, tok, t, backend, a)
     if logits.dim() == 2:  # already [B, ...]: skip nine reshapes (~3 µs each, the cost of the door at B = 1)
-        lse, ent, var, mx, am, tkl, tki, tkm, tl = out
+        lse, ent, var, mx, am, tkl, tki, tkm, tl = out[:9]
+        if extra:
+            tlp = None if tokens is None else tl
+            return LogitStatsExtra(lse, ent, var, mx, am, tkl, tki, tkm, tlp, *out[9].unbind(-1))
         return LogitStats(lse, ent, var, mx, am, tkl, tki, tkm, None if tokens is None else tl)
-    return _shaped(out, lead, k, tokens is not None)
+    return _shaped(out if extra else out[:9], lead, k, tokens is not None)
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, (bool, Tensor)) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a Python float, got {type(alpha).__name__}")
+    a = float(alpha)
+    if not math.isfinite(a) or a <= 0.0:
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    return a
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
     ) from exc
 
 from . import _validate
+from . import knobs as _knob_table
 from . import ops as _ops
 from .trace import Trace
 
@@ -341,38 +342,21 @@ class FusedLogitsWarper(_FuqWarper):
         >>> out = w(input_ids, scores)                                    # doctest: +SKIP
     """
 
-    _KNOBS = ("temperature", "top_h", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "top_n_sigma")
+    #: the knobs held as attributes (None = not set), from fuq/knobs.py
+    _KNOBS = tuple(n for n in _knob_table.NAMES if n not in ("p_less", "min_tokens_to_keep"))
 
-    def __init__(
-        self,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        typical_p: float | None = None,
-        epsilon: float | None = None,
-        eta: float | None = None,
-        top_h: float | None = None,
-        top_n_sigma: float | None = None,
-        p_less: bool = False,
-        min_tokens_to_keep: int = 1,
-        filter_value: float = _NEG_INF,
-        backend: str = "auto",
-    ):
-        _validate.check_temperature(temperature)
+    @_knob_table.with_knob_params
+    def __init__(self, *, filter_value: float = _NEG_INF, backend: str = "auto", **knobs: Any):
         _validate.check_backend(backend)
-        self.temperature = float(temperature)
-        self.top_k = None if top_k is None else max(int(top_k), min_tokens_to_keep)
-        self.top_p = top_p
-        self.min_p = min_p
-        self.typical_p = typical_p
-        self.epsilon = epsilon
-        self.eta = eta
-        self.top_h = top_h
-        self.top_n_sigma = top_n_sigma
-        self.p_less = bool(p_less)
-        self.min_tokens_to_keep = _check_min_tokens_to_keep(min_tokens_to_keep)
+        # unknown names and bad numbers refused here, not at the first step ([B] tensors: at the call)
+        _knob_table.resolve(None, **{n: v for n, v in knobs.items() if not isinstance(v, Tensor)})
+        for kn in _knob_table.KNOBS:
+            setattr(self, kn.name, knobs.get(kn.name, kn.default))
+        self.temperature = float(self.temperature)
+        self.p_less = bool(self.p_less)
+        self.min_tokens_to_keep = _check_min_tokens_to_keep(self.min_tokens_to_keep)
+        if self.top_k is not None:
+            self.top_k = max(int(self.top_k), self.min_tokens_to_keep)
         self.filter_value = filter_value
         self.backend = backend
 

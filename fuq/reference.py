@@ -54,7 +54,10 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["logit_stats", "log_softmax_t", "truncate", "sample", "sample_from", "hidden_stats", "attention_stats"]
+__all__ = [
+    "logit_stats", "logit_stats_extra", "density_free", "log_softmax_t", "truncate", "sample", "sample_from",
+    "hidden_stats", "attention_stats",
+]
 
 
 def log_softmax_t(logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -103,6 +106,44 @@ def logit_stats(
         token_logprob = logp.gather(-1, t.clamp(0, V - 1)[:, None])[:, 0]
         token_logprob = torch.where(ok, token_logprob, torch.full_like(token_logprob, float("nan")))
     return lse, entropy, varentropy, max_logprob, argmax, topk_logprobs, topk_ids, topk_mass, token_logprob
+
+
+def density_free(logits: Tensor, temperature: float = 1.0, alpha: float = 0.5) -> Tensor:
+    """The density-free sums of ``softmax(logits / T)`` per row, float32 ``[B, 4]``.
+
+    Columns: ``Σ log p`` over the live tokens (``z > -inf``; SelfCertainty), the number
+    of live tokens, ``log Σ p^alpha`` (RenyiNeg) and ``log Σ √p`` (FisherRao); the sums
+    run over the whole vocabulary (masked tokens have ``p = 0``). All four are NaN for a
+    row whose entropy is NaN: a NaN or ``+inf`` entry, or no live token. ``alpha > 0``.
+    """
+    z = logits.float() / temperature
+    logp = torch.log_softmax(z, dim=-1)
+    live = z > float("-inf")  # False for NaN
+    sum_logp = torch.where(live, logp, torch.zeros_like(logp)).sum(-1)
+    n_live = live.sum(-1).float()
+    # log Σ p^a = logsumexp(a log p); a masked token has a log p = -inf and adds 0
+    log_sum_p_alpha = torch.logsumexp(alpha * logp, dim=-1)
+    log_sum_sqrt_p = torch.logsumexp(0.5 * logp, dim=-1)
+    bad = torch.isnan(z).any(-1) | (z == float("inf")).any(-1) | (n_live == 0)
+    out = torch.stack([sum_logp, n_live, log_sum_p_alpha, log_sum_sqrt_p], dim=-1)
+    return torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+
+
+def logit_stats_extra(
+    logits: Tensor,
+    k: int = 0,
+    tokens: Tensor | None = None,
+    temperature: float = 1.0,
+    alpha: float | None = None,
+) -> tuple[Tensor, ...]:
+    """Reference for the op ``fuq::logit_stats``: the nine fields of :func:`logit_stats`, then
+    ``extra``: :func:`density_free` ``[B, 4]`` when ``alpha`` is given, else empty ``[0, 4]``."""
+    out = logit_stats(logits, k, tokens, temperature)
+    if alpha is None:
+        extra = torch.empty((0, 4), device=logits.device)
+    else:
+        extra = density_free(logits, temperature, alpha)
+    return (*out, extra)
 
 
 # ---------------------------------------------------------------------------------------

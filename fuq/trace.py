@@ -19,7 +19,7 @@ from torch import Tensor
 from .ops import LogitStats
 from .scores import Deferral, deferral
 
-__all__ = ["Trace", "density_free_sums", "DENSITY_FREE_DEFAULTS"]
+__all__ = ["Trace", "density_free_sums", "density_free_from_stats", "DENSITY_FREE_DEFAULTS", "DENSITY_FREE_STATS_KW"]
 
 #: lm-polygraph 0.7.0's defaults for RenyiNeg / FisherRao: alpha 0.5 on softmax(logits / 2)
 DENSITY_FREE_DEFAULTS = {"alpha": 0.5, "temperature": 2.0}
@@ -31,13 +31,51 @@ def density_free_sums(logits: Tensor, *, alpha: float = 0.5, temperature: float 
 
     Returns ``(Σ_v log p(v), Σ_v q(v)^α, Σ_v √q(v))``, each ``[...]`` float64, with
     ``p = softmax(logits)`` (temperature 1: SelfCertainty) and ``q = softmax(logits / temperature)``
-    (RenyiNeg, FisherRao). Plain PyTorch in float64, the one place these sums are computed
-    (a stand-in for the same sums computed inside the fused ``fuq.logit_stats`` pass).
+    (RenyiNeg, FisherRao). Computed by the fused ``fuq.logit_stats(..., extra=True)`` pass
+    (float32 results, float64-exact to the kernels' tolerances): at lm-polygraph's defaults
+    (``α = 1/2``, ``τ = 2``) one pass at temperature 1 with ``alpha = 1/4`` gives all three
+    (:func:`density_free_from_stats`); other settings take a second pass at ``τ``. A masked
+    (``-inf``) logit makes ``Σ log p`` ``-inf`` (the sum runs over the whole vocabulary); a row
+    with a NaN or ``+inf`` logit, or with none above ``-inf``, gives NaN.
     """
-    x = logits.detach().to(torch.float64)
-    logp = torch.log_softmax(x, dim=-1)
-    logq = torch.log_softmax(x / float(temperature), dim=-1)
-    return logp.sum(-1), torch.exp(float(alpha) * logq).sum(-1), torch.exp(0.5 * logq).sum(-1)
+    from .ops import logit_stats
+
+    x = logits.detach()
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        x = x.float()
+    a, tau = float(alpha), float(temperature)
+    if a == DENSITY_FREE_DEFAULTS["alpha"] and tau == DENSITY_FREE_DEFAULTS["temperature"]:
+        return density_free_from_stats(logit_stats(x, **DENSITY_FREE_STATS_KW), x.shape[-1])
+    s1 = logit_stats(x, extra=True)
+    sq = logit_stats(x, temperature=tau, extra=True, alpha=a)
+    return (
+        _sum_logp_all(s1, x.shape[-1]),
+        sq.log_sum_p_alpha.double().exp(),
+        sq.log_sum_sqrt_p.double().exp(),
+    )
+
+
+#: the ``fuq.logit_stats`` arguments whose ``extra`` fields give the sums at the defaults
+#: (see :func:`density_free_from_stats`); a decoding strategy may pass them to its own stats call
+DENSITY_FREE_STATS_KW = {"extra": True, "alpha": 0.25}
+
+
+def _sum_logp_all(s: LogitStats, V: int) -> Tensor:
+    """Σ log p over the whole vocabulary: the live sum, or -inf where a token is masked."""
+    lsum = s.sum_logp.double()
+    return torch.where(s.n_live.double() < V, torch.full_like(lsum, float("-inf")), lsum)  # NaN stays NaN
+
+
+def density_free_from_stats(s: LogitStats, V: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`density_free_sums` at the defaults (α = 1/2, τ = 2) from the stats of one
+    ``fuq.logit_stats(logits, **DENSITY_FREE_STATS_KW)`` call at temperature 1 (``V`` the
+    vocabulary size). With ``q = p^{1/2} / Σ p^{1/2}``: ``Σ q^{1/2} = Σ p^{1/4} / (Σ p^{1/2})^{1/2}``
+    (the same sum is ``Σ √q``), i.e. ``log Σ q^{1/2} = log_sum_p_alpha - log_sum_sqrt_p / 2``."""
+    if getattr(s, "sum_logp", None) is None:
+        raise ValueError("these stats hold no vocabulary sums: call fuq.logit_stats(..., **DENSITY_FREE_STATS_KW)")
+    half = (s.log_sum_p_alpha.double() - 0.5 * s.log_sum_sqrt_p.double()).exp()
+    return _sum_logp_all(s, V), half, half.clone()
+
 
 _STEP_FIELDS = (
     "lse",

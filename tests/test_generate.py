@@ -518,3 +518,60 @@ def test_import_fuq_does_not_import_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def _sums64(z: torch.Tensor, alpha: float = 0.5, tau: float = 2.0):
+    z = z.double()
+    lp = torch.log_softmax(z, -1)
+    q = torch.softmax(z / tau, -1)
+    return lp.sum(-1), (q**alpha).sum(-1), q.sqrt().sum(-1)
+
+
+def test_density_free_sums_against_float64():
+    """fuq.trace.density_free_sums (the fused logit_stats pass) against float64 maths: the
+    defaults (one pass, alpha = 1/4 at T = 1) and another setting (two passes); a masked row
+    gives Σ log p = -inf, a NaN row NaN."""
+    from fuq.trace import density_free_sums
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 5003, generator=g) * 4
+    z[1, :100] = float("-inf")
+    z[2, 7] = float("nan")
+    for alpha, tau in ((0.5, 2.0), (2.0, 1.5), (0.3, 1.0)):
+        got = density_free_sums(z, alpha=alpha, temperature=tau)
+        want = _sums64(z, alpha, tau)
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == torch.float64
+            ok = [0, 3]
+            torch.testing.assert_close(a[ok], b[ok], rtol=2e-6, atol=1e-4)
+            assert torch.isnan(a[2])
+        assert got[0][1].item() == float("-inf")
+        torch.testing.assert_close(got[1][1], want[1][1], rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "adadec", "entropy-gated", "sample"])
+def test_generate_extra_sums_match_step_logits(llama, strategy, monkeypatch):
+    """generate(extra=True) records the vocabulary sums of each step's logits (from the
+    strategy's own logit_stats pass for greedy / adadec / entropy-gated, else a fused pass)."""
+    import importlib
+
+    gen = importlib.import_module("fuq.generate")
+
+    if strategy != "sample":  # no second pass: the sums come from the strategy's stats
+
+        def no_second_pass(*a, **k):
+            raise AssertionError("density_free_sums called: the strategy's stats had no sums")
+
+        monkeypatch.setattr(gen, "density_free_sums", no_second_pass)
+    ids = torch.tensor([[1, 72, 105, 33], [1, 65, 66, 67]])
+    kw = {"generator": torch.Generator().manual_seed(0)} if strategy in ("sample", "entropy-gated") else {}
+    tr = fuq.generate(llama, ids, max_new_tokens=4, strategy=strategy, extra=True, **kw)
+    # teacher-force the chosen tokens to get each step's logits
+    full = torch.cat([ids, tr.token_ids], dim=1)
+    with torch.no_grad():
+        z = llama(full).logits[:, ids.shape[1] - 1 : -1]
+    want = _sums64(z)
+    for name, w in zip(("vocab_logprob_sum", "power_sum", "sqrt_sum"), want, strict=True):
+        got = getattr(tr, name)
+        m = tr.mask
+        torch.testing.assert_close(got[m], w[m], rtol=1e-5, atol=1e-3)

@@ -51,6 +51,36 @@ def test_hf_sampling_knobs_from_the_table():
                                      "min_tokens_to_keep": 1}
 
 
+def test_hf_signatures_from_the_table():
+    hf = pytest.importorskip("fuq.hf")
+    from transformers import GenerationConfig
+
+    from fuq.processors import FusedLogitsWarper
+
+    params = inspect.signature(FusedLogitsWarper).parameters
+    assert [(n, params[n].default) for n in knobs.NAMES] == knobs.signature_params()
+    assert knobs.FUQ_ONLY == tuple(k.name for k in knobs.KNOBS if k.hf is None and k.name != "min_tokens_to_keep")
+    for fn in (hf.patch, hf.fused_logits_processor):
+        params = inspect.signature(fn).parameters
+        assert [n for n in params if n in knobs.BY_NAME] == list(knobs.FUQ_ONLY), fn.__name__
+    gc = GenerationConfig(do_sample=True, top_p=0.9)
+    assert hf.fused_logits_processor(gc, top_n_sigma=1.0)._knobs()["top_n_sigma"] == 1.0
+    with pytest.raises(TypeError, match="top_p"):  # a GenerationConfig knob is the config's, not an argument
+        hf.fused_logits_processor(gc, top_p=0.5)
+    with pytest.raises(TypeError, match="top_pp"):
+        FusedLogitsWarper(top_pp=0.9)
+    with pytest.raises(ValueError, match="top_p"):
+        FusedLogitsWarper(top_p=1.5)
+    with pytest.raises(TypeError, match="top_pp"):
+        fuq.truncate(torch.randn(1, 8), top_pp=0.9)
+
+
+def test_knob_docs_from_the_table():
+    for fn in (fuq.truncate, fuq.sample):
+        for kn in knobs.KNOBS:
+            assert f"{kn.name}: {kn.doc}" in " ".join(fn.__doc__.split()), (fn.__name__, kn.name)
+
+
 def test_pack_and_active():
     t, a = knobs.pack(top_p=0.9)
     assert t.shape == (1, knobs.NK) and t.dtype == torch.float64

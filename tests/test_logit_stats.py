@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DTYPES, assert_stats_close, backends, make_logits
+from helpers import DTYPES, assert_stats_close, backends, make_logits, tol
 
 import fuq
 from fuq import _library, reference
@@ -99,7 +99,7 @@ def test_degenerate_rows(backend):
     # ids of degenerate rows are unspecified but valid
     assert ((got.topk_ids >= 0) & (got.topk_ids < V)).all() and ((got.argmax >= 0) & (got.argmax < V)).all()
     ok = torch.tensor([0, 3, 4])
-    sub = fuq.LogitStats(*(t[ok.to(t.device)] for t in got))
+    sub = fuq.LogitStats(*(t[ok.to(t.device)] for t in got[:9]))
     assert_stats_close(sub, tuple(t[ok] for t in want), V, torch.float32)
 
 
@@ -215,7 +215,7 @@ def test_cpp_split_rows(threads, dtype):
     assert torch.isnan(got.lse[2]) and torch.isnan(got.entropy[2]) and torch.isnan(got.token_logprob[2])
     assert ((got.topk_ids[2] >= 0) & (got.topk_ids[2] < V)).all() and 0 <= got.argmax[2].item() < V
     ok = torch.tensor([0, 1])
-    assert_stats_close(fuq.LogitStats(*(t[ok] for t in got)), tuple(t[ok] for t in want), V, dtype)
+    assert_stats_close(fuq.LogitStats(*(t[ok] for t in got[:9])), tuple(t[ok] for t in want), V, dtype)
 
 
 def test_cpp_many_small_rows():
@@ -267,3 +267,170 @@ def test_token_range_checked_on_cpu_only(monkeypatch):
     assert out.device.type == "meta" and out.dtype == torch.int64 and not calls
     _check_tokens(torch.tensor([0, 4]), torch.Size([2]), 5, torch.device("cpu"))
     assert calls  # the CPU path does check
+
+
+# ---------------------------------------------------------------------------------------------
+# The density-free sums (extra=True): Σ log p, #live, log Σ p^alpha, log Σ √p, from the same pass.
+
+EXTRA = ("sum_logp", "n_live", "log_sum_p_alpha", "log_sum_sqrt_p")
+
+
+def _density_free64(x: torch.Tensor, T: float, alpha: float) -> torch.Tensor:
+    """The four sums in float64 maths from the float32 z = x / T (the spec's definitions)."""
+    z = (x.float() / T).double()
+    logp = torch.log_softmax(z, dim=-1)
+    p = logp.exp()
+    live = z > float("-inf")
+    out = torch.stack(
+        [
+            torch.where(live, logp, torch.zeros_like(logp)).sum(-1),
+            live.sum(-1).double(),
+            (p**alpha).sum(-1).log(),
+            p.sqrt().sum(-1).log(),
+        ],
+        dim=-1,
+    )
+    return out
+
+
+def _assert_extra_close(got: fuq.LogitStats, want: torch.Tensor, V: int, dtype) -> None:
+    t = tol(dtype, V)
+    for j, name in enumerate(EXTRA):
+        a = getattr(got, name)
+        assert a is not None and a.dtype == torch.float32, name
+        torch.testing.assert_close(a.cpu().double(), want[..., j].cpu().double(), equal_nan=True,
+                                   msg=lambda m, n=name: f"{n}: {m}", **t)
+
+
+def test_density_free_reference_vs_float64():
+    """The reference's float32 sums against float64 maths, to the kernels' tolerances."""
+    for kind in KINDS:
+        for V in (7, 4097, 262144):
+            x = make_logits(3, V, torch.float32, kind, seed=2)
+            for T, alpha in ((1.0, 0.5), (0.7, 2.0), (2.0, 0.3)):
+                got = reference.density_free(x, T, alpha)
+                want = _density_free64(x, T, alpha)
+                torch.testing.assert_close(got.double(), want, **tol(torch.float32, V))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["llm", "masked", "flat", "peaked"])
+def test_extra_against_float64(backend, dtype, kind):
+    V = 4099 if backend == "triton" else 50257
+    x = make_logits(4, V, dtype, kind, seed=5, device=_device(backend))
+    for T, alpha in ((1.0, 0.5), (0.8, 2.0), (2.0, 0.25)):
+        got = fuq.logit_stats(x, k=3, temperature=T, backend=backend, extra=True, alpha=alpha)
+        _assert_extra_close(got, _density_free64(x.cpu(), T, alpha), V, dtype)
+        _assert_extra_close(got, reference.density_free(x.cpu(), T, alpha), V, dtype)
+        # the other fields are those of the default call
+        assert_stats_close(got, reference.logit_stats(x.cpu(), 3, None, T), V, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extra_degenerate_rows(backend):
+    """NaN / +inf / all -inf rows: all four NaN; one live token: Σ log p = 0, 1 live, both logs 0."""
+    dev = _device(backend)
+    V = 777
+    x = make_logits(6, V, torch.float32, device=dev)
+    x[1] = float("-inf")
+    x[2, 13] = float("nan")
+    x[3] = float("-inf")
+    x[3, 500] = 1.0
+    x[4, 7] = float("inf")
+    x[5, ::3] = float("-inf")  # masked tokens: p = 0, not counted as live
+    got = fuq.logit_stats(x, k=2, backend=backend, extra=True, alpha=3.0)
+    ex = torch.stack([getattr(got, n).cpu() for n in EXTRA], dim=-1)
+    assert torch.isnan(ex[[1, 2, 4]]).all()
+    torch.testing.assert_close(ex[3], torch.tensor([0.0, 1.0, 0.0, 0.0]), atol=1e-6, rtol=0)
+    assert ex[5, 1].item() == V - len(range(0, V, 3))
+    want = _density_free64(x.cpu(), 1.0, 3.0)
+    ok = [0, 3, 5]
+    torch.testing.assert_close(ex[ok].double(), want[ok], **tol(torch.float32, V))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extra_off_is_none_and_shapes(backend):
+    dev = _device(backend)
+    x = make_logits(2 * 3, 1031, torch.float32, "masked", device=dev).reshape(2, 3, 1031)
+    off = fuq.logit_stats(x, k=2, backend=backend)
+    assert type(off) is fuq.LogitStats and not any(hasattr(off, n) for n in EXTRA)
+    on = fuq.logit_stats(x, k=2, backend=backend, extra=True)
+    assert type(on) is fuq.LogitStatsExtra
+    for n in EXTRA:
+        assert getattr(on, n).shape == (2, 3)
+    for a, b in zip(on[:9], off[:9], strict=True):  # the same nine fields
+        torch.testing.assert_close(a, b)
+    flat = fuq.logit_stats(x.reshape(6, 1031), k=2, backend=backend, extra=True)
+    for n in EXTRA:
+        torch.testing.assert_close(getattr(on, n).reshape(6), getattr(flat, n))
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan"), float("inf")])
+def test_extra_bad_alpha(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        fuq.logit_stats(torch.zeros(2, 5), extra=True, alpha=alpha)
+    with pytest.raises(TypeError, match="alpha"):
+        fuq.logit_stats(torch.zeros(2, 5), extra=True, alpha=torch.tensor(0.5))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpp_extra_split_rows(threads):
+    """B = 1, huge V: the row is split into segments whose sums are merged (the max late)."""
+    _cpp_only()
+    V = 262_147
+    x = make_logits(2, V, torch.float32, "llm", seed=7)
+    x[0, V - 5] = 40.0  # the max in the last segment: every earlier segment is rescaled
+    x[1, : V // 2] = float("-inf")  # the first segments see nothing live
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for alpha in (0.5, 1.7):
+            got = fuq.logit_stats(x[:1], backend="cpp", extra=True, alpha=alpha)
+            _assert_extra_close(got, _density_free64(x[:1], 1.0, alpha), V, torch.float32)
+            got = fuq.logit_stats(x[1:], backend="cpp", extra=True, alpha=alpha, temperature=0.6)
+            _assert_extra_close(got, _density_free64(x[1:], 0.6, alpha), V, torch.float32)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_extra_gives_lm_polygraph_scores():
+    """SelfCertainty, RenyiNeg and FisherRao of one step from the fields, as lm-polygraph defines them."""
+    import math
+
+    V = 3001
+    x = make_logits(3, V, torch.float32, "llm", seed=9)
+    alpha = 0.5
+    s = fuq.logit_stats(x, extra=True, alpha=alpha, temperature=2.0)
+    logp = torch.log_softmax(x.double() / 2.0, -1)
+    p = logp.exp()
+    self_certainty = -logp.mean(-1) - math.log(V)
+    renyi = ((p**alpha).sum(-1).log() + (alpha - 1) * math.log(V)) / (alpha - 1)
+    fisher_rao = 2 / math.pi * torch.acos(p.sqrt().sum(-1) * math.sqrt(1 / V))
+    got_sc = -s.sum_logp.double() / s.n_live.double() - s.n_live.double().log()
+    got_renyi = (s.log_sum_p_alpha.double() + (alpha - 1) * math.log(V)) / (alpha - 1)
+    got_fr = 2 / math.pi * torch.acos(s.log_sum_sqrt_p.double().exp() / math.sqrt(V))
+    torch.testing.assert_close(got_sc, self_certainty, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_renyi, renyi, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_fr, fisher_rao, atol=1e-5, rtol=1e-5)
+
+
+def test_extra_opcheck():
+    x = make_logits(3, 257, torch.float32)
+    torch.library.opcheck(torch.ops.fuq.logit_stats.default, (x, 4, torch.tensor([0, 1, 2]), 0.9, 0.5))
+    torch.library.opcheck(torch.ops.fuq.logit_stats.default, (x, 0, None, 1.0, 2.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_extra_one_token_vocab_and_odd_v(backend, dtype):
+    """V = 1 (p = 1: every sum 0, one live token) and small odd V, with and without a mask."""
+    dev = _device(backend)
+    x = make_logits(3, 1, dtype, "normal", device=dev)
+    got = fuq.logit_stats(x, backend=backend, extra=True, alpha=1.5, temperature=0.3)
+    ex = torch.stack([getattr(got, n).cpu() for n in EXTRA], dim=-1)
+    torch.testing.assert_close(ex, torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 3), atol=1e-6, rtol=0)
+    for V in (3, 129, 1025):
+        x = make_logits(2, V, dtype, "masked", seed=V, device=dev)
+        got = fuq.logit_stats(x, k=1, backend=backend, extra=True, alpha=0.7, temperature=1.3)
+        _assert_extra_close(got, _density_free64(x.cpu(), 1.3, 0.7), V, dtype)

@@ -212,5 +212,5 @@ def test_triton_bitonic_path_interpreted(monkeypatch):
     dev = "cuda" if HAS_CUDA else "cpu"
     for B, V, k, T in ((2, 300, 16, 0.9), (1, 1000, 9, 1.0)):
         x = make_logits(B, V, torch.float32, "llm", device=dev)
-        got = fuq.LogitStats(*tk.logit_stats(x, k, None, T))
+        got = fuq.LogitStats(*tk.logit_stats(x, k, None, T)[:9])
         assert_stats_close(got, reference.logit_stats(x.cpu(), k, None, T), V, torch.float32)

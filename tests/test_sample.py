@@ -99,21 +99,9 @@ def test_chi_square(backend, kw):
 
 
 def _args(kw: dict) -> tuple:
-    from fuq._truncate import _knobs
+    from fuq import knobs
 
-    return _knobs(
-        kw.get("temperature", 1.0),
-        kw.get("top_k"),
-        kw.get("top_p"),
-        kw.get("min_p"),
-        kw.get("typical_p"),
-        kw.get("epsilon"),
-        kw.get("eta"),
-        kw.get("top_h"),
-        kw.get("top_n_sigma"),
-        kw.get("p_less", False),
-        1,
-    )
+    return knobs.resolve(None, **kw)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -14,6 +14,7 @@ registers, spills and shared memory per variant goes to ``$FUQ_AOT_REPORT`` when
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,3 +46,42 @@ def test_every_launched_triton_kernel_compiles_for_sm80_and_sm90(tmp_path):
     report.write_text(r.stdout + c.stdout)
     failed = [line for line in c.stdout.splitlines() if line.startswith("FAILED")]
     assert c.returncode == 0 and not failed, "\n".join(failed[:40]) + c.stderr[-3000:]
+
+
+@pytest.mark.triton_interp
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_launch_count_counts_triton_launches_and_device_ops(tmp_path):
+    """The launch table counts what a call runs: checked on calls whose kernels are known."""
+    code = "import sys\nsys.path.insert(0, " + repr(str(SCRIPT.parent)) + ")\n" + r"""
+import json, torch
+import triton_launches as L
+import fuq
+rec = L.Recorder()
+out = {}
+with rec.patched():
+    with L.LaunchCount(rec) as c:
+        torch.zeros(3).add_(1.0).sum().item()
+    out["torch"] = (c.triton, c.torch, c.syncs, c.torch_ops)
+    with rec.planning_only():
+        x = torch.empty(1024, 4096)  # B >= 2 programs per SM: one program per row
+        with L.LaunchCount(rec) as c:
+            fuq.truncate(x, top_p=0.9, backend="triton")
+        out["rows"] = (c.triton, c.torch)
+        x = torch.empty(1, 262144)
+        with L.LaunchCount(rec) as c:
+            fuq.truncate(x, top_p=0.9, backend="triton")
+        out["split"] = (c.triton, c.torch)
+print(json.dumps(out))
+"""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    triton, torch_ops, syncs, names = got["torch"]
+    assert triton == 0 and syncs == 1 and torch_ops >= 4, names  # a fill, add_, sum, .item()
+    assert "_local_scalar_dense" in names and "empty" not in names
+    # one program per row: scale, the knob, the NaN rows; no torch kernel beyond allocations
+    assert got["rows"][0] == 3, got
+    # split rows (B = 1): scale, max, moments, (32 + 20) / 4 search rounds, apply, NaN rows, each
+    # pass one launch (its finaliser folded into it); 34 when every pass had its own finaliser
+    assert got["split"][0] == 18, got

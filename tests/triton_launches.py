@@ -19,6 +19,12 @@ closes the gap without a GPU, in two steps run as separate processes:
     prints registers, spills and shared memory per variant (``ptxas -v`` on the PTX).
     Exit status 1 if any variant fails.
 
+``python tests/triton_launches.py count [OUT.json]``
+    (needs ``TRITON_INTERPRET=1``) plans the decode shapes only and counts, per public
+    call, the kernels a GPU would run (:class:`LaunchCount`); the record step prints the
+    same table, so the AOT report (which CI prints) lists launches per op next to the
+    registers and spills of each kernel.
+
 Every ``@triton.jit`` function of ``fuq.triton_kernels`` whose name ends in
 ``_kernel`` must be launched by the drive at least once: a new kernel the drive does
 not reach fails the record step, so it cannot be missed. The record step also adds
@@ -89,6 +95,7 @@ class Recorder:
     def __init__(self) -> None:
         self.launches: dict[str, dict] = {}
         self.execute = True
+        self.n_launches = 0  # Triton launches since the counter was last read (LaunchCount)
 
     def record(self, fn, args, kwargs) -> None:
         params = list(inspect.signature(fn.fn).parameters.values())
@@ -117,6 +124,7 @@ class Recorder:
         def run(fn, *args, grid, warmup, **kwargs):
             if not warmup:
                 rec.record(fn, args, kwargs)
+                rec.n_launches += 1
             if rec.execute:
                 return orig(fn, *args, grid=grid, warmup=warmup, **kwargs)
             return None
@@ -173,6 +181,13 @@ def _calls(x, tokens):
                         lambda k=k, T=T, tok=tok: fuq.logit_stats(x, k=k, tokens=tok, temperature=T, backend="triton"),
                     )
                 )
+    for k, alpha in ((0, 0.5), (min(50, V), 2.0)):  # the density-free sums (extra=True)
+        out.append(
+            (
+                f"logit_stats k={k} extra alpha={alpha}",
+                lambda k=k, a=alpha: fuq.logit_stats(x, k=k, temperature=0.7, extra=True, alpha=a, backend="triton"),
+            )
+        )
     knobs = [
         dict(top_k=min(7, V)),
         dict(top_k=V),
@@ -247,6 +262,105 @@ def _attention_calls(dtype):
     return out
 
 
+# aten ops that launch no kernel on a GPU: allocation without a fill, views, metadata
+_NO_KERNEL = {
+    "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "view", "_unsafe_view", "alias",
+    "as_strided", "detach", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze", "select", "slice",
+    "split", "split_with_sizes", "unbind", "reshape", "_reshape_alias", "lift_fresh", "view_as", "unfold",
+    "is_nonzero", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "resize_", "set_", "narrow",
+}
+_SYNC = {"_local_scalar_dense"}  # .item() / .tolist() / bool(t): a device-to-host copy and a sync
+
+
+class LaunchCount:
+    """Kernels one public call runs on the device, as a GPU would run them.
+
+    Counted: every Triton launch (the recorder's patched launch, executed or planned), plus
+    every aten op the call's host code issues (``TorchDispatchMode``) except those that
+    launch nothing on a GPU (:data:`_NO_KERNEL`: ``empty``, views, metadata); the aten ops
+    that read a value back to the host (``.item()``, ``.tolist()``: a copy and a sync) are
+    counted too and also listed apart as ``syncs``. Under the planning of
+    :meth:`Recorder.planning_only` every op runs on CPU tensors, so ops on small host-side
+    tensors (a knob table) count as device kernels too: an upper bound of what a GPU runs.
+    """
+
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+        self.torch_ops: dict[str, int] = {}
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        count = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func.overloadpacket.__name__
+                if name not in _NO_KERNEL:
+                    count.torch_ops[name] = count.torch_ops.get(name, 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        self.rec.n_launches = 0
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        self.triton = self.rec.n_launches
+        self.torch = sum(self.torch_ops.values())
+        self.syncs = sum(n for k, n in self.torch_ops.items() if k in _SYNC)
+        return False
+
+    def row(self, name: str, shape) -> dict:
+        return {"call": name, "B": shape[0], "V": shape[1], "triton": self.triton, "torch": self.torch,
+                "syncs": self.syncs, "total": self.triton + self.torch,
+                "torch_ops": dict(sorted(self.torch_ops.items()))}
+
+
+COUNT_SHAPES = ((1, 262144), (64, 32000))  # planned: B = 1 takes the split path, B = 64 too (< 264 programs)
+
+
+def _counted(name: str) -> bool:
+    """The configurations the launch table lists: T = 1, no tokens (the others launch the same kernels)."""
+    return "T=1.0" in name and "tok=True" not in name and not name.startswith("hidden_stats")
+
+
+def count_launches(rec: Recorder) -> list[dict]:
+    """Launches per public call at the decode shapes, planned for a GPU of ``GPU_SMS`` SMs (fp32 logits)."""
+    import torch
+
+    rows = []
+    with rec.planning_only():
+        for B, V in COUNT_SHAPES:
+            x = torch.empty(B, V, dtype=torch.float32)
+            tokens = torch.zeros(B, dtype=torch.long)
+            for name, call in _calls(x, tokens):
+                if not _counted(name):
+                    continue
+                try:
+                    with LaunchCount(rec) as c:
+                        call()
+                except Exception as e:  # noqa: BLE001 - host code read garbage results: reported as a row
+                    rows.append({"call": name, "B": B, "V": V, "error": f"{type(e).__name__}: {e}"})
+                    continue
+                rows.append(c.row(name, (B, V)))
+    return rows
+
+
+def launch_table(rows: list[dict]) -> str:
+    out = [f"launches per public call, planned for a {GPU_SMS}-SM GPU (fp32 logits; triton = Triton launches, "
+           "torch = aten ops that launch a kernel, syncs = of those, device-to-host reads)",
+           f"{'call':<72} {'B':>4} {'V':>7} {'triton':>6} {'torch':>5} {'syncs':>5} {'total':>5}"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"{r['call']:<72} {r['B']:>4} {r['V']:>7}  host failure: {r['error'][:80]}")
+        else:
+            out.append(f"{r['call']:<72} {r['B']:>4} {r['V']:>7} {r['triton']:>6} {r['torch']:>5} {r['syncs']:>5} "
+                       f"{r['total']:>5}")
+    return "\n".join(out)
+
+
 RUN_SHAPES = ((2, 37), (1, 1))  # executed: V not a multiple of any block, V = 1
 PLAN_SHAPES = ((1, 262144), (8, 128256), (64, 32000), (256, 262144))  # planned for a GPU, not executed
 
@@ -301,18 +415,21 @@ def hand_listed() -> list[dict]:
                       BLOCK_M=p["BLOCK_M"], BLOCK_N=p["BLOCK_N"], BLOCK_K=p["BLOCK_K"])
         out.append(_entry(H, "_hidden_stats_kernel", sig, consts, p["num_warps"]))
     # logit_stats: the bitonic top-k (what a CUDA device runs), the finalize modes, the row keys
-    P = dict(x_ptr="*bf16", stride_row="i64", V="i32", seg="i32", temperature="fp32", state_ptr="*fp32",
-             cand_ptr="*i64")
-    for kp, bit in ((0, False), (4, False), (64, True)):
+    # (extra: the density-free sums of logit_stats(..., extra=True), state rows of NS = 10 floats)
+    P = dict(x_ptr="*bf16", stride_row="i64", V="i32", seg="i32", temperature="fp32", alpha="fp32",
+             state_ptr="*fp32", cand_ptr="*i64")
+    for kp, bit, ex in ((0, False, False), (4, False, True), (64, True, False), (64, True, True)):
         out.append(_entry(L, "_logit_stats_partial_kernel", P,
-                          dict(HAS_T=True, BLOCK=1024, K_PAD=kp, BITONIC=bit, E=8, R=128), 4))
-    F = dict(x_ptr="*fp32", stride_row="i64", V="i32", temperature="fp32", tokens_ptr="*i64", state_ptr="*fp32",
-             cand_ptr="*i64", sel_ptr="*i64", n_splits="i32", n_cand="i32", k="i32", lse_ptr="*fp32",
-             ent_ptr="*fp32", var_ptr="*fp32", maxlp_ptr="*fp32", argmax_ptr="*i64", tkl_ptr="*fp32",
-             tki_ptr="*i64", mass_ptr="*fp32", toklp_ptr="*fp32")
-    for mode in (0, 1, 2):
+                          dict(HAS_T=True, EXTRA=ex, NS=10 if ex else 6, BLOCK=1024, K_PAD=kp, BITONIC=bit,
+                               E=8, R=128), 4))
+    F = dict(x_ptr="*fp32", stride_row="i64", V="i32", temperature="fp32", alpha="fp32", tokens_ptr="*i64",
+             state_ptr="*fp32", cand_ptr="*i64", sel_ptr="*i64", n_splits="i32", n_cand="i32", k="i32",
+             lse_ptr="*fp32", ent_ptr="*fp32", var_ptr="*fp32", maxlp_ptr="*fp32", argmax_ptr="*i64",
+             tkl_ptr="*fp32", tki_ptr="*i64", mass_ptr="*fp32", toklp_ptr="*fp32", extra_ptr="*fp32")
+    for mode, ex in ((0, False), (1, False), (2, False), (0, True), (2, True)):
         out.append(_entry(L, "_logit_stats_finalize_kernel", F,
-                          dict(HAS_T=True, HAS_TOKENS=True, MODE=mode, SPLITS_PAD=16, CAND_PAD=256, KB=16), 4))
+                          dict(HAS_T=True, HAS_TOKENS=True, EXTRA=ex, NS=10 if ex else 6, MODE=mode, SPLITS_PAD=16,
+                               CAND_PAD=256, KB=16), 4))
     out.append(_entry(L, "_row_keys_kernel",
                       dict(x_ptr="*fp16", stride_row="i64", V="i32", temperature="fp32", keys_ptr="*i64"),
                       dict(HAS_T=True, BLOCK=1024), 4))
@@ -349,6 +466,7 @@ def record(path: str) -> int:
     rec = Recorder()
     with rec.patched():
         failures = drive(rec)
+        counts = count_launches(rec)
     launches = list(rec.launches.values())
     seen = {f"{e['module']}.{e['kernel']}" for e in launches}  # by the drive (hand-listed ones do not count)
     missing = sorted(_jit_kernels() - seen)
@@ -356,15 +474,32 @@ def record(path: str) -> int:
     hand = [e for e in hand_listed() if json.dumps(e, sort_keys=True, default=repr) not in keys]
     launches += hand
     with open(path, "w") as f:
-        json.dump({"launches": launches, "host_failures": failures, "missing": missing}, f, indent=1, default=repr)
+        json.dump({"launches": launches, "host_failures": failures, "missing": missing, "counts": counts}, f,
+                  indent=1, default=repr)
     print(f"recorded {len(launches) - len(hand)} launch variants of {len(seen)} kernels, {len(hand)} more listed "
           f"by hand; {len(failures)} host failures")
     for m in failures[:20]:
         print("  host:", m)
+    print(launch_table(counts))
     if missing:
         print("kernels never launched by the drive (add them to tests/triton_launches.py):", *missing, sep="\n  ")
         return 1
     return 0
+
+
+def count(path: str | None) -> int:
+    """The launch table alone (plan mode: fast); to ``path`` as JSON when given."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("count needs TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    rec = Recorder()
+    with rec.patched():
+        rows = count_launches(rec)
+    print(launch_table(rows))
+    if path:
+        with open(path, "w") as f:
+            json.dump({"gpu_sms": GPU_SMS, "counts": rows}, f, indent=1)
+    return 1 if any("error" in r for r in rows) else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,6 +611,8 @@ def compile_all(path: str, archs: list[int]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "record":
         sys.exit(record(sys.argv[2]))
+    if len(sys.argv) in (2, 3) and sys.argv[1] == "count":
+        sys.exit(count(sys.argv[2] if len(sys.argv) == 3 else None))
     if len(sys.argv) >= 4 and sys.argv[1] == "compile":
         sys.exit(compile_all(sys.argv[2], [int(a) for a in sys.argv[3:]]))
     print(__doc__)

@@ -92,6 +92,41 @@ def merge_states(m, s, t, u):
 
 
 @triton.jit
+def density_update_rows(m, sa, sh, sd, n, z, alpha):
+    """Fold a 2-D block ``z`` [R, E] into the per-row density-free sums, relative to the row
+    state's max ``m`` [R] *before* :func:`online_update_rows` moves it (it is recomputed here):
+    ``sa = Σ e^{alpha (z-m)}``, ``sh = Σ e^{(z-m)/2}``, ``sd = Σ (z-m)`` and ``n`` over the live
+    values. NaN values must already be ``-inf``. Returns the new ``(sa, sh, sd, n)``.
+    """
+    m_new = tl.maximum(m, tl.max(z, axis=1))
+    old = m > float("-inf")
+    d = tl.where(old, m - m_new, 0.0)  # the rescale: every old offset moves by d <= 0
+    live = z > float("-inf")
+    dz = tl.where(live, z - m_new[:, None], 0.0)
+    ea = tl.where(live, tl.exp(alpha * dz), 0.0)
+    eh = tl.where(live, tl.exp(0.5 * dz), 0.0)
+    sa2 = tl.where(old, tl.exp(alpha * d), 0.0) * sa + tl.sum(ea, axis=1)
+    sh2 = tl.where(old, tl.exp(0.5 * d), 0.0) * sh + tl.sum(eh, axis=1)
+    sd2 = sd + n * d + tl.sum(dz, axis=1)
+    n2 = n + tl.sum(live.to(tl.float32), axis=1)
+    return sa2, sh2, sd2, n2
+
+
+@triton.jit
+def merge_density(m, sa, sh, sd, n, alpha):
+    """Reduce lane (or partial) density-free sums of a 1-D block, relative to the max ``M`` of
+    ``m`` (as :func:`merge_states`); returns ``(SA, SH, SD, N)``."""
+    M = tl.max(m, axis=0)
+    ok = m > float("-inf")  # empty states have sa = sh = sd = n = 0
+    d = tl.where(ok, m - M, 0.0)
+    SA = tl.sum(tl.where(ok, tl.exp(alpha * d), 0.0) * sa, axis=0)
+    SH = tl.sum(tl.where(ok, tl.exp(0.5 * d), 0.0) * sh, axis=0)
+    SD = tl.sum(sd + n * d, axis=0)
+    N = tl.sum(n, axis=0)
+    return SA, SH, SD, N
+
+
+@triton.jit
 def pack_key(z, idx):
     """int64 key of float32 ``z`` at int32 index ``idx``: ordered by (z, -idx)."""
     bits = z.to(tl.int32, bitcast=True)

@@ -7,6 +7,11 @@ packed (value, index) keys; it writes one partial state and ``K_PAD`` candidate
 keys. ``SPLITS`` is chosen so that ``B * SPLITS`` fills the GPU: at ``B = 1`` a
 262k-entry row is spread over ~2 programs per SM, not walked by one.
 
+With ``alpha`` given (``EXTRA``), pass 1 also keeps the density-free sums per lane (Σ
+e^{alpha (z-m)}, Σ e^{(z-m)/2}, Σ (z-m) and the live count, rescaled with the same max) and
+writes them after the state; pass 2 merges them into ``extra [B, 4]``: Σ log p, the live
+count, log Σ p^alpha, log Σ √p (``fuq.reference.density_free``).
+
 Pass 2, ``_logit_stats_finalize_kernel``, grid ``(B,)``: merges the partial states
 of a row into lse / entropy / varentropy, picks the final top-k among the
 ``SPLITS * K_PAD`` candidates (in the kernel when there are few, otherwise from a
@@ -30,7 +35,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import KEY_MIN, empty_topk, merge_states, online_update_rows, pack_key, topk_insert, unpack_key
+from ._common import (
+    KEY_MIN,
+    density_update_rows,
+    empty_topk,
+    merge_density,
+    merge_states,
+    online_update_rows,
+    pack_key,
+    topk_insert,
+    unpack_key,
+)
 
 __all__ = ["logit_stats"]
 
@@ -42,9 +57,12 @@ def _logit_stats_partial_kernel(
     V,
     seg,  # entries per program, a multiple of BLOCK
     temperature,
-    state_ptr,  # [B, SPLITS, 6] float32: m, s, t, u, #NaN, #(+inf)
+    alpha,
+    state_ptr,  # [B, SPLITS, NS] float32: m, s, t, u, #NaN, #(+inf) (EXTRA: then sa, sh, sd, n)
     cand_ptr,  # [B, SPLITS, max(K_PAD, 1)] int64: the segment's best keys (or its max key)
     HAS_T: tl.constexpr,
+    EXTRA: tl.constexpr,
+    NS: tl.constexpr,
     BLOCK: tl.constexpr,
     K_PAD: tl.constexpr,
     BITONIC: tl.constexpr,
@@ -67,6 +85,10 @@ def _logit_stats_partial_kernel(
     u = tl.zeros([R], tl.float32)
     n_nan = tl.zeros([R], tl.int32)
     n_inf = tl.zeros([R], tl.int32)
+    sa = tl.zeros([R], tl.float32)
+    sh = tl.zeros([R], tl.float32)
+    sd = tl.zeros([R], tl.float32)
+    nl = tl.zeros([R], tl.float32)
     if K_PAD > 0:
         best = empty_topk(K_PAD)  # the segment's K_PAD largest keys so far, unordered
     else:
@@ -84,7 +106,10 @@ def _logit_stats_partial_kernel(
         is_nan = z != z
         n_nan += tl.sum(is_nan.to(tl.int32), axis=1)
         n_inf += tl.sum((z == float("inf")).to(tl.int32), axis=1)
-        m, s, t, u = online_update_rows(m, s, t, u, tl.where(is_nan, float("-inf"), z))
+        zc = tl.where(is_nan, float("-inf"), z)
+        if EXTRA:
+            sa, sh, sd, nl = density_update_rows(m, sa, sh, sd, nl, zc, alpha)
+        m, s, t, u = online_update_rows(m, s, t, u, zc)
         keys = tl.where(mask, pack_key(z, idx), KEY_MIN)
         if K_PAD > 0:
             best = topk_insert(best, tl.reshape(keys, [BLOCK]), K_PAD, BITONIC)
@@ -92,13 +117,19 @@ def _logit_stats_partial_kernel(
             kmax = tl.maximum(kmax, tl.max(keys, axis=1))
 
     M, S, T, U = merge_states(m, s, t, u)
-    st = state_ptr + (row.to(tl.int64) * n_splits + split) * 6
+    st = state_ptr + (row.to(tl.int64) * n_splits + split) * NS
     tl.store(st + 0, M)
     tl.store(st + 1, S)
     tl.store(st + 2, T)
     tl.store(st + 3, U)
     tl.store(st + 4, tl.sum(n_nan, axis=0).to(tl.float32))
     tl.store(st + 5, tl.sum(n_inf, axis=0).to(tl.float32))
+    if EXTRA:
+        SA, SH, SD, N = merge_density(m, sa, sh, sd, nl, alpha)
+        tl.store(st + 6, SA)
+        tl.store(st + 7, SH)
+        tl.store(st + 8, SD)
+        tl.store(st + 9, N)
     if K_PAD > 0:
         kp = tl.arange(0, K_PAD)
         tl.store(cand_ptr + (row.to(tl.int64) * n_splits + split) * K_PAD + kp, best)
@@ -112,8 +143,9 @@ def _logit_stats_finalize_kernel(
     stride_row,
     V,
     temperature,
+    alpha,
     tokens_ptr,  # [B] int64 (unused unless HAS_TOKENS)
-    state_ptr,  # [B, n_splits, 6] float32
+    state_ptr,  # [B, n_splits, NS] float32
     cand_ptr,  # [B, n_cand] int64 (MODE 0 / 1)
     sel_ptr,  # [B, k] int64 keys of the final top-k, sorted descending (MODE 2)
     n_splits,
@@ -128,8 +160,11 @@ def _logit_stats_finalize_kernel(
     tki_ptr,  # [B, k] int64
     mass_ptr,
     toklp_ptr,
+    extra_ptr,  # [B, 4] float32 (EXTRA)
     HAS_T: tl.constexpr,
     HAS_TOKENS: tl.constexpr,
+    EXTRA: tl.constexpr,
+    NS: tl.constexpr,
     MODE: tl.constexpr,  # 0: k = 0; 1: top-k of the candidates here; 2: keys given in sel
     SPLITS_PAD: tl.constexpr,
     CAND_PAD: tl.constexpr,  # MODE 0 / 1
@@ -141,7 +176,7 @@ def _logit_stats_finalize_kernel(
 
     sp = tl.arange(0, SPLITS_PAD)
     smask = sp < n_splits
-    st = state_ptr + (row64 * n_splits + sp) * 6
+    st = state_ptr + (row64 * n_splits + sp) * NS
     m = tl.load(st + 0, mask=smask, other=float("-inf"))
     s = tl.load(st + 1, mask=smask, other=0.0)
     t = tl.load(st + 2, mask=smask, other=0.0)
@@ -164,6 +199,21 @@ def _logit_stats_finalize_kernel(
     tl.store(ent_ptr + row, entropy)
     tl.store(var_ptr + row, var)
     tl.store(maxlp_ptr + row, tl.where(bad, nan, M - lse))
+    if EXTRA:
+        SA, SH, SD, N = merge_density(
+            m,
+            tl.load(st + 6, mask=smask, other=0.0),
+            tl.load(st + 7, mask=smask, other=0.0),
+            tl.load(st + 8, mask=smask, other=0.0),
+            tl.load(st + 9, mask=smask, other=0.0),
+            alpha,
+        )
+        none = bad | (N == 0.0)  # entropy is NaN: all four NaN
+        ex = extra_ptr + row64 * 4
+        tl.store(ex + 0, tl.where(none, nan, SD - N * log_s))
+        tl.store(ex + 1, tl.where(none, nan, N))
+        tl.store(ex + 2, tl.where(none, nan, tl.log(SA) - alpha * log_s))
+        tl.store(ex + 3, tl.where(none, nan, tl.log(SH) - 0.5 * log_s))
 
     if MODE == 2:
         kmax = tl.load(sel_ptr + row64 * k)  # the first key of the sorted top-k
@@ -277,14 +327,16 @@ def _plan(B: int, V: int, k: int, target_programs: int) -> tuple[int, int, int, 
 
 
 def logit_stats(
-    logits: Tensor, k: int, tokens: Tensor | None, temperature: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    logits: Tensor, k: int, tokens: Tensor | None, temperature: float, alpha: float | None = None
+) -> tuple[Tensor, ...]:
     """Triton ``fuq::logit_stats`` on ``logits: [B, V]`` float32 | bfloat16 | float16.
 
-    ``k`` in ``[0, V]``; ``tokens``: ``[B]`` integer ids or None; ``temperature > 0``.
+    ``k`` in ``[0, V]``; ``tokens``: ``[B]`` integer ids or None; ``temperature > 0``;
+    ``alpha``: None, or > 0 for the density-free sums.
     Returns ``(lse, entropy, varentropy, max_logprob, argmax, topk_logprobs [B, k],
-    topk_ids [B, k], topk_mass, token_logprob)``: float32 / int64, contiguous;
-    ``token_logprob`` is ``[B]``, or empty ``[0]`` when ``tokens`` is None. Runs on
+    topk_ids [B, k], topk_mass, token_logprob, extra)``: float32 / int64, contiguous;
+    ``token_logprob`` is ``[B]``, or empty ``[0]`` when ``tokens`` is None; ``extra`` is
+    ``[B, 4]``, or empty ``[0, 4]`` when ``alpha`` is None. Runs on
     CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
     """
     if logits.dim() != 2:
@@ -312,21 +364,26 @@ def logit_stats(
     tki = torch.empty(B, k, device=dev, dtype=torch.int64)
     mass = torch.empty(B, **f32)
     toklp = torch.empty(B if tokens is not None else 0, **f32)
+    has_extra = alpha is not None
+    extra = torch.empty(B if has_extra else 0, 4, **f32)
     if B == 0:
-        return lse, ent, var, maxlp, amax, tkl, tki, mass, toklp
+        return lse, ent, var, maxlp, amax, tkl, tki, mass, toklp, extra
     T = float(temperature)
     has_t = T != 1.0  # x / 1.0 == x exactly
     stride = logits.stride(0)
 
     k_pad, block, splits, seg = _plan(B, V, k, _target_programs(dev, k))
     kc = max(k_pad, 1)
-    state = torch.empty(B, splits, 6, **f32)
+    ns = 10 if has_extra else 6
+    a = float(alpha) if has_extra else 0.5
+    state = torch.empty(B, splits, ns, **f32)
     cand = torch.empty(B, splits, kc, device=dev, dtype=torch.int64)
     num_warps = 4 if block <= 1024 else 8
     bitonic = (dev.type == "cuda") if BITONIC is None else BITONIC
     _logit_stats_partial_kernel[(B, splits)](
-        logits, stride, V, seg, T, state, cand,
-        HAS_T=has_t, BLOCK=block, K_PAD=k_pad, BITONIC=bitonic and k_pad >= 16, E=8, R=block // 8, num_warps=num_warps,
+        logits, stride, V, seg, T, a, state, cand,
+        HAS_T=has_t, EXTRA=has_extra, NS=ns, BLOCK=block, K_PAD=k_pad, BITONIC=bitonic and k_pad >= 16,
+        E=8, R=block // 8, num_warps=num_warps,
     )  # fmt: skip
 
     n_cand = splits * kc
@@ -350,6 +407,7 @@ def logit_stats(
         stride,
         V,
         T,
+        a,
         tok,
         state,
         cand,
@@ -366,8 +424,11 @@ def logit_stats(
         tki,
         mass,
         toklp,
+        extra,
         HAS_T=has_t,
         HAS_TOKENS=tokens is not None,
+        EXTRA=has_extra,
+        NS=ns,
         MODE=mode,
         # pads rounded up to a few sizes: fewer distinct compilations on the GPU
         SPLITS_PAD=max(16, _p2(splits)),
@@ -375,4 +436,4 @@ def logit_stats(
         KB=max(16, min(1024, _p2(k))),
         num_warps=4,
     )
-    return lse, ent, var, maxlp, amax, tkl, tki, mass, toklp
+    return lse, ent, var, maxlp, amax, tkl, tki, mass, toklp, extra

@@ -24,9 +24,13 @@ Two launch shapes, chosen by :func:`split_plan`:
 
 * **one program per row** (B fills the GPU): one launch per knob, ``_knob_kernel``, walks
   the row's passes itself (the row stays in L2);
-* **split rows** (small B): every pass is a ``(B, S)`` launch of ``_part_kernel`` (S
-  programs per row, each over a segment, writing 16 partial sums), then a ``(B,)``
-  ``_fin_kernel`` that reduces them and advances the row's state (in ``fst`` / ``ist``);
+* **split rows** (small B): every pass is one ``(B, S)`` launch of ``_part_kernel`` (S
+  programs per row, each over a segment, writing 16 partial sums); the last program of a
+  row to finish its segment (a per-row atomic counter) reduces the S partials and advances
+  the row's state (in ``fst`` / ``ist``: :func:`_fin_row`), so a pass is one launch, not a
+  pass and a finaliser. A search starts in its first round's launch, the p cut of the
+  thresholds is set by the moments' finaliser: top-p at B = 1 is 1 + 2 + (32 + IDB) / 4 + 2
+  launches (18 at V = 262144, 34 before the finalisers were folded).
   B = 1 at V = 262144 spreads over every SM. Both shapes run the same ``@triton.jit``
   helpers, so they compute the same sums (up to the order of float additions).
 
@@ -63,6 +67,7 @@ F_M, F_LSE, F_H, F_P2, F_ZMEAN, F_CUT, F_ZCUT, F_N0, F_M2, F_LOGS, F_WTOP, F_MRE
 NF = tl.constexpr(16)
 # int64 state of a row (split path), ist[B, NI]: the search interval and the cuts
 I_BASE, I_STEP, I_X, I_Y, I_KV, I_S = (tl.constexpr(i) for i in range(6))  # I_S: float64 bits of Σ
+I_CNT = tl.constexpr(7)  # programs of the row done with the current pass (the last one finalises it)
 NI = tl.constexpr(8)
 VEC = tl.constexpr(16)  # partial sums per program and pass
 
@@ -419,10 +424,14 @@ def _nan_rows_kernel(out_ptr, bad_ptr, out_stride, V, seg, S, S_PAD: tl.constexp
 
 
 @triton.jit
-def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB,
+def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB, S, param, pbits,
                  PHASE: tl.constexpr, PMODE: tl.constexpr, WMODE: tl.constexpr,
-                 BLOCK: tl.constexpr, SB: tl.constexpr):
-    """One pass of one knob over a segment: VEC partial results into part[row, split, :]."""
+                 BLOCK: tl.constexpr, SB: tl.constexpr, KNOB: tl.constexpr, SLOT: tl.constexpr,
+                 STRICT: tl.constexpr, S_PAD: tl.constexpr, FIRST: tl.constexpr, SET_TARGET: tl.constexpr,
+                 MASS: tl.constexpr):
+    """One pass of one knob over a segment: VEC partial results into part[row, split, :]; the
+    row's last program to finish reduces them (:func:`_fin_row`). FIRST: the first round of a
+    search (its interval is the whole order: no state to read; SET_TARGET: its target is param)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ptr = out_ptr + row * out_stride
@@ -450,51 +459,76 @@ def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB,
     elif PHASE == 4:
         res = tl.where(v == 0, _seg_hs(ptr, lo, hi, lse, m, logs, wtop, mref, BLOCK), res)
     else:
-        base = tl.load(ist_ptr + row * NI + I_BASE)
-        step = tl.load(ist_ptr + row * NI + I_STEP)
+        base, step = _interval(ist_ptr + row * NI, IDB, FIRST)
         res = _seg_pivots(ptr, lo, hi, base, step, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, SB)
     tl.store(part_ptr + (row * tl.num_programs(1) + split) * VEC + v, res)
+    # the last program of the row finalises the pass: the barrier orders every thread's stores
+    # before the (acq_rel, GPU-scope) counter; the finaliser reads the partials past L1 (.cg)
+    tl.debug_barrier()
+    done = tl.atomic_add(ist_ptr + row * NI + I_CNT, 1, sem="acq_rel")
+    if done == S - 1:
+        tl.store(ist_ptr + row * NI + I_CNT, 0)  # the next pass (a later launch) counts from 0
+        _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB, PHASE, KNOB, SLOT, STRICT, S_PAD, FIRST,
+                 SET_TARGET, MASS)
 
 
 @triton.jit
-def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB,
-                PHASE: tl.constexpr, KNOB: tl.constexpr, SLOT: tl.constexpr, STRICT: tl.constexpr,
-                S_PAD: tl.constexpr, MASS: tl.constexpr = False):
+def _interval(it, IDB, FIRST: tl.constexpr):
+    """(base, step) of the search interval: the whole order of 32 + IDB bits in the first round."""
+    if FIRST:
+        base = tl.full([], 0, tl.int64)
+        step = tl.full([], 1, tl.int64) << (IDB + 28)
+    else:
+        base = tl.load(it + I_BASE)
+        step = tl.load(it + I_STEP)
+    return base, step
+
+
+@triton.jit
+def _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB,
+             PHASE: tl.constexpr, KNOB: tl.constexpr, SLOT: tl.constexpr, STRICT: tl.constexpr,
+             S_PAD: tl.constexpr, FIRST: tl.constexpr, SET_TARGET: tl.constexpr, MASS: tl.constexpr):
     """Reduce the S partials of a row (sums; maxima for the max slots) and advance its state.
 
     PH_PIV: SLOT is the int state slot that receives the search result once the step
-    reaches 0 (the caller launches exactly nbits / 4 rounds after an init).
+    reaches 0 (the caller launches exactly nbits / 4 rounds, the first with FIRST).
+    PH_MOM also sets the p cut of min-p / epsilon / eta / p-less (KNOB).
     """
     param64 = _f64(pbits)
-    row = tl.program_id(0).to(tl.int64)
     sp = tl.arange(0, S_PAD)
     v = tl.arange(0, VEC)
     tile = part_ptr + (row * S + sp[:, None]) * VEC + v[None, :]
     msk = (sp[:, None] < S) & (v[None, :] < VEC)
     f = fst_ptr + row * NF
     if PHASE == 5:
-        sums = tl.sum(tl.load(tile, mask=msk, other=0.0), axis=0)
-        base = tl.load(ist_ptr + row * NI + I_BASE)
-        step = tl.load(ist_ptr + row * NI + I_STEP)
-        # MASS: the target is the float64 knob and Σ (the first round's last pivot) is kept in I_S
-        step0 = tl.full([], 1, tl.int64) << (IDB + 28)
-        tot = tl.load(ist_ptr + row * NI + I_S).to(tl.float64, bitcast=True)
-        tot = tl.where(step == step0, _total(sums), tot)
-        tl.store(ist_ptr + row * NI + I_S, tot.to(tl.int64, bitcast=True))
+        sums = tl.sum(tl.load(tile, mask=msk, other=0.0, cache_modifier=".cg"), axis=0)
+        base, step = _interval(ist_ptr + row * NI, IDB, FIRST)
         if MASS:
+            # the target is the float64 knob; Σ (the first round's last pivot) is kept in I_S
+            if FIRST:
+                tot = _total(sums)
+                tl.store(ist_ptr + row * NI + I_S, tot.to(tl.int64, bitcast=True))
+            else:
+                tot = tl.load(ist_ptr + row * NI + I_S).to(tl.float64, bitcast=True)
             target = param64
         else:
-            target = tl.load(f + F_TARGET).to(tl.float64)
+            tot = tl.zeros([], tl.float64)
+            if FIRST and SET_TARGET:
+                tl.store(f + F_TARGET, param)
+                target = param.to(tl.float64)
+            else:
+                target = tl.load(f + F_TARGET).to(tl.float64)
         base, step = _fin_pivots(sums, base, step, target, tot, STRICT, MASS)
         tl.store(ist_ptr + row * NI + I_BASE, base)
         tl.store(ist_ptr + row * NI + I_STEP, step)
         if step == 0:
             tl.store(ist_ptr + row * NI + SLOT, base)
     elif PHASE == 0:
-        m = tl.max(tl.max(tl.load(tile, mask=msk & (v[None, :] == 0), other=float("-inf")), axis=1), axis=0)
+        first = tl.load(tile, mask=msk & (v[None, :] == 0), other=float("-inf"), cache_modifier=".cg")
+        m = tl.max(tl.max(first, axis=1), axis=0)
         tl.store(f + F_M, m)
     else:
-        sums = tl.sum(tl.load(tile, mask=msk, other=0.0), axis=0).to(tl.float32)
+        sums = tl.sum(tl.load(tile, mask=msk, other=0.0, cache_modifier=".cg"), axis=0).to(tl.float32)
         m = tl.load(f + F_M)
         if PHASE == 1:
             s = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
@@ -503,7 +537,8 @@ def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB,
             n = tl.sum(tl.where(v == 3, sums, 0.0), axis=0)
             sd = tl.sum(tl.where(v == 4, sums, 0.0), axis=0)
             n0 = tl.sum(tl.where(v == 5, sums, 0.0), axis=0)
-            m2 = tl.max(tl.max(tl.load(tile, mask=msk & (v[None, :] == 6), other=float("-inf")), axis=1), axis=0)
+            m2 = tl.max(tl.max(tl.load(tile, mask=msk & (v[None, :] == 6), other=float("-inf"),
+                                        cache_modifier=".cg"), axis=1), axis=0)
             lse, H, p2, zmean = _fin_moments(m, s, t, q, n, sd)
             tl.store(f + F_LSE, lse)
             tl.store(f + F_H, H)
@@ -518,6 +553,8 @@ def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB,
             tl.store(f + F_S, s)
             # the max's value key: thresholds keep the max unless min_keep lowers it
             tl.store(ist_ptr + row * NI + I_KV, _vpos(m))
+            if (KNOB == 2) | (KNOB == 4) | (KNOB == 5) | (KNOB == 8):
+                tl.store(f + F_CUT, _p_cut(m, lse, H, p2, param, KNOB))
         elif PHASE == 2:
             n = tl.load(f + F_N)
             zvar = tl.math.div_rn(tl.sum(tl.where(v == 0, sums, 0.0), axis=0), tl.maximum(n - 1.0, 1.0))
@@ -538,36 +575,22 @@ def _fin_kernel(fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB,
 
 
 @triton.jit
-def _init_kernel(fst_ptr, ist_ptr, param, nbits, KNOB: tl.constexpr, SET_TARGET: tl.constexpr):
-    """Start a search of nbits (its target = param unless top-h's bound is already there); the p cut."""
-    row = tl.program_id(0).to(tl.int64)
-    f = fst_ptr + row * NF
-    if SET_TARGET:
-        tl.store(f + F_TARGET, param)
-    tl.store(ist_ptr + row * NI + I_BASE, tl.full([], 0, tl.int64))
-    tl.store(ist_ptr + row * NI + I_STEP, tl.full([], 1, tl.int64) << (nbits - 4))
-
-
-@triton.jit
-def _cut_kernel(fst_ptr, param, KNOB: tl.constexpr):
+def _p_cut(m, lse, H, p2, param, KNOB: tl.constexpr):
     """The p cut of min-p / epsilon / eta / p-less."""
-    row = tl.program_id(0).to(tl.int64)
-    f = fst_ptr + row * NF
-    m = tl.load(f + F_M)
-    lse = tl.load(f + F_LSE)
     if KNOB == 2:
         cut = param * tl.exp(m - lse)
     elif KNOB == 4:
         cut = param + 0.0 * m
     elif KNOB == 5:
-        cut = tl.minimum(param, tl.math.sqrt_rn(param) * tl.exp(-tl.load(f + F_H)))
+        cut = tl.minimum(param, tl.math.sqrt_rn(param) * tl.exp(-H))
     else:
-        cut = tl.load(f + F_P2)
-    tl.store(f + F_CUT, cut)
+        cut = p2
+    return cut
 
 
 @triton.jit
-def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, IDB, KNOB: tl.constexpr, BLOCK: tl.constexpr):
+def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, IDB, KNOB: tl.constexpr, BLOCK: tl.constexpr,
+                  HAS_Y: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ptr = out_ptr + row * out_stride
@@ -581,7 +604,10 @@ def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, IDB, KNOB: tl.c
     cut = tl.load(f + F_CUT)
     zcut = tl.load(f + F_ZCUT)
     X = tl.load(it + I_X)
-    Y = tl.load(it + I_Y)
+    if HAS_Y:  # top-p / typical's min_keep cut
+        Y = tl.load(it + I_Y)
+    else:
+        Y = tl.zeros([], tl.int64)
     KV = tl.load(it + I_KV)
     for start in range(lo, hi, BLOCK):
         cols = start + tl.arange(0, BLOCK)
@@ -660,30 +686,29 @@ def _plan_knobs(V, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_si
 
 
 def _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, min_keep):
-    """One knob on split rows: the passes of _knob_kernel as (B, S) / (B,) launch pairs."""
+    """One knob on split rows: the passes of _knob_kernel, one (B, S) launch each (finalised by its last program)."""
     idb = _idb(V)
     S_PAD = max(2, _p2(S))
 
-    def phase(ph, pmode=0, wmode=0, slot=I_X.value, strict=False, p=0.0, bits=idb):
-        _part_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, part, bits,
-                             PHASE=ph, PMODE=pmode, WMODE=wmode, BLOCK=BLOCK, SB=SB, num_warps=8)
-        _fin_kernel[(B,)](fst, ist, part, S, p, _bits(p), bits, PHASE=ph, KNOB=knob, SLOT=slot, STRICT=strict,
-                          S_PAD=S_PAD, MASS=ph == PH_PIV and wmode == W_P)
+    def phase(ph, pmode=0, wmode=0, slot=I_X.value, strict=False, p=0.0, bits=idb, first=False, set_target=False):
+        _part_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, part, bits, S, p, _bits(p),
+                             PHASE=ph, PMODE=pmode, WMODE=wmode, BLOCK=BLOCK, SB=SB, KNOB=knob, SLOT=slot,
+                             STRICT=strict, S_PAD=S_PAD, FIRST=first, SET_TARGET=set_target,
+                             MASS=ph == PH_PIV and wmode == W_P, num_warps=8)
 
     def search(nbits, target, pmode, wmode, slot, strict=False, set_target=True):
-        _init_kernel[(B,)](fst, ist, target, nbits, KNOB=knob, SET_TARGET=set_target)
-        for _ in range(nbits // 4):
-            phase(PH_PIV, pmode, wmode, slot.value, strict, p=target, bits=nbits - 32)
+        for r in range(nbits // 4):
+            phase(PH_PIV, pmode, wmode, slot.value, strict, p=target, bits=nbits - 32, first=r == 0,
+                  set_target=set_target)
 
     phase(PH_MAX)
-    phase(PH_MOM)
+    phase(PH_MOM, p=param)
     nb = 32 + idb
     if knob == TOP_K:
         search(32, param, P_Z, W_CNT, I_X)
     elif knob in (TOP_P, TYPICAL):
         pm = P_Z if knob == TOP_P else P_TYP
         search(nb, param, pm, W_P, I_X)
-        ist[:, I_Y.value] = 0
         if min_keep > 1:
             search(nb, float(min_keep), pm, W_CNT, I_Y)
     elif knob == TOP_H:
@@ -692,11 +717,11 @@ def _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, min_keep):
         search(nb, 0.0, P_Z, W_H, I_X, strict=True, set_target=False)
     elif knob == TOP_N_SIGMA:
         phase(PH_VAR, p=param)
-    else:
-        _cut_kernel[(B,)](fst, param, KNOB=knob)
-        if min_keep > 1:
-            search(32, float(min_keep), P_Z, W_CNT, I_KV)
-    _apply_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, idb, KNOB=knob, BLOCK=BLOCK, num_warps=8)
+    elif min_keep > 1:  # min-p, epsilon, eta, p-less: the p cut is set with the moments
+        search(32, float(min_keep), P_Z, W_CNT, I_KV)
+    has_y = knob in (TOP_P, TYPICAL) and min_keep > 1
+    _apply_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, idb, KNOB=knob, BLOCK=BLOCK, HAS_Y=has_y,
+                          num_warps=8)
 
 
 def truncate(

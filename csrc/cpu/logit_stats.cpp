@@ -16,6 +16,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -76,10 +78,10 @@ inline const float* load_chunk(const typename Tag::storage* x, float* scratch, i
 // Scan logits[begin, end) of one row into `out`.
 template <typename Tag>
 void scan_segment(const typename Tag::storage* row, int64_t begin, int64_t end, float temperature, int64_t k,
-                  RowPass& out) {
+                  float alpha, RowPass& out) {
   alignas(64) float scratch[kChunk];
   float bmax[kBlocksPerChunk];
-  out.start(k, begin, end - begin);
+  out.start(k, begin, end - begin, alpha);
   for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
     const int64_t n = std::min(kChunk, end - c0);
     bool bad = false;
@@ -107,7 +109,8 @@ void finalize(int64_t r, const typename Tag::storage* row, int64_t V, float temp
 }
 
 template <typename Tag>
-void run(const at::Tensor& logits, int64_t k, float temperature, const cpu::Outputs& o, const int64_t* tokens) {
+void run(const at::Tensor& logits, int64_t k, float temperature, float alpha, const cpu::Outputs& o,
+         const int64_t* tokens) {
   using S = typename Tag::storage;
   const int64_t B = logits.size(0), V = logits.size(1), stride = logits.stride(0);
   const S* base = reinterpret_cast<const S*>(logits.const_data_ptr());
@@ -127,7 +130,7 @@ void run(const at::Tensor& logits, int64_t k, float temperature, const cpu::Outp
       RowPass p;
       for (int64_t r = r0; r < r1; ++r) {
         const S* row = base + r * stride;
-        scan_segment<Tag>(row, 0, V, temperature, k, p);
+        scan_segment<Tag>(row, 0, V, temperature, k, alpha, p);
         finalize<Tag>(r, row, V, temperature, k, p, o, tokens);
       }
     });
@@ -141,7 +144,7 @@ void run(const at::Tensor& logits, int64_t k, float temperature, const cpu::Outp
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t r = w / nseg, sgi = w % nseg;
       const int64_t begin = sgi * seg_len, end = std::min(V, begin + seg_len);
-      scan_segment<Tag>(base + r * stride, begin, end, temperature, k, parts[w]);
+      scan_segment<Tag>(base + r * stride, begin, end, temperature, k, alpha, parts[w]);
     }
   });
   at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
@@ -154,9 +157,9 @@ void run(const at::Tensor& logits, int64_t k, float temperature, const cpu::Outp
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
+           at::Tensor, at::Tensor>
 logit_stats_cpu(const at::Tensor& logits_in, int64_t k, const std::optional<at::Tensor>& tokens_in,
-                double temperature) {
+                double temperature, std::optional<double> alpha) {
   TORCH_CHECK(logits_in.dim() == 2, "fuq::logit_stats: logits must be [B, V], got ", logits_in.dim(), " dims");
   TORCH_CHECK(logits_in.device().is_cpu(), "fuq::logit_stats (CPU kernel): logits must be a CPU tensor");
   const auto dtype = logits_in.scalar_type();
@@ -167,6 +170,8 @@ logit_stats_cpu(const at::Tensor& logits_in, int64_t k, const std::optional<at::
   TORCH_CHECK(k >= 0 && k <= V, "fuq::logit_stats: k must be in [0, V] = [0, ", V, "], got k = ", k);
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0.0,
               "fuq::logit_stats: temperature must be a finite number > 0, got ", temperature);
+  TORCH_CHECK(!alpha.has_value() || (std::isfinite(*alpha) && *alpha > 0.0),
+              "fuq::logit_stats: alpha must be None or a finite number > 0, got ", alpha.value_or(0.0));
   const at::Tensor logits = (logits_in.stride(1) == 1 || V == 1) ? logits_in : logits_in.contiguous();
 
   const auto fopt = logits.options().dtype(at::kFloat);
@@ -186,7 +191,8 @@ logit_stats_cpu(const at::Tensor& logits_in, int64_t k, const std::optional<at::
   } else {
     tl = at::empty({0}, fopt);
   }
-  if (B == 0) return {lse, ent, var, mx, am, tkl, tki, tkm, tl};
+  at::Tensor ex = at::empty({alpha.has_value() ? B : 0, 4}, fopt);  // the density-free sums, or [0, 4]
+  if (B == 0) return {lse, ent, var, mx, am, tkl, tki, tkm, tl, ex};
 
   const cpu::Outputs o{lse.data_ptr<float>(),
                        ent.data_ptr<float>(),
@@ -196,22 +202,26 @@ logit_stats_cpu(const at::Tensor& logits_in, int64_t k, const std::optional<at::
                        tkl.data_ptr<float>(),
                        tki.data_ptr<int64_t>(),
                        tkm.data_ptr<float>(),
-                       tok.defined() ? tl.data_ptr<float>() : nullptr};
+                       tok.defined() ? tl.data_ptr<float>() : nullptr,
+                       alpha.has_value() ? ex.data_ptr<float>() : nullptr};
   const int64_t* tokens = tok.defined() ? tok.const_data_ptr<int64_t>() : nullptr;
   // The reference divides a float32 tensor by the Python float, i.e. by float(T).
   const float t = static_cast<float>(temperature);
+  // alpha as a float32 (> 0: the sums are kept; 0: off). A tiny alpha that rounds to 0 is refused.
+  const float a = alpha.has_value() ? static_cast<float>(*alpha) : 0.0f;
+  TORCH_CHECK(!alpha.has_value() || a > 0.0f, "fuq::logit_stats: alpha is too small for float32: ", *alpha);
   switch (dtype) {
     case at::kFloat:
-      run<cpu::F32>(logits, k, t, o, tokens);
+      run<cpu::F32>(logits, k, t, a, o, tokens);
       break;
     case at::kBFloat16:
-      run<cpu::BF16>(logits, k, t, o, tokens);
+      run<cpu::BF16>(logits, k, t, a, o, tokens);
       break;
     default:
-      run<cpu::F16>(logits, k, t, o, tokens);
+      run<cpu::F16>(logits, k, t, a, o, tokens);
       break;
   }
-  return {lse, ent, var, mx, am, tkl, tki, tkm, tl};
+  return {lse, ent, var, mx, am, tkl, tki, tkm, tl, ex};
 }
 
 }  // namespace

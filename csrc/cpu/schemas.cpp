@@ -8,20 +8,22 @@
 // Python ones (fuq._library.SCHEMAS): change both together.
 #include <torch/library.h>
 
+#include "fuq/knobs.h"  // FUQ_KNOBS_SCHEMA: the knob arguments, generated from fuq/knobs.py
+
 // ===== fuq op schemas: BEGIN (keep equal to fuq/_library.py's *_SCHEMA strings) ==============
-// The fields of logit_stats, as the outputs of logit_stats, sample and hidden_stats.
-#define FUQ_STATS_OUTPUTS                                                                      \
-  "(Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "        \
-  "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
-#define FUQ_LOGIT_STATS_SIG \
-  "(Tensor logits, int k, Tensor? tokens, float temperature) -> " FUQ_STATS_OUTPUTS
-// The sampling knobs of truncate and sample (off-values in fuq/_library.py).
-#define FUQ_KNOBS                                                                                \
-  "float temperature, int top_k, float top_p, float min_p, float typical_p, float epsilon, "    \
-  "float eta, float top_h, float top_n_sigma, bool p_less, int min_tokens_to_keep"
-#define FUQ_TRUNCATE_SIG "(Tensor logits, " FUQ_KNOBS ") -> Tensor"
+// The fields of logit_stats, as the outputs of logit_stats (plus `extra`, the density-free
+// sums: [B, 4] when alpha is given, else [0, 4]), sample and hidden_stats.
+#define FUQ_STATS_FIELDS                                                                       \
+  "Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, Tensor argmax, "         \
+  "Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob"
+#define FUQ_STATS_OUTPUTS "(" FUQ_STATS_FIELDS ")"
+#define FUQ_LOGIT_STATS_SIG                                                                      \
+  "(Tensor logits, int k, Tensor? tokens, float temperature, float? alpha=None) -> "            \
+  "(" FUQ_STATS_FIELDS ", Tensor extra)"
+// The sampling knobs of truncate and sample: FUQ_KNOBS_SCHEMA of the generated fuq/knobs.h.
+#define FUQ_TRUNCATE_SIG "(Tensor logits, " FUQ_KNOBS_SCHEMA ") -> Tensor"
 #define FUQ_SAMPLE_SIG                                                                           \
-  "(Tensor logits, Tensor uniform, int k, " FUQ_KNOBS ", bool base_stats=False) -> "            \
+  "(Tensor logits, Tensor uniform, int k, " FUQ_KNOBS_SCHEMA ", bool base_stats=False) -> "            \
   "(Tensor ids, Tensor lse, Tensor entropy, Tensor varentropy, Tensor max_logprob, "            \
   "Tensor argmax, Tensor topk_logprobs, Tensor topk_ids, Tensor topk_mass, Tensor token_logprob)"
 #define FUQ_ATTENTION_STATS_SIG                                                                  \

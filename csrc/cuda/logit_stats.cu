@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
 #include <tuple>
 
@@ -24,14 +25,15 @@
 namespace {
 
 using at::Tensor;
-using Stats = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using Stats = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 template <typename T>
-void launch(const Tensor& x, int64_t k, const int64_t* tokens, float temperature, const fuq::LogitStatsPlan& plan,
+void launch(const Tensor& x, int64_t k, const int64_t* tokens, float temperature, float alpha,
+            const fuq::LogitStatsPlan& plan,
             Tensor& state, Tensor& cand, const int64_t* sel, const fuq::LogitStatsOut& out, cudaStream_t stream) {
   const T* px = reinterpret_cast<const T*>(x.const_data_ptr());
   C10_CUDA_CHECK(fuq::logit_stats<T>(px, x.stride(0), x.size(0), static_cast<int>(x.size(1)), static_cast<int>(k),
-                                     tokens, temperature, plan, state.data_ptr<float>(), cand.data_ptr<int64_t>(), sel,
+                                     tokens, temperature, alpha, plan, state.data_ptr<float>(), cand.data_ptr<int64_t>(), sel,
                                      out, stream));
 }
 
@@ -44,7 +46,8 @@ Tensor row_keys(const Tensor& x, float temperature, cudaStream_t stream) {
   return keys;
 }
 
-Stats logit_stats_cuda(const Tensor& logits_in, int64_t k, const std::optional<Tensor>& tokens, double temperature) {
+Stats logit_stats_cuda(const Tensor& logits_in, int64_t k, const std::optional<Tensor>& tokens, double temperature,
+                       std::optional<double> alpha) {
   TORCH_CHECK(logits_in.is_cuda(), "fuq::logit_stats_cuda: logits must be a CUDA tensor, got ", logits_in.device());
   TORCH_CHECK(logits_in.dim() == 2, "fuq::logit_stats_cuda: logits must be [B, V], got ", logits_in.sizes());
   const auto dtype = logits_in.scalar_type();
@@ -54,6 +57,8 @@ Stats logit_stats_cuda(const Tensor& logits_in, int64_t k, const std::optional<T
   TORCH_CHECK(V >= 1 && V < (int64_t{1} << 31) - 1, "fuq::logit_stats_cuda: V must be in [1, 2^31 - 1), got ", V);
   TORCH_CHECK(k >= 0 && k <= V, "fuq::logit_stats_cuda: k must be in [0, V] = [0, ", V, "], got ", k);
   TORCH_CHECK(temperature > 0.0, "fuq::logit_stats_cuda: temperature must be > 0, got ", temperature);
+  TORCH_CHECK(!alpha.has_value() || (std::isfinite(*alpha) && *alpha > 0.0),
+              "fuq::logit_stats_cuda: alpha must be None or a finite number > 0");
   const Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
 
   c10::cuda::CUDAGuard guard(logits.device());
@@ -64,7 +69,8 @@ Stats logit_stats_cuda(const Tensor& logits_in, int64_t k, const std::optional<T
   Tensor maxlp = at::empty({B}, f32), amax = at::empty({B}, i64), mass = at::empty({B}, f32);
   Tensor tkl = at::empty({B, k}, f32), tki = at::empty({B, k}, i64);
   Tensor toklp = at::empty({tokens.has_value() ? B : 0}, f32);
-  if (B == 0) return {lse, ent, var, maxlp, amax, tkl, tki, mass, toklp};
+  Tensor extra = at::empty({alpha.has_value() ? B : 0, 4}, f32);
+  if (B == 0) return {lse, ent, var, maxlp, amax, tkl, tki, mass, toklp, extra};
 
   Tensor tok;
   if (tokens.has_value()) {
@@ -73,10 +79,11 @@ Stats logit_stats_cuda(const Tensor& logits_in, int64_t k, const std::optional<T
   }
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, logits.device().index()));
-  const fuq::LogitStatsPlan plan = fuq::logit_stats_plan(B, static_cast<int>(V), static_cast<int>(k), sms);
+  const fuq::LogitStatsPlan plan = fuq::logit_stats_plan(B, static_cast<int>(V), static_cast<int>(k), sms, alpha.has_value());
   Tensor state = at::empty({plan.state_floats}, f32);
   Tensor cand = at::empty({plan.cand_keys}, i64);
   const float T = static_cast<float>(temperature);
+  const float A = alpha.has_value() ? static_cast<float>(*alpha) : 0.5f;
 
   Tensor sel;  // k > kLogitStatsKMax: the k largest packed keys of each row, sorted (exact: keys are distinct)
   if (plan.needs_sel) {
@@ -87,21 +94,22 @@ Stats logit_stats_cuda(const Tensor& logits_in, int64_t k, const std::optional<T
   }
   const fuq::LogitStatsOut out{lse.data_ptr<float>(),  ent.data_ptr<float>(),   var.data_ptr<float>(),
                                maxlp.data_ptr<float>(), amax.data_ptr<int64_t>(), tkl.data_ptr<float>(),
-                               tki.data_ptr<int64_t>(), mass.data_ptr<float>(),  tokens.has_value() ? toklp.data_ptr<float>() : nullptr};
+                               tki.data_ptr<int64_t>(), mass.data_ptr<float>(),  tokens.has_value() ? toklp.data_ptr<float>() : nullptr,
+                               alpha.has_value() ? extra.data_ptr<float>() : nullptr};
   const int64_t* ptok = tokens.has_value() ? tok.data_ptr<int64_t>() : nullptr;
   const int64_t* psel = plan.needs_sel ? sel.data_ptr<int64_t>() : nullptr;
   switch (dtype) {
     case at::kFloat:
-      launch<float>(logits, k, ptok, T, plan, state, cand, psel, out, stream);
+      launch<float>(logits, k, ptok, T, A, plan, state, cand, psel, out, stream);
       break;
     case at::kBFloat16:
-      launch<__nv_bfloat16>(logits, k, ptok, T, plan, state, cand, psel, out, stream);
+      launch<__nv_bfloat16>(logits, k, ptok, T, A, plan, state, cand, psel, out, stream);
       break;
     default:
-      launch<__half>(logits, k, ptok, T, plan, state, cand, psel, out, stream);
+      launch<__half>(logits, k, ptok, T, A, plan, state, cand, psel, out, stream);
       break;
   }
-  return {lse, ent, var, maxlp, amax, tkl, tki, mass, toklp};
+  return {lse, ent, var, maxlp, amax, tkl, tki, mass, toklp, extra};
 }
 
 }  // namespace

@@ -105,10 +105,11 @@ Sample sample_cuda(const Tensor& logits, const Tensor& uniform, int64_t k, doubl
   }
   static auto stats_op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fuq::logit_stats_cuda", "")
-                             .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-                                 const Tensor&, int64_t, const std::optional<Tensor>&, double)>();
+                             .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                               Tensor>(const Tensor&, int64_t, const std::optional<Tensor>&, double,
+                                                       std::optional<double>)>();
   // base_stats: the stats of the model's own distribution (T = 1), as the CPU kernel gives them
-  auto st = stats_op.call(logits, k, std::optional<Tensor>(ids), base_stats ? 1.0 : temperature);
+  auto st = stats_op.call(logits, k, std::optional<Tensor>(ids), base_stats ? 1.0 : temperature, std::nullopt);
   return {ids,
           std::get<0>(st),
           std::get<1>(st),

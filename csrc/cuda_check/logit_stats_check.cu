@@ -4,7 +4,7 @@
 
 namespace fuq {
 #define FUQ_INSTANTIATE_LOGIT_STATS(T)                                                                            \
-  template cudaError_t logit_stats<T>(const T*, int64_t, int64_t, int, int, const int64_t*, float,              \
+  template cudaError_t logit_stats<T>(const T*, int64_t, int64_t, int, int, const int64_t*, float, float,       \
                                       const LogitStatsPlan&, float*, int64_t*, const int64_t*, LogitStatsOut,    \
                                       cudaStream_t);                                                             \
   template cudaError_t logit_stats_row_keys<T>(const T*, int64_t, int64_t, int, float, int64_t*, cudaStream_t);
@@ -18,5 +18,6 @@ FUQ_INSTANTIATE_LOGIT_STATS(__nv_bfloat16)
 // The host planner must be usable without a device.
 int fuq_logit_stats_check_plan() {
   const fuq::LogitStatsPlan p = fuq::logit_stats_plan(1, 262144, 50, 132);
-  return p.splits > 1 && p.k_pad == 64 ? 0 : 1;
+  const fuq::LogitStatsPlan e = fuq::logit_stats_plan(1, 262144, 50, 132, /*extra=*/true);
+  return p.splits > 1 && p.k_pad == 64 && p.ns == 6 && e.ns == 10 ? 0 : 1;
 }

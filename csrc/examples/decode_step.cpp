@@ -39,9 +39,9 @@ void print(const char* name, const at::Tensor& t) {
   std::printf("\n");
 }
 
-// The fields of fuq::logit_stats (its schema: csrc/cpu/schemas.cpp).
+// The outputs of fuq::logit_stats (its schema: csrc/cpu/schemas.cpp): the nine fields, then extra.
 using Stats = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                         at::Tensor, at::Tensor, at::Tensor>;
+                         at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 }  // namespace
 
@@ -85,8 +85,9 @@ int main(int argc, char** argv) {
   // A fuq op called directly from C++: the schema and the CPU kernel come from libfuq.so.
   auto logit_stats = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("fuq::logit_stats", "")
-                         .typed<Stats(const at::Tensor&, int64_t, const std::optional<at::Tensor>&, double)>();
-  Stats st = logit_stats.call(out[6], 0, std::nullopt, 1.0);
+                         .typed<Stats(const at::Tensor&, int64_t, const std::optional<at::Tensor>&, double,
+                                      std::optional<double>)>();
+  Stats st = logit_stats.call(out[6], 0, std::nullopt, 1.0, std::nullopt);
   print("direct_entropy", std::get<1>(st));
   return 0;
 }

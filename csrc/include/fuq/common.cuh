@@ -75,6 +75,59 @@ __device__ __forceinline__ OnlineState online_merge(const OnlineState& a, const 
   return r;
 }
 
+// ------------------------------------------------------ density-free sums
+// logit_stats' opt-in `extra` outputs, relative to the online state's max m as s is:
+// sa = Σ e^{alpha(z-m)}, sh = Σ e^{(z-m)/2}, sd = Σ (z-m) and n over the live values. Then
+// Σ log p = sd - n log s, log Σ p^alpha = log sa - alpha log s, log Σ √p = log sh - (log s) / 2.
+struct DensityState {
+  float sa, sh, sd, n;
+};
+
+__device__ __forceinline__ DensityState density_empty() { return {0.f, 0.f, 0.f, 0.f}; }
+
+// Fold z in; m is the online state's max *before* online_update folds z. -inf and NaN add nothing.
+__device__ __forceinline__ void density_update(DensityState& a, float m, float z, float alpha) {
+  if (!(z > -INFINITY)) return;
+  if (z > m) {  // z is the new max: the old offsets move by d = m - z < 0
+    if (m > -INFINITY) {
+      const float d = m - z;
+      a.sa *= __expf(alpha * d);
+      a.sh *= __expf(0.5f * d);
+      a.sd += a.n * d;
+    }
+    a.sa += 1.f;  // z itself, at offset 0
+    a.sh += 1.f;
+  } else {
+    const float d = z - m;
+    a.sa += __expf(alpha * d);
+    a.sh += __expf(0.5f * d);
+    a.sd += d;
+  }
+  a.n += 1.f;
+}
+
+// The sums of two streams whose online maxima are ma and mb, relative to max(ma, mb).
+__device__ __forceinline__ DensityState density_merge(float ma, const DensityState& a, float mb,
+                                                      const DensityState& b, float alpha) {
+  const float M = fmaxf(ma, mb);
+  DensityState r = density_empty();
+  if (ma > -INFINITY) {
+    const float d = ma - M;
+    r.sa += __expf(alpha * d) * a.sa;
+    r.sh += __expf(0.5f * d) * a.sh;
+    r.sd += a.sd + a.n * d;
+    r.n += a.n;
+  }
+  if (mb > -INFINITY) {
+    const float d = mb - M;
+    r.sa += __expf(alpha * d) * b.sa;
+    r.sh += __expf(0.5f * d) * b.sh;
+    r.sd += b.sd + b.n * d;
+    r.n += b.n;
+  }
+  return r;
+}
+
 // ------------------------------------------------------------------ top-k keys
 // key(z, i) = (ord(z) << 32) | (0x7fffffff - i): larger key <=> larger z, or the same z
 // at a lower index. ord is the order-preserving int32 image of the float bits, -0.0

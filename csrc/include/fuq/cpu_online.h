@@ -139,6 +139,11 @@ inline float scalar_to_float(uint16_t x, F16) { return fp16_to_float(x); }
 // NaN separately (see OnlineStats::nan).
 constexpr float kExpMin = -87.0f;
 
+// Always inlined: a call inside the simd loops stops their vectorisation (GCC's inliner gave up on
+// it in the density-free instantiations of OnlineStats::add_impl, and then in the default one too).
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 inline float fast_exp_nonpos(float d) {
   const float dc = d > kExpMin ? d : kExpMin;  // maxps; a NaN d becomes kExpMin, zeroed below
   // Round d / ln 2 to an integer with the 1.5 * 2^23 shifter: the low mantissa bits of
@@ -174,6 +179,14 @@ inline float fast_exp_nonpos(float d) {
 //   log p_i = (z_i - m) - log s,  max log p = -log s.
 // `nan` records a NaN or +inf seen (the reference gives NaN statistics for such rows);
 // `pinf` a +inf, `qnan` a NaN: a row with +inf and no NaN has lse = +inf (torch.logsumexp).
+//
+// The density-free sums (logit_stats' opt-in `extra`; kept only when `extra` is set, with
+// the order `alpha` > 0), relative to the same m:
+//   sa = sum exp(alpha d_i),  sh = sum exp(d_i / 2),  sd = sum d_i,  n = #live
+// over the live entries (z_i > -inf). Moving m up by delta: sa' = e^{-alpha delta} sa,
+// sh' = e^{-delta/2} sh, sd' = sd - n delta. Then
+//   sum log p_i = sd - n log s,  log sum p_i^alpha = log sa - alpha log s,
+//   log sum sqrt(p_i) = log sh - (log s) / 2.
 struct OnlineStats {
   float m = -kInf;
   float s = 0.0f;
@@ -182,11 +195,17 @@ struct OnlineStats {
   bool nan = false;
   bool pinf = false;
   bool qnan = false;
+  bool extra = false;
+  float alpha = 0.5f;
+  float sa = 0.0f;
+  float sh = 0.0f;
+  double sd = 0.0;
+  double n = 0.0;
 
   // Move the reference point to new_m >= m (new_m finite).
   inline void rescale_to(float new_m) {
     if (!(new_m > m)) return;
-    if (m == -kInf) {  // nothing accumulated yet: s = t = u = 0
+    if (m == -kInf) {  // nothing accumulated yet: s = t = u = 0 (and the extra sums)
       m = new_m;
       return;
     }
@@ -195,16 +214,30 @@ struct OnlineStats {
     u = a * (u - 2.0f * delta * t + delta * delta * s);
     t = a * (t - delta * s);
     s = a * s;
+    if (extra) {
+      sa *= std::exp(-alpha * delta);
+      sh *= std::exp(-0.5f * delta);
+      sd -= n * static_cast<double>(delta);
+    }
     m = new_m;
   }
 
   // Accumulate z[0..n) whose maximum (ignoring NaN) is zmax. Call only with zmax finite.
-  inline void add(const float* z, int64_t n, float zmax) {
+  inline void add(const float* z, int64_t len, float zmax) {
+    if (!extra) return add_impl<false, false>(z, len, zmax);
+    if (alpha == 0.5f) return add_impl<true, true>(z, len, zmax);
+    add_impl<true, false>(z, len, zmax);
+  }
+
+  // kExtra: also the density-free sums; kHalf: alpha = 1/2, so sa = sh (one exp less).
+  template <bool kExtra, bool kHalf>
+  inline void add_impl(const float* z, int64_t len, float zmax) {
     rescale_to(zmax);
     const float ref = m;
-    float ss = 0.0f, tt = 0.0f, uu = 0.0f;
-#pragma omp simd reduction(+ : ss, tt, uu)
-    for (int64_t i = 0; i < n; ++i) {
+    [[maybe_unused]] const float al = alpha;
+    float ss = 0.0f, tt = 0.0f, uu = 0.0f, aa = 0.0f, hh = 0.0f, dd = 0.0f, nn = 0.0f;
+#pragma omp simd reduction(+ : ss, tt, uu, aa, hh, dd, nn)
+    for (int64_t i = 0; i < len; ++i) {
       const float d0 = z[i] - ref;
       const float d = d0 > kExpMin ? d0 : kExpMin;  // keeps e * d finite for d0 = -inf (e = 0 there)
       const float e = fast_exp_nonpos(d0);
@@ -212,10 +245,28 @@ struct OnlineStats {
       ss += e;
       tt += ed;
       uu = std::fma(ed, d, uu);
+      if constexpr (kExtra) {
+        const float h = fast_exp_nonpos(0.5f * d0);  // 0 for d0 = -inf
+        hh += h;
+        if constexpr (kHalf) {
+          aa += h;
+        } else {
+          aa += fast_exp_nonpos(al * d0);
+        }
+        const bool live = d0 > -kInf;
+        dd += live ? d0 : 0.0f;
+        nn += live ? 1.0f : 0.0f;
+      }
     }
     s += ss;
     t += tt;
     u += uu;
+    if constexpr (kExtra) {
+      sa += aa;
+      sh += hh;
+      sd += dd;
+      n += nn;
+    }
   }
 
   // Fold another partial state (of a disjoint set of entries) into this one.
@@ -233,6 +284,10 @@ struct OnlineStats {
     s += b.s;
     t += b.t;
     u += b.u;
+    sa += b.sa;
+    sh += b.sh;
+    sd += b.sd;
+    n += b.n;
   }
 
   // log s, NaN if a NaN / +inf was seen, -inf if every entry was -inf.
@@ -381,9 +436,11 @@ struct RowPass {
   TopK<kBlock> top;
 
   // Start over for entries [begin, begin + len); best_idx = begin stays valid even if every
-  // entry is -inf or NaN.
-  void start(int64_t k, int64_t begin, int64_t len) {
+  // entry is -inf or NaN. alpha > 0: keep the density-free sums too (alpha = 0: off).
+  void start(int64_t k, int64_t begin, int64_t len, float alpha = 0.0f) {
     st = OnlineStats{};
+    st.extra = alpha > 0.0f;
+    st.alpha = st.extra ? alpha : 0.5f;
     best = -kInf;
     best_idx = begin;
     if (k > 0) top.init(k, len);
@@ -428,6 +485,7 @@ struct Outputs {
   int64_t* topk_ids;     // [B, k]
   float* topk_mass;
   float* token_logprob;  // nullptr without tokens
+  float* extra = nullptr;  // [B, 4]: sum log p, #live, log sum p^alpha, log sum sqrt p; or nullptr
 };
 
 // Write row r's fields from its finished pass; zt is the token's z (NaN for an id out of
@@ -456,6 +514,18 @@ void finalize_row(int64_t r, RowPass<kBlock>& p, int64_t k, float zt, const Outp
   }
   o.topk_mass[r] = mass;
   if (o.token_logprob != nullptr) o.token_logprob[r] = (zt - st.m) - log_s;
+  if (o.extra != nullptr) {
+    float* e = o.extra + 4 * r;
+    if (st.nan || !(st.n > 0.0)) {  // the entropy is NaN: so are these
+      e[0] = e[1] = e[2] = e[3] = kNaN;
+    } else {
+      const double ls = std::log(static_cast<double>(st.s));
+      e[0] = static_cast<float>(st.sd - st.n * ls);
+      e[1] = static_cast<float>(st.n);
+      e[2] = static_cast<float>(std::log(static_cast<double>(st.sa)) - st.alpha * ls);
+      e[3] = static_cast<float>(std::log(static_cast<double>(st.sh)) - 0.5 * ls);
+    }
+  }
 }
 
 }  // namespace cpu

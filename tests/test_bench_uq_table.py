@@ -1,0 +1,77 @@
+"""bench/bench_uq.py table: the README table is built from the result files (synthetic ones here)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_uq_under_test", ROOT / "bench" / "bench_uq.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "bench" / "results")
+    return mod
+
+
+def _result(model, correct, unc, aurocs, prrs, task="t"):
+    items = [{"id": i, "correct": bool(c), "deferral": {"chow-sum": u, "chow-average": u, "chow-quantile": u}}
+             for i, (c, u) in enumerate(zip(correct, unc, strict=True))]
+    return {"task": task, "model": model, "n": len(items), "accuracy": sum(correct) / len(correct),
+            "strategy": "greedy", "source": {"package": "pkg", "version": "1.0"}, "items": items,
+            "command": f"python bench/bench_uq.py eval --tasks {task} --models {model}",
+            "scores": {k: {"auroc": aurocs[k], "prr": prrs[k]} for k in aurocs}}
+
+
+def test_table_marks_the_best_and_writes_the_readme_block(bench, tmp_path):
+    res = bench.RESULTS
+    small = _result("smollm2", [1, 0, 1, 0], [0.1, 5.0, 0.2, 3.0], {"g_nll": 0.55, "max_entropy": 0.8},
+                    {"g_nll": 0.3, "max_entropy": 0.1})
+    large = _result("gemma3", [1, 1, 0, 0], [0, 0, 0, 0], {"g_nll": 0.6, "max_entropy": 0.4},
+                    {"g_nll": -0.1, "max_entropy": 0.2})
+    (res / "bench_uq_t_smollm2.json").write_text(json.dumps(small))
+    (res / "bench_uq_t_gemma3.json").write_text(json.dumps(large))
+    # a result still being written and a sampled run are left out
+    (res / "bench_uq_u_smollm2.json").write_text(json.dumps({**small, "task": "u", "partial": True}))
+    (res / "bench_uq_v_smollm2.json").write_text(json.dumps({**small, "task": "v", "strategy": "sample"}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.README_BEGIN}\nold table\n{bench.README_END}\noutro\n")
+    bench.cmd_table(argparse.Namespace(readme=True))
+
+    text = (res / "bench_uq_table.md").read_text()
+    rows = json.loads((res / "bench_uq_table.json").read_text())
+    assert [(r["task"], r["model"]) for r in rows["eval"]] == [("t", "gemma3"), ("t", "smollm2")]
+    assert all(r["right"] == 2 and r["in_band"] for r in rows["eval"])
+    # the AUROC matrix: smollm2's best is max_entropy, gemma3's g_nll; the PRR matrix the other way round
+    auroc_part, prr_part = text.split("PRR per score")[0], text.split("PRR per score")[1].split("Cascade")[0]
+    assert "| t | smollm2 | 0.55 | **0.80** |" in auroc_part and "| t | gemma3 | **0.60** | 0.40 |" in auroc_part
+    assert "| t | smollm2 | **0.30** | 0.10 |" in prr_part and "| t | gemma3 | -0.10 | **0.20** |" in prr_part
+    # the cascade at 25 % deferral: chow-sum defers item 1 (only the large model right) -> 3 / 4
+    cas = rows["cascade"][0]
+    assert cas["task"] == "t" and cas["at"]["0.25"]["chow-sum"] == 0.75 and cas["at"]["0.5"]["random"] == 0.5
+    s = readme.read_text()
+    assert "old table" not in s and s.startswith("intro\n") and s.endswith(f"{bench.README_END}\noutro\n")
+    assert text in s and "python bench/bench_uq.py eval --tasks t --models gemma3" in s
+
+
+def test_table_without_readme_markers_fails_clearly(bench, tmp_path):
+    (tmp_path / "README.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="markers|block"):
+        bench.cmd_table(argparse.Namespace(readme=True))
+
+
+def test_no_right_answer_has_no_best(bench):
+    r = _result("gemma3", [0, 0], [0, 0], {"g_nll": 0.5}, {"g_nll": 0.0}, task="w")
+    (bench.RESULTS / "bench_uq_w_gemma3.json").write_text(json.dumps(r))
+    bench.cmd_table(argparse.Namespace(readme=False))
+    text = (bench.RESULTS / "bench_uq_table.md").read_text()
+    assert "(no right answer: nothing to detect)" in text and "**" not in text

@@ -515,7 +515,7 @@ def _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB,
             tot = tl.zeros([], tl.float64)
             if FIRST and SET_TARGET:
                 tl.store(f + F_TARGET, param)
-                target = param.to(tl.float64)
+                target = param + tl.zeros([], tl.float64)  # (param is a Python float when interpreted)
             else:
                 target = tl.load(f + F_TARGET).to(tl.float64)
         base, step = _fin_pivots(sums, base, step, target, tot, STRICT, MASS)

@@ -437,6 +437,58 @@ def test_adadec_changes_some_tokens(llama):
     assert (tr.token_ids != tr.argmax).any()
 
 
+def test_skinny_head_is_the_linear_and_restores_it(llama):
+    """The rollouts' output projection: W @ x.T equals F.linear up to rounding; the module is restored."""
+    from fuq.generate import _SkinnyHead
+
+    head = llama.get_output_embeddings()
+    assert type(head) is torch.nn.Linear and head.bias is None  # the route under test is taken
+    x = torch.randn(2, 3, head.in_features, generator=torch.Generator().manual_seed(0))
+    want = torch.nn.functional.linear(x, head.weight)
+    with _SkinnyHead(llama, 6) as sk:
+        assert sk.head is head and "forward" in vars(head)
+        got = head(x)
+    assert "forward" not in vars(head)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with _SkinnyHead(llama, 1) as sk:  # one row: F.linear is already one pass over W
+        assert sk.head is None and "forward" not in vars(head)
+    with pytest.raises(RuntimeError, match="boom"), _SkinnyHead(llama, 3):
+        raise RuntimeError("boom")
+    assert "forward" not in vars(head)  # restored on an error too
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_adadec_tokens_do_not_depend_on_the_skinny_head(request, arch, monkeypatch):
+    """Same prompts, tau = 0 (every step rolls out): the same tokens and scores with F.linear as the head."""
+    import sys
+
+    G = sys.modules["fuq.generate"]
+    model = request.getfixturevalue("llama" if arch == "llama" else "gemma")
+    ids, mask = left_padded(4, seed=3)
+    kw = dict(attention_mask=mask, max_new_tokens=8, eos_token_id=[], strategy="adadec", tau=0.0)
+    used = []
+
+    class Counting(G._SkinnyHead):
+        def __enter__(self):
+            used.append(self.head is not None)
+            return super().__enter__()
+
+    monkeypatch.setattr(G, "_SkinnyHead", Counting)
+    fast = fuq.generate(model, ids, **kw)
+    assert used and all(used)  # every rollout took the one-pass head
+
+    class Plain(G._SkinnyHead):
+        def __init__(self, model, rows):
+            super().__init__(model, 1)
+
+    monkeypatch.setattr(G, "_SkinnyHead", Plain)
+    plain = fuq.generate(model, ids, **kw)
+    assert torch.equal(fast.token_ids, plain.token_ids)
+    assert fast.meta["strategy_report"] == plain.meta["strategy_report"]
+    torch.testing.assert_close(fast.token_logprob, plain.token_logprob)
+
+
 class RolloutThenGreedy(Greedy):
     """Runs a rollout every step and ignores it: the original cache must be untouched."""
 

@@ -297,20 +297,30 @@ def _sample_cuda(logits, uniform, k, *knobs):
     if kernels is None:
         return reference.sample(logits, uniform, k, *knobs)
     base = bool(knobs[N_KNOBS]) if len(knobs) > N_KNOBS else False
-    return sample_composed(logits, uniform, k, knobs[:N_KNOBS], kernels[1].truncate, kernels[0].logit_stats, base)
+    return sample_composed(logits, uniform, k, knobs[:N_KNOBS], kernels[1].truncate, kernels[0].logit_stats, base,
+                           _triton_draw())
 
 
 N_KNOBS = _knob_table.NK  # temperature ... min_tokens_to_keep, as in _KNOBS_SCHEMA
 
 
-def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn, base_stats=False):
-    """``fuq::sample`` from a truncation kernel and a stats kernel (the Triton and CUDA C++ routes).
+def _triton_draw():
+    """The Triton draw kernel (triton_kernels/draw.py): one launch instead of the reference's
+    ~30 torch ops; the same rule as ``reference.sample_from``."""
+    from .triton_kernels.draw import draw
 
-    The draw is the reference's inverse CDF, so the ids equal every other backend's; it is not
-    one fused kernel (the CPU C++ kernel is). ``base_stats``: the stats call runs at T = 1
-    instead of at the sampling temperature (still one stats call: no second pass is added).
+    return draw
+
+
+def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn, base_stats=False, draw_fn=None):
+    """``fuq::sample`` from a truncation kernel, a draw and a stats kernel (the Triton routes).
+
+    The draw (``draw_fn``, default the reference's ``sample_from``) is the reference's inverse
+    CDF, so the ids equal every other backend's; it is not one fused kernel (the CPU C++ kernel
+    is). ``base_stats``: the stats call runs at T = 1 instead of at the sampling temperature
+    (still one stats call: no second pass is added).
     """
-    ids = reference.sample_from(truncate_fn(logits, *knobs), uniform)
+    ids = (draw_fn or reference.sample_from)(truncate_fn(logits, *knobs), uniform)
     return (ids, *stats_fn(logits, k, ids, 1.0 if base_stats else knobs[0])[:9])
 
 
@@ -478,9 +488,11 @@ def _triton_sample():
     from .triton_kernels.logit_stats import logit_stats
     from .triton_kernels.truncate import truncate
 
+    draw = _triton_draw()
+
     def sample(logits, uniform, k, *knobs):
         base = bool(knobs[N_KNOBS]) if len(knobs) > N_KNOBS else False
-        return sample_composed(logits, uniform, k, knobs[:N_KNOBS], truncate, logit_stats, base)
+        return sample_composed(logits, uniform, k, knobs[:N_KNOBS], truncate, logit_stats, base, draw)
 
     return sample
 

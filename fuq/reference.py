@@ -194,12 +194,45 @@ def _keep_prefix(z: Tensor, order: Tensor, kept_sorted: Tensor) -> Tensor:
     return _apply(z, keep & (z > _NEG_INF))
 
 
-def _mass_prefix(p_sorted: Tensor, mass: float, mtk: int) -> Tensor:
+def _two_prod(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """``(hi, lo)`` with ``hi = fl(a·b)`` and ``hi + lo = a·b`` exactly (Dekker; float64, no overflow)."""
+    def split(x: Tensor) -> tuple[Tensor, Tensor]:
+        c = 134217729.0 * x  # 2^27 + 1
+        h = c - (c - x)
+        return h, x - h
+
+    hi = a * b
+    ah, al = split(a)
+    bh, bl = split(b)
+    return hi, ((ah * bh - hi) + ah * bl + al * bh) + al * bl
+
+
+def _below(x: Tensor, mass: float, S: Tensor) -> Tensor:
+    """``x < mass · S`` decided exactly (the product not rounded): ``x``, ``S`` float64."""
+    hi, lo = _two_prod(torch.full_like(S, mass), S)
+    return (x < hi) | ((x == hi) & (lo > 0))
+
+
+def _mass_prefix(e_sorted: Tensor, mass: float, mtk: int) -> Tensor:
     """Sorted positions kept by a mass cut: the mass strictly before the position is < ``mass``,
-    or the position is among the first ``mtk``."""
-    before = torch.cat([torch.zeros_like(p_sorted[..., :1]), torch.cumsum(p_sorted, dim=-1)[..., :-1]], dim=-1)
-    first = torch.arange(p_sorted.shape[-1], device=p_sorted.device) < mtk
-    return (before < mass) | first
+    or the position is among the first ``mtk``.
+
+    ``e_sorted``: the float64 weights ``exp(z - m)`` of the row in the knob's order (1 exactly on
+    the top group). The test ``before < mass · S`` compares the running sum with the exact product,
+    so a uniform row of V keeps #{j : j / V < mass} tokens (the sums of 1 are exact).
+    """
+    before = torch.cat([torch.zeros_like(e_sorted[..., :1]), torch.cumsum(e_sorted, dim=-1)[..., :-1]], dim=-1)
+    S = e_sorted.sum(-1, keepdim=True)
+    first = torch.arange(e_sorted.shape[-1], device=e_sorted.device) < mtk
+    return _below(before, mass, S) | first
+
+
+def _weights64(z: Tensor) -> Tensor:
+    """float64 ``exp(z - m)`` of float32 ``z`` (0 for removed tokens, 1 exactly at the max)."""
+    zd = z.double()
+    m = zd.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return torch.where(zd > _NEG_INF, torch.exp(zd - m), torch.zeros_like(zd))
 
 
 def _top_p(z: Tensor, top_p: float, mtk: int) -> Tensor:
@@ -209,8 +242,7 @@ def _top_p(z: Tensor, top_p: float, mtk: int) -> Tensor:
     the mass strictly before it is < top_p; of a tie group at the cut only the lower ids stay.
     """
     zs, order = _sort_desc(z)
-    p, _ = _probs64(zs)
-    return _keep_prefix(z, order, _mass_prefix(p, top_p, mtk))
+    return _keep_prefix(z, order, _mass_prefix(_weights64(zs), top_p, mtk))
 
 
 def _min_p(z: Tensor, min_p: float, mtk: int) -> Tensor:
@@ -225,7 +257,7 @@ def _typical(z: Tensor, mass: float, mtk: int) -> Tensor:
     p, logp = _probs64(z)
     key = torch.abs(-logp - _entropy64(p, logp))  # +inf for removed tokens
     _, order = torch.sort(key, dim=-1, stable=True)
-    return _keep_prefix(z, order, _mass_prefix(p.gather(-1, order), mass, mtk))
+    return _keep_prefix(z, order, _mass_prefix(_weights64(z).gather(-1, order), mass, mtk))
 
 
 def _epsilon(z: Tensor, epsilon: float, mtk: int) -> Tensor:
@@ -278,12 +310,38 @@ def _top_h(z: Tensor, alpha: float) -> Tensor:
     HF's ``TopHLogitsWarper`` cut (``cumsum(-p log p) <= alpha * H``, first token forced),
     exact over the whole vocabulary where HF and the paper's code sum over the top 100
     tokens only; the terms come from :func:`_entropy_terms` (robust to huge gaps).
+
+    A tie group (a run of equal z: equal terms t, n of them, the terms before it summing to
+    Cb and after it to Ca) is counted, not summed: its i-th token is kept iff
+    ``i - alpha·n <= (alpha·(Cb + Ca) - Cb) / t``, with ``alpha·n`` exact; on a row that is one
+    tie group (uniform) that is ``i <= alpha·n`` exactly: #{j : (j + 1) / V <= alpha} kept.
     """
     zs, order = _sort_desc(z)
     terms = _entropy_terms(zs)
-    cum = torch.cumsum(terms, dim=-1)
-    kept = cum <= alpha * cum[..., -1:]  # H as the same running sum: alpha = 1 keeps every token
+    V = zs.shape[-1]
+    pos = torch.arange(V, device=zs.device).expand_as(zs)
+    new_run = torch.ones_like(zs, dtype=torch.bool)
+    new_run[..., 1:] = zs[..., 1:] != zs[..., :-1]
+    run = torch.cumsum(new_run.long(), dim=-1) - 1  # run id of each sorted position
+    start = torch.zeros_like(run).scatter_reduce(-1, run, pos, reduce="amin", include_self=False)
+    count = torch.zeros_like(run).scatter_add(-1, run, torch.ones_like(run))
+    s0, n = start.gather(-1, run), count.gather(-1, run)  # run start and length per position
+    incl = torch.cumsum(terms, dim=-1)
+    excl = incl - terms
+    cb = torch.where(s0 > 0, excl.gather(-1, s0), torch.zeros_like(excl))  # the terms before the run
+    # the terms after the run, summed from the end of the row (0 exactly when nothing follows)
+    rev = torch.flip(torch.cumsum(torch.flip(terms, [-1]), dim=-1), [-1])  # rev[j] = sum of terms[j:]
+    after = s0 + n
+    ca = torch.where(after < V, rev.gather(-1, after.clamp(max=V - 1)), torch.zeros_like(rev))
+    t = terms
+    i = (pos - s0 + 1).double()
+    hi, lo = _two_prod(torch.full_like(t, alpha), n.double())
+    r = (alpha * (cb + ca) - cb) / torch.where(t > 0, t, torch.ones_like(t))
+    by_count = ((i - hi) - lo) <= r
+    by_sum = incl <= alpha * incl[..., -1:]  # a run of zero terms (underflow): the plain running sum
+    kept = torch.where(t > 0, by_count, by_sum) & (zs > _NEG_INF)
     kept[..., 0] = True
+    kept = torch.cumprod(kept.long(), dim=-1).bool()  # a prefix, whatever the rounding between runs
     return _keep_prefix(z, order, kept)
 
 

@@ -27,7 +27,7 @@ from fuq import knobs as fuq_knobs
 
 # ---- the backends, in one place ---------------------------------------------------------------
 STATS_BACKENDS = ["cpp"] + (["triton"] if TRITON_RUNS else [])  # fuq.logit_stats
-TRUNCATE_BACKENDS = ["cpp"]  # fuq.truncate and fuq.sample (add "triton" / "cuda" with the gpu branch)
+TRUNCATE_BACKENDS = ["cpp"] + (["triton"] if TRITON_RUNS else [])  # fuq.truncate and fuq.sample (add "cuda")
 TRITON_MAX_V = 2048  # interpreted Triton: small rows only
 # -------------------------------------------------------------------------------------------------
 
@@ -135,9 +135,15 @@ def _check_stats(x, kinds, k, tokens, T):
         assert torch.equal(got.lse.isposinf(), want.lse.isposinf()), f"{backend}: +inf rows"
 
 
+def _runs(backend: str, V: int) -> bool:
+    return not (backend == "triton" and V > TRITON_MAX_V)
+
+
 def _check_truncate(x, kw):
     want = fuq.truncate(x, backend="reference", **kw)
     for backend in TRUNCATE_BACKENDS:
+        if not _runs(backend, x.shape[-1]):
+            continue
         got = fuq.truncate(x, backend=backend, **kw)
         assert torch.equal(got.isnan(), want.isnan()), f"{backend}: NaN rows differ ({kw})"
         assert_same_kept(got, want, x, kw)
@@ -148,6 +154,8 @@ def _check_sample(x, kw, k, seed):
         want_ids, want = fuq.sample(x, generator=torch.Generator().manual_seed(seed), k=k, base_stats=base,
                                     backend="reference", **kw)
         for backend in TRUNCATE_BACKENDS:
+            if not _runs(backend, x.shape[-1]):
+                continue
             ids, st = fuq.sample(x, generator=torch.Generator().manual_seed(seed), k=k, base_stats=base,
                                  backend=backend, **kw)
             # ids: equal but for a draw landing on a cut's rounding tie (never seen so far)
@@ -184,3 +192,53 @@ def test_backend_lists():
     """The fuzz covers the C++ kernels whenever the extension is built."""
     if os.environ.get("FUQ_NO_EXT") != "1":
         assert _library.HAS_CPP_TRUNCATE and _library.HAS_CPP_SAMPLE and "cpp" in TRUNCATE_BACKENDS
+
+
+# ---- rounding ties (issue 16.6): the exact answer on every backend ----------------------------
+# The knob is the caller's float64 and the probabilities the exact reals of the softmax: on a
+# uniform row of V, top-p and typical keep #{j : j / V < p}, top-h #{j : (j + 1) / V <= alpha};
+# 0.2 (= 0.2000000000000000111...) lands exactly on a token at these V.
+TIE_ROWS = [  # V, (top_p, typical_p, top_h) kept at 0.2
+    (2000, (401, 401, 400)),
+    (3000, (601, 601, 600)),
+    (4095, (820, 820, 819)),
+    (32000, (6401, 6401, 6400)),
+]
+
+
+def _tie_rows(V: int) -> torch.Tensor:
+    """Uniform rows of V: all +0.0, all -0.0, and mixed signs."""
+    x = torch.zeros(3, V)
+    x[1] = -0.0
+    x[2, ::2] = -0.0
+    return x
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("backend", ["reference", *TRUNCATE_BACKENDS])
+@pytest.mark.parametrize("V, want", TIE_ROWS, ids=[f"V{v}" for v, _ in TIE_ROWS])
+def test_fuzz_tie_rows(backend, V, want):
+    if backend == "triton" and V > 4096:
+        pytest.skip("interpreted Triton: small rows only")
+    x = _tie_rows(V)
+    for name, n in zip(("top_p", "typical_p", "top_h"), want, strict=True):
+        for xx, T in ((x, 1.0), (x.to(torch.bfloat16), 0.7)):
+            got = fuq.truncate(xx, temperature=T, backend=backend, **{name: 0.2}) > NEG
+            assert got.sum(-1).tolist() == [n] * 3, (backend, name, T)
+            assert got[:, :n].all(), (backend, name)  # the lower ids of the tie group
+            ids, _ = fuq.sample(xx, temperature=T, generator=torch.Generator().manual_seed(V), backend=backend,
+                                **{name: 0.2})
+            want_ids, _ = fuq.sample(xx, temperature=T, generator=torch.Generator().manual_seed(V),
+                                     backend="reference", **{name: 0.2})
+            assert torch.equal(ids, want_ids) and (ids < n).all(), (backend, name)
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("backend", ["reference", *TRUNCATE_BACKENDS])
+def test_fuzz_mass_one_ulp_from_the_bound(backend):
+    """p(token 0) = 0.98999999108...: 9e-9 below top_p = 0.99, under float32's resolution
+    there: the mass before token 1 is < 0.99, so both tokens are kept."""
+    x = torch.tensor([[-0.01005034614354372, -4.605169296264648]])
+    assert (fuq.truncate(x, top_p=0.99, backend=backend) > NEG).sum().item() == 2
+    assert (fuq.truncate(x.flip(-1), top_p=0.99, backend=backend) > NEG).sum().item() == 2
+    assert (fuq.truncate(x, top_p=0.98999, backend=backend) > NEG).sum().item() == 1

@@ -92,3 +92,25 @@ def test_other_device_is_guarded():
     got = fuq.truncate(x, top_p=0.9, backend="triton")
     assert got.device == x.device
     assert torch.equal(~torch.isinf(got.cpu()), _expected_keep(x.cpu(), "top_p", 0.9))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B", [1, 300])  # split rows, one program per row
+def test_rounding_ties_exact(backend, B):
+    """Issue 16.6 on the GPU kernels: uniform rows where 0.2 * V lands on a token keep the exact
+    count (top-p / typical #{j : j / V < p}, top-h #{j : (j + 1) / V <= alpha}), the float32-mass
+    reproducer keeps both tokens, and the draws equal the reference's."""
+    from test_fuzz import TIE_ROWS
+
+    for V, want in TIE_ROWS:
+        x = torch.zeros(B, V)
+        x[:, ::3] = -0.0
+        for name, n in zip(("top_p", "typical_p", "top_h"), want, strict=True):
+            got = fuq.truncate(x.cuda(), backend=backend, **{name: 0.2}).cpu() > float("-inf")
+            assert got.sum(-1).eq(n).all() and got[:, :n].all(), (V, name)
+            u = torch.rand((B,), dtype=torch.float64, generator=torch.Generator().manual_seed(V))
+            ids, _ = fuq.sample(x.cuda(), uniform=u.cuda(), backend=backend, **{name: 0.2})
+            want_ids, _ = fuq.sample(x, uniform=u, backend="reference", **{name: 0.2})
+            assert torch.equal(ids.cpu(), want_ids), (V, name)
+    r = torch.tensor([[-0.01005034614354372, -4.605169296264648]])
+    assert (fuq.truncate(r.cuda(), top_p=0.99, backend=backend).cpu() > float("-inf")).sum().item() == 2

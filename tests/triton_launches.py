@@ -19,7 +19,7 @@ closes the gap without a GPU, in two steps run as separate processes:
     prints registers, spills and shared memory per variant (``ptxas -v`` on the PTX).
     Exit status 1 if any variant fails.
 
-``python tests/triton_launches.py count [OUT.json]``
+``python tests/triton_launches.py count [OUT.json] [--reference-draw]``
     (needs ``TRITON_INTERPRET=1``) plans the decode shapes only and counts, per public
     call, the kernels a GPU would run (:class:`LaunchCount`); the record step prints the
     same table, so the AOT report (which CI prints) lists launches per op next to the
@@ -401,6 +401,7 @@ def _entry(mod, kernel: str, sig: dict, consts: dict, num_warps: int) -> dict:
 def hand_listed() -> list[dict]:
     """Launch variants written out by hand (were three per-op compile scripts in the op tests)."""
     import fuq.triton_kernels.attention_stats as A
+    import fuq.triton_kernels.draw as D
     import fuq.triton_kernels.hidden_stats as H
     import fuq.triton_kernels.logit_stats as L
 
@@ -444,6 +445,12 @@ def hand_listed() -> list[dict]:
                           dict(q_ptr=qt, **common, seg="i32", state_ptr="*fp32", kept_ptr="*fp32"), flags, 4))
         out.append(_entry(A, "_attention_mass_kernel",
                           dict(q_ptr=qt, **common, lse_ptr="*fp32", kept_ptr="*fp32", mass_ptr="*fp32"), flags, 4))
+    # draw: one program per row (S_PAD 2) and B = 1 at V = 262144 on a 132-SM GPU (256 segments)
+    for s_pad, zs in ((2, "i32"), (256, "i64")):
+        out.append(_entry(D, "_draw_kernel",
+                          dict(z_ptr="*fp32", z_stride=zs, u_ptr="*fp64", out_ptr="*i64", part_ptr="*fp64",
+                               cnt_ptr="*i32", V="i32", seg="i32", S="i32"),
+                          dict(BLOCK=D.BLOCK, S_PAD=s_pad), 4))
     out.append(_entry(A, "_attention_finalize_kernel",
                       dict(state_ptr="*fp32", n_splits="i32", G="i32", lse_ptr="*fp32", ent_ptr="*fp32"),
                       dict(SPLITS_PAD=512, BLOCK_R=16), 4))
@@ -487,11 +494,20 @@ def record(path: str) -> int:
     return 0
 
 
-def count(path: str | None) -> int:
-    """The launch table alone (plan mode: fast); to ``path`` as JSON when given."""
+def count(path: str | None, reference_draw: bool = False) -> int:
+    """The launch table alone (plan mode: fast); to ``path`` as JSON when given.
+
+    ``reference_draw``: the Triton sample route draws with ``fuq.reference.sample_from`` (torch
+    ops) instead of the Triton draw kernel, as before triton_kernels/draw.py (for before/after).
+    """
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("count needs TRITON_INTERPRET=1", file=sys.stderr)
         return 2
+    if reference_draw:
+        import fuq._library as lib
+        from fuq import reference
+
+        lib._triton_draw = lambda: reference.sample_from
     rec = Recorder()
     with rec.patched():
         rows = count_launches(rec)
@@ -611,8 +627,11 @@ def compile_all(path: str, archs: list[int]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "record":
         sys.exit(record(sys.argv[2]))
-    if len(sys.argv) in (2, 3) and sys.argv[1] == "count":
-        sys.exit(count(sys.argv[2] if len(sys.argv) == 3 else None))
+    if len(sys.argv) >= 2 and sys.argv[1] == "count":
+        ref_draw = "--reference-draw" in sys.argv
+        rest = [a for a in sys.argv[2:] if a != "--reference-draw"]
+        if len(rest) <= 1:
+            sys.exit(count(rest[0] if rest else None, ref_draw))
     if len(sys.argv) >= 4 and sys.argv[1] == "compile":
         sys.exit(compile_all(sys.argv[2], [int(a) for a in sys.argv[3:]]))
     print(__doc__)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import struct
 
 import torch
 import triton
@@ -65,7 +66,7 @@ F_M, F_LSE, F_H, F_P2, F_ZMEAN, F_CUT, F_ZCUT, F_N0, F_M2, F_LOGS, F_WTOP, F_MRE
 )
 NF = tl.constexpr(16)
 # int64 state of a row (split path), ist[B, NI]: the search interval and the cuts
-I_BASE, I_STEP, I_X, I_Y, I_KV = (tl.constexpr(i) for i in range(5))
+I_BASE, I_STEP, I_X, I_Y, I_KV, I_S = (tl.constexpr(i) for i in range(6))  # I_S: float64 bits of Σ
 I_CNT = tl.constexpr(7)  # programs of the row done with the current pass (the last one finalises it)
 NI = tl.constexpr(8)
 VEC = tl.constexpr(16)  # partial sums per program and pass
@@ -104,8 +105,8 @@ def _weight(z, live, lse, m, logs, wtop, mref, WMODE: tl.constexpr):
     """The search weight of each token: 1, p, or top-h's scaled entropy term; 0 for removed tokens."""
     if WMODE == 0:
         w = tl.where(live, 1.0, 0.0)
-    elif WMODE == 1:
-        w = tl.where(live, tl.exp(z - lse), 0.0)
+    elif WMODE == 1:  # exp(z - m): 1 exactly on the top group (the cut compares with p·S, S = Σ)
+        w = tl.where(live, tl.exp(tl.where(live, z - m, 0.0)), 0.0)
     else:
         # S·e^{m - mref}·(-p log p) = e^{z - mref}·(log S + m - z); the top token's is wtop
         rest = tl.exp(tl.where(live, z - mref, 0.0)) * (logs + (m - z))
@@ -216,12 +217,12 @@ def _seg_pivots(ptr, lo, hi, base, step, lse, H, m, logs, wtop, mref, IDB,
                 PMODE: tl.constexpr, WMODE: tl.constexpr, SB: tl.constexpr):
     """[NPIV] sums of the weights of the tokens at or below each pivot base + (b + 1)·step - 1."""
     piv = base + (tl.arange(0, NPIV).to(tl.int64) + 1) * step - 1
-    acc = tl.zeros([SB, NPIV], tl.float32)
+    acc = tl.zeros([SB, NPIV], tl.float64)  # float64: a mass bound 1 float32 ulp away still cuts right
     for start in range(lo, hi, SB):
         cols = start + tl.arange(0, SB)
         z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
         live = z > float("-inf")
-        w = _weight(z, live, lse, m, logs, wtop, mref, WMODE)
+        w = _weight(z, live, lse, m, logs, wtop, mref, WMODE).to(tl.float64)
         p = _pos(z, cols, lse, H, IDB, PMODE)
         acc += tl.where(p[:, None] <= piv[None, :], w[:, None], 0.0)
     return tl.sum(acc, axis=0)
@@ -261,9 +262,37 @@ def _toph_scale(s, n0, m, m2, r2):
 
 
 @triton.jit
-def _fin_pivots(sums, base, step, target, STRICT: tl.constexpr):
-    """Next (base, step): the first of the 16 sub-intervals whose upper pivot meets the target."""
-    if STRICT:
+def _f64(bits):
+    """The float64 whose bits the int64 ``bits`` holds (a Python float argument is float32 in Triton)."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _toph_one_group(alpha, n0, n, wtop, bound):
+    """(wtop, bound) of top-h's search; on a row that is one tie group (every live token at the
+    max: equal terms) the count #{i : i <= alpha·n} (alpha·n exact, at least 1) with weights 1,
+    so a uniform row of V keeps #{j : (j + 1) / V <= alpha}, as the reference and the C++ kernel."""
+    one = n0 == n
+    nd = n.to(tl.float64)
+    hi = alpha * nd
+    lo = tl.fma(alpha, nd, -hi)
+    f = tl.floor(hi)
+    k = tl.where((f == hi) & (lo < 0.0), f - 1.0, f)
+    k = tl.minimum(tl.maximum(k, 1.0), nd)
+    return tl.where(one, 1.0, wtop), tl.where(one, k.to(tl.float32), bound)
+
+
+@triton.jit
+def _fin_pivots(sums, base, step, target, S, STRICT: tl.constexpr, MASS: tl.constexpr):
+    """Next (base, step): the first of the 16 sub-intervals whose upper pivot meets the target.
+
+    MASS (top-p, typical: the weights are exp(z - m), S their float64 total): the target is
+    the float64 knob p and a pivot meets it iff its sum is not < p·S, decided on the exact
+    product (one rounding, in the fma): a uniform row of V keeps #{j : j / V < p}.
+    """
+    if MASS:
+        hit = tl.fma(target, S, -sums) <= 0.0
+    elif STRICT:
         hit = sums > target
     else:
         hit = sums >= target
@@ -279,20 +308,32 @@ def _search(ptr, V, nbits, target, lse, H, m, logs, wtop, mref, IDB,
     Never met (rounding; fewer live tokens than a count): the last position, 2^nbits - 1.
     """
     base = tl.full([], 0, tl.int64)
-    step = tl.full([], 1, tl.int64) << (nbits - 4)
+    step0 = tl.full([], 1, tl.int64) << (nbits - 4)
+    step = step0
+    S = tl.zeros([], tl.float64)
     for _ in range(0, nbits // 4):
         sums = _seg_pivots(ptr, 0, V, base, step, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, SB)
-        base, step = _fin_pivots(sums, base, step, target, STRICT)
+        S = tl.where(step == step0, _total(sums), S)  # the first round's last pivot holds every token
+        base, step = _fin_pivots(sums, base, step, target, S, STRICT, WMODE == 1)
     return base
+
+
+@triton.jit
+def _total(sums):
+    return tl.sum(tl.where(tl.arange(0, NPIV) == NPIV - 1, sums, 0.0), axis=0)
 
 
 # ------------------------------------------------------------------- one program per row
 
 
 @triton.jit
-def _knob_kernel(out_ptr, out_stride, V, param, min_keep, IDB,
+def _knob_kernel(out_ptr, out_stride, V, param, pbits, min_keep, IDB,
                  KNOB: tl.constexpr, BLOCK: tl.constexpr, SB: tl.constexpr):
-    """One knob on one row per program: stats, cut, then -inf over the removed tokens, in place."""
+    """One knob on one row per program: stats, cut, then -inf over the removed tokens, in place.
+
+    ``pbits``: the bits of the knob as the caller's float64 (``param`` is it rounded to float32):
+    top-p / typical compare masses with it, top-h counts a one-group row with it."""
+    param64 = _f64(pbits)
     row = tl.program_id(0).to(tl.int64)
     ptr = out_ptr + row * out_stride
     m = _seg_max(ptr, 0, V, BLOCK)
@@ -310,11 +351,11 @@ def _knob_kernel(out_ptr, out_stride, V, param, min_keep, IDB,
     if KNOB == 0:
         X = _search(ptr, V, 32, param, lse, H, m, logs, wtop, mref, 0, 0, 0, False, SB)
     elif KNOB == 1:
-        X = _search(ptr, V, nb, param, lse, H, m, logs, wtop, mref, IDB, 0, 1, False, SB)
+        X = _search(ptr, V, nb, param64, lse, H, m, logs, wtop, mref, IDB, 0, 1, False, SB)
         if min_keep > 1:
             Y = _search(ptr, V, nb, min_keep.to(tl.float32), lse, H, m, logs, wtop, mref, IDB, 0, 0, False, SB)
     elif KNOB == 3:
-        X = _search(ptr, V, nb, param, lse, H, m, logs, wtop, mref, IDB, 1, 1, False, SB)
+        X = _search(ptr, V, nb, param64, lse, H, m, logs, wtop, mref, IDB, 1, 1, False, SB)
         if min_keep > 1:
             Y = _search(ptr, V, nb, min_keep.to(tl.float32), lse, H, m, logs, wtop, mref, IDB, 1, 0, False, SB)
     elif KNOB == 6:
@@ -322,6 +363,7 @@ def _knob_kernel(out_ptr, out_stride, V, param, min_keep, IDB,
         logs, wtop, mref = _toph_scale(s, n0, m, m2, r2)
         hs = _seg_hs(ptr, 0, V, lse, m, logs, wtop, mref, BLOCK)
         bound = tl.maximum(param * hs, wtop)  # the first token is always kept
+        wtop, bound = _toph_one_group(param64, n0, n, wtop, bound)
         X = _search(ptr, V, nb, bound, lse, H, m, logs, wtop, mref, IDB, 0, 2, True, SB)
     elif KNOB == 7:
         zvar = tl.math.div_rn(_seg_var(ptr, 0, V, zmean, BLOCK), tl.maximum(n - 1.0, 1.0))
@@ -382,10 +424,11 @@ def _nan_rows_kernel(out_ptr, bad_ptr, out_stride, V, seg, S, S_PAD: tl.constexp
 
 
 @triton.jit
-def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB, S, param,
+def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB, S, param, pbits,
                  PHASE: tl.constexpr, PMODE: tl.constexpr, WMODE: tl.constexpr,
                  BLOCK: tl.constexpr, SB: tl.constexpr, KNOB: tl.constexpr, SLOT: tl.constexpr,
-                 STRICT: tl.constexpr, S_PAD: tl.constexpr, FIRST: tl.constexpr, SET_TARGET: tl.constexpr):
+                 STRICT: tl.constexpr, S_PAD: tl.constexpr, FIRST: tl.constexpr, SET_TARGET: tl.constexpr,
+                 MASS: tl.constexpr):
     """One pass of one knob over a segment: VEC partial results into part[row, split, :]; the
     row's last program to finish reduces them (:func:`_fin_row`). FIRST: the first round of a
     search (its interval is the whole order: no state to read; SET_TARGET: its target is param)."""
@@ -402,7 +445,7 @@ def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB, S
     wtop = tl.load(f + F_WTOP)
     mref = tl.load(f + F_MREF)
     v = tl.arange(0, VEC)
-    res = tl.zeros([VEC], tl.float32)
+    res = tl.zeros([VEC], tl.float64)  # float64: the pivot sums (PH_PIV) need it
     if PHASE == 0:
         res = tl.where(v == 0, _seg_max(ptr, lo, hi, BLOCK), res)
     elif PHASE == 1:
@@ -425,8 +468,8 @@ def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB, S
     done = tl.atomic_add(ist_ptr + row * NI + I_CNT, 1, sem="acq_rel")
     if done == S - 1:
         tl.store(ist_ptr + row * NI + I_CNT, 0)  # the next pass (a later launch) counts from 0
-        _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, IDB, PHASE, KNOB, SLOT, STRICT, S_PAD, FIRST,
-                 SET_TARGET)
+        _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB, PHASE, KNOB, SLOT, STRICT, S_PAD, FIRST,
+                 SET_TARGET, MASS)
 
 
 @triton.jit
@@ -442,15 +485,16 @@ def _interval(it, IDB, FIRST: tl.constexpr):
 
 
 @triton.jit
-def _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, IDB,
+def _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB,
              PHASE: tl.constexpr, KNOB: tl.constexpr, SLOT: tl.constexpr, STRICT: tl.constexpr,
-             S_PAD: tl.constexpr, FIRST: tl.constexpr, SET_TARGET: tl.constexpr):
+             S_PAD: tl.constexpr, FIRST: tl.constexpr, SET_TARGET: tl.constexpr, MASS: tl.constexpr):
     """Reduce the S partials of a row (sums; maxima for the max slots) and advance its state.
 
     PH_PIV: SLOT is the int state slot that receives the search result once the step
     reaches 0 (the caller launches exactly nbits / 4 rounds, the first with FIRST).
     PH_MOM also sets the p cut of min-p / epsilon / eta / p-less (KNOB).
     """
+    param64 = _f64(pbits)
     sp = tl.arange(0, S_PAD)
     v = tl.arange(0, VEC)
     tile = part_ptr + (row * S + sp[:, None]) * VEC + v[None, :]
@@ -459,12 +503,22 @@ def _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, IDB,
     if PHASE == 5:
         sums = tl.sum(tl.load(tile, mask=msk, other=0.0, cache_modifier=".cg"), axis=0)
         base, step = _interval(ist_ptr + row * NI, IDB, FIRST)
-        if FIRST and SET_TARGET:
-            tl.store(f + F_TARGET, param)
-            target = param
+        if MASS:
+            # the target is the float64 knob; Σ (the first round's last pivot) is kept in I_S
+            if FIRST:
+                tot = _total(sums)
+                tl.store(ist_ptr + row * NI + I_S, tot.to(tl.int64, bitcast=True))
+            else:
+                tot = tl.load(ist_ptr + row * NI + I_S).to(tl.float64, bitcast=True)
+            target = param64
         else:
-            target = tl.load(f + F_TARGET)
-        base, step = _fin_pivots(sums, base, step, target, STRICT)
+            tot = tl.zeros([], tl.float64)
+            if FIRST and SET_TARGET:
+                tl.store(f + F_TARGET, param)
+                target = param + tl.zeros([], tl.float64)  # (param is a Python float when interpreted)
+            else:
+                target = tl.load(f + F_TARGET).to(tl.float64)
+        base, step = _fin_pivots(sums, base, step, target, tot, STRICT, MASS)
         tl.store(ist_ptr + row * NI + I_BASE, base)
         tl.store(ist_ptr + row * NI + I_STEP, step)
         if step == 0:
@@ -474,7 +528,7 @@ def _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, IDB,
         m = tl.max(tl.max(first, axis=1), axis=0)
         tl.store(f + F_M, m)
     else:
-        sums = tl.sum(tl.load(tile, mask=msk, other=0.0, cache_modifier=".cg"), axis=0)
+        sums = tl.sum(tl.load(tile, mask=msk, other=0.0, cache_modifier=".cg"), axis=0).to(tl.float32)
         m = tl.load(f + F_M)
         if PHASE == 1:
             s = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
@@ -513,7 +567,11 @@ def _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, IDB,
             tl.store(f + F_MREF, mref)
         else:  # PH_HS: top-h's bound, the first token always kept
             hs = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
-            tl.store(f + F_TARGET, tl.maximum(param * hs, tl.load(f + F_WTOP)))
+            wtop = tl.load(f + F_WTOP)
+            wtop, bound = _toph_one_group(param64, tl.load(f + F_N0), tl.load(f + F_N), wtop,
+                                          tl.maximum(param * hs, wtop))
+            tl.store(f + F_WTOP, wtop)
+            tl.store(f + F_TARGET, bound)
 
 
 @triton.jit
@@ -565,6 +623,11 @@ BLOCK = 1024  # entries per chunk of the streaming passes
 SB = 256  # entries per chunk of a search pass ([SB, 16] sums)
 MAX_V = 2**24  # counts are float32 sums (exact below 2^24); positions need 32 + IDB <= 56 bits
 MIN_CHUNKS = 1  # a split segment holds at least this many BLOCKs
+
+
+def _bits(x: float) -> int:
+    """The bits of the float64 ``x`` as an int64 (kernels read the knob exactly with ``_f64``)."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 def _p2(n: int) -> int:
@@ -628,9 +691,10 @@ def _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, min_keep):
     S_PAD = max(2, _p2(S))
 
     def phase(ph, pmode=0, wmode=0, slot=I_X.value, strict=False, p=0.0, bits=idb, first=False, set_target=False):
-        _part_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, part, bits, S, p,
+        _part_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, part, bits, S, p, _bits(p),
                              PHASE=ph, PMODE=pmode, WMODE=wmode, BLOCK=BLOCK, SB=SB, KNOB=knob, SLOT=slot,
-                             STRICT=strict, S_PAD=S_PAD, FIRST=first, SET_TARGET=set_target, num_warps=8)
+                             STRICT=strict, S_PAD=S_PAD, FIRST=first, SET_TARGET=set_target,
+                             MASS=ph == PH_PIV and wmode == W_P, num_warps=8)
 
     def search(nbits, target, pmode, wmode, slot, strict=False, set_target=True):
         for r in range(nbits // 4):
@@ -704,12 +768,12 @@ def truncate(
                             int(min_tokens_to_keep))
         if S == 1:
             for knob, param, keep in knobs:
-                _knob_kernel[(B,)](out, out.stride(0), V, param, keep, _idb(V),
+                _knob_kernel[(B,)](out, out.stride(0), V, param, _bits(param), keep, _idb(V),
                                    KNOB=knob, BLOCK=BLOCK, SB=SB, num_warps=8)
         elif knobs:
             fst = torch.zeros((B, NF.value), dtype=torch.float32, device=dev)
             ist = torch.zeros((B, NI.value), dtype=torch.int64, device=dev)
-            part = torch.empty((B, S, VEC.value), dtype=torch.float32, device=dev)
+            part = torch.empty((B, S, VEC.value), dtype=torch.float64, device=dev)
             for knob, param, keep in knobs:
                 _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, keep)
         _nan_rows_kernel[(B, S)](out, bad, out.stride(0), V, seg, S, S_PAD=max(2, _p2(S)), BLOCK=BLOCK)

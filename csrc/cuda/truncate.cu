@@ -35,8 +35,9 @@ void launch(const T* px, const Tensor& logits, float* po, int B, int V, const fu
   int64_t resident = 0;
   if (coop) C10_CUDA_CHECK(fuq::truncate_max_coresident<T>(sms, &resident));
   const fuq::TruncatePlan plan = fuq::truncate_plan(B, V, sms, resident);
-  Tensor scratch = at::empty({plan.scratch_floats > 0 ? plan.scratch_floats : 1}, logits.options().dtype(at::kFloat));
-  C10_CUDA_CHECK(fuq::truncate<T>(px, logits.stride(0), po, V, B, V, P, plan, scratch.data_ptr<float>(), stream));
+  Tensor scratch =
+      at::empty({plan.scratch_doubles > 0 ? plan.scratch_doubles : 1}, logits.options().dtype(at::kDouble));
+  C10_CUDA_CHECK(fuq::truncate<T>(px, logits.stride(0), po, V, B, V, P, plan, scratch.data_ptr<double>(), stream));
 }
 
 Tensor truncate_cuda(const Tensor& logits_in, double temperature, int64_t top_k, double top_p, double min_p,
@@ -57,12 +58,12 @@ Tensor truncate_cuda(const Tensor& logits_in, double temperature, int64_t top_k,
   fuq::TruncateParams P;
   P.temperature = static_cast<float>(temperature);
   P.top_k = static_cast<int>(top_k);
-  P.top_p = top_p < 1.0 ? static_cast<float>(top_p) : -1.f;
+  P.top_p = top_p < 1.0 ? top_p : -1.0;  // float64: the mass cut compares the knob exactly
   P.min_p = min_p > 0.0 ? static_cast<float>(min_p) : -1.f;
-  P.typical_p = typical_p < 1.0 ? static_cast<float>(typical_p) : -1.f;
+  P.typical_p = typical_p < 1.0 ? typical_p : -1.0;
   P.epsilon = epsilon > 0.0 ? static_cast<float>(epsilon) : -1.f;
   P.eta = eta > 0.0 ? static_cast<float>(eta) : -1.f;
-  P.top_h = top_h > 0.0 ? static_cast<float>(top_h) : -1.f;
+  P.top_h = top_h > 0.0 ? top_h : -1.0;
   P.top_n_sigma = static_cast<float>(top_n_sigma);
   P.p_less = p_less;
   P.min_tokens_to_keep = static_cast<int>(min_tokens_to_keep < 1 ? 1 : min_tokens_to_keep);

@@ -4,7 +4,7 @@
 
 #define FUQ_INSTANTIATE_TRUNCATE(T)                                                                      \
   template cudaError_t fuq::truncate<T>(const T*, int64_t, float*, int64_t, int, int,                   \
-                                        const fuq::TruncateParams&, const fuq::TruncatePlan&, float*,   \
+                                        const fuq::TruncateParams&, const fuq::TruncatePlan&, double*,  \
                                         cudaStream_t);                                                  \
   template cudaError_t fuq::truncate_max_coresident<T>(int, int64_t*);
 

@@ -88,6 +88,7 @@ struct Workspace {
   std::vector<double> mass = std::vector<double>(kBins + 2);
   std::vector<double> ment = std::vector<double>(kBins + 2);
   std::vector<Member> members;
+  std::vector<double> terms, suffix;  // top-h: the cut bin's terms and their suffix sums
   std::vector<float> heap;
   // Per chunk of the row (index i0 / kChunk), filled by init: the max (NaN ignored) and the
   // min of the finite values. Every later pass skips a chunk these prove irrelevant; after
@@ -115,7 +116,17 @@ class RowTruncator {
   using Src = typename Tag::storage;
 
  public:
-  RowTruncator(const Src* x, float t, float* z, int64_t V, Workspace& ws) : x_(x), t_(t), z_(z), V_(V), ws_(ws) {}
+  RowTruncator(const Src* x, float t, float* z, int64_t V, Workspace& ws)
+      : x_(x), t_(t), z_(z), V_(V), ws_(ws), nb_(bins_for(V)) {}
+
+  // The histogram's bin count for a row of V: kBins for long rows, fewer for short ones (a
+  // short row's every pass over 2048 bins cost more than its tokens: ~5 us of a B = 1, V = 1024
+  // top-p sample). Any count gives the same kept set: the bins only locate the cut.
+  static int32_t bins_for(int64_t V) {
+    int64_t nb = 64;
+    while (nb < kBins && nb * 4 < V) nb *= 2;
+    return static_cast<int32_t>(nb);
+  }
 
   // Scan the row: its max (m), the min of its finite values (both per chunk too, kept for
   // the later passes' skips) and, when `with_stats`, the stats of the whole row by the
@@ -328,7 +339,7 @@ class RowTruncator {
     }
     histogram_desc<false, false>(m_);
     int64_t c = 0;
-    for (int b = 0; b <= kBins; ++b) {
+    for (int b = 0; b <= nb_; ++b) {
       if (c + ws_.cnt[b] >= k) {
         collect_desc(b);
         return ws_.members[k - c - 1].z;
@@ -355,7 +366,7 @@ class RowTruncator {
     const double g = alone ? static_cast<double>(m_) - static_cast<double>(m2) : 0.0;
     histogram_desc<true, true>(mref);  // alone: the top token is left out
     double R = 0;
-    for (int b = 0; b <= kBins; ++b) R += ws_.mass[b];
+    for (int b = 0; b <= nb_; ++b) R += ws_.mass[b];
     double logS, top_term = 0;
     if (alone) {
       const double x = std::exp(-g) * R;
@@ -366,33 +377,78 @@ class RowTruncator {
     }
     const double off = logS + g;  // the term of a histogrammed token: e' (off + (mref - z))
     double H = top_term;  // summed as the walk below sums: alpha = 1 keeps every token
-    for (int b = 0; b <= kBins; ++b) H += ws_.mass[b] * off + ws_.ment[b];
+    for (int b = 0; b <= nb_; ++b) H += ws_.mass[b] * off + ws_.ment[b];
     const double bound = alpha * H;
     double cum = top_term;  // alone: the top token, first and always kept
     int b = 0;
-    for (; b <= kBins; ++b) {
+    for (; b <= nb_; ++b) {
       const double add = ws_.mass[b] * off + ws_.ment[b];
       if (cum + add > bound) break;
       cum += add;
     }
-    if (b > kBins) return;  // everything fits
+    if (b > nb_) return;  // everything fits
+    double after = 0;  // the terms of the bins after b
+    for (int bb = b + 1; bb <= nb_; ++bb) after += ws_.mass[bb] * off + ws_.ment[bb];
     collect_desc(b);
     const auto& mem = ws_.members;
+    const size_t nm = mem.size();
+    auto& terms = ws_.terms;
+    terms.resize(nm + 1);
+    for (size_t j = 0; j < nm; ++j) terms[j] = static_cast<double>(fast_exp_nonpos(mem[j].z - mref)) * (off + mem[j].key);
+    // suffix sums of the bin's terms, from its end: terms[nm + j'] would be past it
+    std::vector<double>& suf = ws_.suffix;
+    suf.assign(nm + 1, 0.0);
+    for (size_t j = nm; j-- > 0;) suf[j] = suf[j + 1] + terms[j];
+    // Walk the bin's tie groups (runs of equal z: equal terms t). The i-th token of a run of n
+    // is kept iff Cb + i t <= alpha (Cb + n t + Ca) (Cb, Ca: the terms before / after the run),
+    // counted as i - alpha n <= (alpha (Cb + Ca) - Cb) / t with alpha n exact: on a row that is
+    // one tie group (uniform) the count is #{i : i <= alpha n}, as fuq/reference.py's _top_h.
     size_t j = 0;
-    for (; j < mem.size(); ++j) {
-      const double add = static_cast<double>(fast_exp_nonpos(mem[j].z - mref)) * (off + mem[j].key);
-      if (cum + add > bound) break;
-      cum += add;
+    size_t kept = 0;  // members kept
+    bool cut = false;
+    while (j < nm) {
+      size_t e = j + 1;
+      while (e < nm && mem[e].z == mem[j].z) ++e;
+      const double t = terms[j];
+      const int64_t n = static_cast<int64_t>(e - j);
+      int64_t k;
+      if (t > 0) {
+        const double ca = after + suf[e];
+        k = count_within(alpha, n, (alpha * (cum + ca) - cum) / t);
+      } else {
+        k = cum <= bound ? n : 0;  // zero terms (underflow): the running sum decides
+      }
+      if (k < n) {
+        kept = j + static_cast<size_t>(k);
+        cut = true;
+        break;
+      }
+      for (size_t q = j; q < e; ++q) cum += terms[q];
+      j = e;
     }
-    if (j == mem.size()) {  // rounding: the bin fitted after all; cut after it
-      apply_cut(desc_cut(mem.size() - 1));
-    } else if (!alone && b == 0 && j == 0) {
+    if (!cut) {  // rounding: the bin fitted after all; cut after it
+      apply_cut(desc_cut(nm - 1));
+    } else if (!alone && b == 0 && kept == 0) {
       apply_cut(desc_cut(0));  // the first token of the order is always kept
-    } else if (j > 0) {
-      apply_cut(desc_cut(j - 1));  // everything before mem[j]
+    } else if (kept > 0) {
+      apply_cut(desc_cut(kept - 1));  // everything before mem[kept]
     } else {
       set_lo(std::nextafter(mem[0].z, kInf));  // mem[0] is its group's first: drop the group
     }
+  }
+
+  // #{i in 1..n : i - alpha n <= r}, with alpha n taken exactly (hi + lo, lo = fma's remainder):
+  // exact when r = 0 (a row that is one tie group).
+  static int64_t count_within(double alpha, int64_t n, double r) {
+    const double nd = static_cast<double>(n);
+    const double hi = alpha * nd;
+    const double lo = std::fma(alpha, nd, -hi);
+    auto ok = [&](int64_t i) { return (static_cast<double>(i) - hi) - lo <= r; };
+    const double guess = std::floor(hi + r);
+    int64_t k = guess < 0 ? 0 : (guess > nd ? n : static_cast<int64_t>(guess));
+    while (k < n && ok(k + 1)) ++k;
+    while (k > 0 && !ok(k)) --k;
+    return k;
   }
 
   void top_k(int64_t k) { set_lo(kth_largest(k)); }
@@ -402,15 +458,17 @@ class RowTruncator {
   void top_p(double p, int64_t mtk) {
     histogram_desc<true, false>(m_);
     double S = 0;
-    for (int b = 0; b <= kBins; ++b) S += ws_.mass[b];
-    const double target = p * S;
+    for (int b = 0; b <= nb_; ++b) S += ws_.mass[b];
+    // x < p·S decided on the exact product (one rounding, in the fma): a uniform row of V
+    // keeps #{j : j / V < p} tokens (its weights are 1 and their sums exact)
+    auto below = [p, S](double x) { return std::fma(p, S, -x) > 0; };
     double cum = 0;
     int b = 0;
-    for (; b <= kBins; ++b) {
-      if (cum + ws_.mass[b] >= target && ws_.cnt[b] > 0) break;
+    for (; b <= nb_; ++b) {
+      if (!below(cum + ws_.mass[b]) && ws_.cnt[b] > 0) break;
       cum += ws_.mass[b];
     }
-    if (b > kBins) return;  // rounding: the whole row is needed
+    if (b > nb_) return;  // rounding: the whole row is needed
     const Cut mk = mtk > 1 ? count_cut(mtk) : Cut{m_, 0, false};  // the mtk-th token of the order
     if (mk.idx == kAllIdx) return;  // fewer than mtk live tokens: keep them all
     collect_desc(b);
@@ -418,7 +476,7 @@ class RowTruncator {
     size_t j = 0;
     for (; j + 1 < mem.size(); ++j) {
       cum += static_cast<double>(fast_exp_nonpos(mem[j].z - m_));
-      if (cum >= target) break;
+      if (!below(cum)) break;
     }
     const Cut cp = desc_cut(j);
     apply_cut(mtk > 1 && before_in_order(cp, mk) ? mk : cp);  // the later of the two cuts
@@ -437,18 +495,18 @@ class RowTruncator {
     const float c = static_cast<float>(static_cast<double>(m_) - s.D / s.S);  // lse - H
     histogram_typical(c);
     double S = 0;
-    for (int b = 0; b <= kBins; ++b) S += ws_.mass[b];
-    const double target = mass * S;
-    // mass cut: the first token (key ascending) at which the cumulative mass reaches target
+    for (int b = 0; b <= nb_; ++b) S += ws_.mass[b];
+    auto below = [mass, S](double x) { return std::fma(mass, S, -x) > 0; };  // x < mass·S, exactly
+    // mass cut: the first token (key ascending) at which the cumulative mass reaches mass·S
     float key_cut;
     int64_t key_idx = kAllIdx;
     double cum = 0;
     int b = 0;
-    for (; b <= kBins; ++b) {
-      if (cum + ws_.mass[b] >= target && ws_.cnt[b] > 0) break;
+    for (; b <= nb_; ++b) {
+      if (!below(cum + ws_.mass[b]) && ws_.cnt[b] > 0) break;
       cum += ws_.mass[b];
     }
-    if (b > kBins) {
+    if (b > nb_) {
       key_cut = kInf;  // rounding: keep every live token
     } else {
       collect_typical(b, c);
@@ -456,7 +514,7 @@ class RowTruncator {
       size_t j = 0;
       for (; j + 1 < mem.size(); ++j) {
         cum += static_cast<double>(fast_exp_nonpos(mem[j].z - m_));
-        if (cum >= target) break;
+        if (!below(cum)) break;
       }
       key_cut = static_cast<float>(mem[j].key);
       key_idx = j + 1 < mem.size() && mem[j + 1].key == mem[j].key ? mem[j].idx : kAllIdx;
@@ -464,7 +522,7 @@ class RowTruncator {
     if (mtk > 1) {
       int64_t cc = 0;
       int bb = 0;
-      for (; bb <= kBins; ++bb) {
+      for (; bb <= nb_; ++bb) {
         if (cc + ws_.cnt[bb] >= mtk) {
           collect_typical(bb, c);
           const auto& mem = ws_.members;
@@ -476,7 +534,7 @@ class RowTruncator {
         }
         cc += ws_.cnt[bb];
       }
-      if (bb > kBins) key_cut = kInf, key_idx = kAllIdx;  // fewer than mtk live tokens: keep them all
+      if (bb > nb_) key_cut = kInf, key_idx = kAllIdx;  // fewer than mtk live tokens: keep them all
     }
     // write the prefix out. key_idx: the cut falls inside a group of equal keys, whose indices
     // up to key_idx stay
@@ -743,7 +801,7 @@ class RowTruncator {
   // histogram ({kLowest, kAllIdx}: fewer than n are live)
   Cut count_cut(int64_t n) {
     int64_t c = 0;
-    for (int b = 0; b <= kBins; ++b) {
+    for (int b = 0; b <= nb_; ++b) {
       if (c + ws_.cnt[b] >= n) {
         collect_desc(b);
         return desc_cut(static_cast<size_t>(n - c - 1));
@@ -753,26 +811,27 @@ class RowTruncator {
     return {kLowest, kAllIdx, false};
   }
 
-  // Bins over d = mref - z: width w spans [0, min(mref - zmin, kRange)); bin kBins = overflow,
-  // kBins + 1 = not live (or above mref: top-h leaves a lone max out this way).
+  // Bins over d = mref - z: width w spans [0, min(mref - zmin, kRange)); bin nb_ = overflow,
+  // nb_ + 1 = not live (or above mref: top-h leaves a lone max out this way).
   void bin_setup_desc(float mref) {
     mref_ = mref;
     const double range = std::min(static_cast<double>(mref) - static_cast<double>(zmin_), kRange);
-    inv_w_ = range > 1e-20 ? static_cast<float>(kBins / range) : 1e20f;
+    inv_w_ = range > 1e-20 ? static_cast<float>(nb_ / range) : 1e20f;
   }
 
   // The bin of a token; the histogram and the collection use this one expression.
-  static inline int32_t bin_of(float key, bool live, float iw) {
-    const float t = std::min(key * iw, static_cast<float>(kBins));
-    return live ? static_cast<int32_t>(t) : kBins + 1;
+  static inline int32_t bin_of(float key, bool live, float iw, int32_t nb) {
+    const float t = std::min(key * iw, static_cast<float>(nb));
+    return live ? static_cast<int32_t>(t) : nb + 1;
   }
 
   // KEY: 0 = d = m - z (descending z), 1 = |z - c| (typical).
   template <int KEY, bool MASS, bool ENT>
   void histogram(float c, float iw) {
-    std::fill(ws_.cnt.begin(), ws_.cnt.end(), 0);
-    if (MASS) std::fill(ws_.mass.begin(), ws_.mass.end(), 0.0);
-    if (ENT) std::fill(ws_.ment.begin(), ws_.ment.end(), 0.0);
+    const int32_t nb = nb_;
+    std::fill(ws_.cnt.begin(), ws_.cnt.begin() + nb + 2, 0);
+    if (MASS) std::fill(ws_.mass.begin(), ws_.mass.begin() + nb + 2, 0.0);
+    if (ENT) std::fill(ws_.ment.begin(), ws_.ment.begin() + nb + 2, 0.0);
     const float m = KEY == 0 ? mref_ : m_, lo = lo_;  // m: the exponentials' reference point
     int64_t* cnt = ws_.cnt.data();
     double* mass = ws_.mass.data();
@@ -784,7 +843,7 @@ class RowTruncator {
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
         const bool live = v >= lo && (KEY != 0 || v <= m);
-        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), live, iw);
+        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), live, iw, nb);
         if (MASS) e[j] = live ? fast_exp_nonpos(v - m) : 0.0f;
       }
       for (int64_t j = 0; j < n; ++j) {
@@ -793,12 +852,13 @@ class RowTruncator {
         if (MASS) mass[b] += static_cast<double>(e[j]);
         if (ENT) ment[b] += static_cast<double>(e[j]) * (static_cast<double>(m) - static_cast<double>(zc[j]));
       }
-    }, [&](int64_t, int64_t n) { cnt[kBins + 1] += n; });
+    }, [&](int64_t, int64_t n) { cnt[nb + 1] += n; });
   }
 
   // The live members of bin b, sorted by their key (then index).
   template <int KEY>
   void collect(int b, float c, float iw) {
+    const int32_t nb = nb_;
     auto& mem = ws_.members;
     mem.clear();
     const float m = mref_, lo = lo_;
@@ -809,12 +869,12 @@ class RowTruncator {
       const float cmx = cmaxs[i0 / kChunk], cmn = cmins[i0 / kChunk];
       if (!(cmx >= lo)) continue;
       if (KEY == 0) {
-        if (bin_of(std::max(m - cmx, 0.0f), true, iw) > b || bin_of(m - std::max(cmn, lo), true, iw) < b) continue;
+        if (bin_of(std::max(m - cmx, 0.0f), true, iw, nb) > b || bin_of(m - std::max(cmn, lo), true, iw, nb) < b) continue;
       } else {
         const float klo = (c >= std::max(cmn, lo) && c <= cmx) ? 0.0f
                                                                 : std::min(std::fabs(cmx - c), std::fabs(std::max(cmn, lo) - c));
         const float khi = std::max(std::fabs(cmx - c), std::fabs(std::max(cmn, lo) - c));
-        if (bin_of(klo, true, iw) > b || bin_of(khi, true, iw) < b) continue;
+        if (bin_of(klo, true, iw, nb) > b || bin_of(khi, true, iw, nb) < b) continue;
       }
       const int64_t n = std::min(kChunk, V_ - i0);
       const float* zc = chunk(i0, n);
@@ -822,7 +882,7 @@ class RowTruncator {
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
-        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), v >= lo && (KEY != 0 || v <= m), iw);
+        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), v >= lo && (KEY != 0 || v <= m), iw, nb);
       }
       for (int64_t j = 0; j < n; ++j) {
         if (bn[j] == b) {
@@ -851,7 +911,7 @@ class RowTruncator {
   void histogram_typical(float c) {
     const float kmax = std::max(std::fabs(m_ - c), std::fabs(zmin_ - c));
     const float range = std::min(kmax, static_cast<float>(kRange));
-    inv_wt_ = range > 1e-20f ? static_cast<float>(kBins) / range : 1e20f;
+    inv_wt_ = range > 1e-20f ? static_cast<float>(nb_) / range : 1e20f;
     histogram<1, true, false>(c, inv_wt_);
   }
 
@@ -937,6 +997,7 @@ class RowTruncator {
   float mref_ = -kInf;        // the reference point of the descending histogram (m_, or m2 in top-h)
   float inv_w_ = 1.0f;
   float inv_wt_ = 1.0f;
+  int32_t nb_ = kBins;  // bins in use (bins_for(V)); bin nb_ = overflow, nb_ + 1 = not live
   Stats st_;
   bool stats_ok_ = false, moments_ok_ = false;
   bool nan_ = false;

@@ -9,6 +9,13 @@
 // keep a prefix of their order. No sort. Divisions and square roots that decide a kept
 // set are round-to-nearest (__fdiv_rn, __fsqrt_rn), as on the CPU.
 //
+// Rounding ties (one kept set on every backend, fuq/reference.py): the search sums are
+// float64; top-p and typical weigh exp(z - m) (1 exactly on the top group) and decide
+// "mass before < p" as x < p·S on the exact product (fma) with the caller's float64 knob
+// (S: the row's total, the first round's last pivot); top-h counts a row that is one tie
+// group as #{i : i <= alpha·n} (alpha·n exact), so a uniform row of V keeps #{j : j / V < p}
+// and #{j : (j + 1) / V <= alpha} tokens, as the C++ CPU, Triton and reference kernels.
+//
 // Launch shapes (truncate_plan): one block per row when B fills the GPU; otherwise split
 // rows, S blocks per row in one cooperative launch, every reduction spanning the row's
 // blocks through global scratch and a grid sync (so B = 1 at V = 262144 uses every SM).
@@ -33,12 +40,12 @@ namespace fuq {
 struct TruncateParams {
   float temperature;
   int top_k;
-  float top_p;
+  double top_p;  // float64: the mass cuts compare the caller's knob exactly
   float min_p;
-  float typical_p;
+  double typical_p;
   float epsilon;
   float eta;
-  float top_h;
+  double top_h;
   float top_n_sigma;
   bool p_less;
   int min_tokens_to_keep;
@@ -77,8 +84,8 @@ template <int BLOCK>
 struct BlockRed {
   typename cub::BlockReduce<float, BLOCK>::TempStorage reduce;
   float bcast;
-  float piv[BLOCK / 32][kPiv];
-  float sums[kPiv];
+  double piv[BLOCK / 32][kPiv];
+  double sums[kPiv];
 
   __device__ float sum(float v) { return bcast_of(cub::BlockReduce<float, BLOCK>(reduce).Sum(v)); }
   __device__ float max(float v) { return bcast_of(cub::BlockReduce<float, BLOCK>(reduce).Reduce(v, cuda::maximum<>{})); }
@@ -90,17 +97,17 @@ struct BlockRed {
     return out;
   }
   // The block's kPiv sums of acc, in shared memory (valid until the next call).
-  __device__ const float* sum16(const float (&acc)[kPiv]) {
+  __device__ const double* sum16(const double (&acc)[kPiv]) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
     for (int b = 0; b < kPiv; ++b) {
-      float v = acc[b];
+      double v = acc[b];
       for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
       if (lane == 0) piv[warp][b] = v;
     }
     __syncthreads();
     if (threadIdx.x < kPiv) {
-      float v = 0.f;
+      double v = 0.0;
       for (int w = 0; w < BLOCK / 32; ++w) v += piv[w][threadIdx.x];
       sums[threadIdx.x] = v;
     }
@@ -112,22 +119,22 @@ struct BlockRed {
 template <int BLOCK>
 struct GridRed {
   BlockRed<BLOCK>* blk;  // shared
-  float* scratch;        // [2][B][S][kPiv] global
+  double* scratch;       // [2][B][S][kPiv] global
   int64_t row;
   int S, split, parity;
 
   // Exchange n <= kPiv block results (in blk->sums) across the row's blocks; op 0 sum, 1 max.
-  __device__ const float* exchange(int n, int op) {
-    float* buf = scratch + (static_cast<int64_t>(parity) * gridDim.x + row) * S * kPiv;
+  __device__ const double* exchange(int n, int op) {
+    double* buf = scratch + (static_cast<int64_t>(parity) * gridDim.x + row) * S * kPiv;
     if (threadIdx.x < n) buf[split * kPiv + threadIdx.x] = blk->sums[threadIdx.x];
     __threadfence();
     cooperative_groups::this_grid().sync();
     __syncthreads();
     if (threadIdx.x < n) {
-      float v = op == 0 ? 0.f : -INFINITY;
+      double v = op == 0 ? 0.0 : -INFINITY;
       for (int j = 0; j < S; ++j) {
-        const float x = buf[j * kPiv + threadIdx.x];
-        v = op == 0 ? v + x : fmaxf(v, x);
+        const double x = buf[j * kPiv + threadIdx.x];
+        v = op == 0 ? v + x : fmax(v, x);
       }
       blk->sums[threadIdx.x] = v;
     }
@@ -138,7 +145,7 @@ struct GridRed {
   __device__ float one(float r, int op) {
     if (threadIdx.x == 0) blk->sums[0] = r;
     __syncthreads();
-    const float out = exchange(1, op)[0];
+    const float out = static_cast<float>(exchange(1, op)[0]);  // a float64 sum of the S parts, rounded once
     __syncthreads();
     return out;
   }
@@ -146,7 +153,7 @@ struct GridRed {
   __device__ float max(float v) {
     return one(cub::BlockReduce<float, BLOCK>(blk->reduce).Reduce(v, cuda::maximum<>{}), 1);
   }
-  __device__ const float* sum16(const float (&acc)[kPiv]) {
+  __device__ const double* sum16(const double (&acc)[kPiv]) {
     blk->sum16(acc);
     return exchange(kPiv, 0);
   }
@@ -163,10 +170,11 @@ struct Row {
     const int64_t ids = idb > 0 ? static_cast<int64_t>(idx) : 0;
     return ((static_cast<int64_t>(prim) + kOff) << idb) | ids;
   }
-  // wmode 0: 1; 1: p; 2: top-h's entropy term scaled by S·e^{m - mref}. z is live.
+  // wmode 0: 1; 1: p·S = e^{z - m} (1 exactly on the top group; the mass cut compares with
+  // p·S); 2: top-h's entropy term scaled by S·e^{m - mref}. z is live.
   __device__ __forceinline__ float weight(float z, int wmode) const {
     if (wmode == 0) return 1.f;
-    if (wmode == 1) return expf(z - lse);
+    if (wmode == 1) return expf(z - m);
     return z == m ? wtop : expf(z - mref) * (logs + (m - z));
   }
 };
@@ -230,32 +238,37 @@ __device__ void top_h_scale(const float* z, int lo, int hi, Row& r, Red& red) {
 }
 
 // The smallest position whose inclusive cumulative weight meets the target (> if strict,
-// else >=): nbits / 4 rounds, each one pass summing the weights below 16 pivots. Never met:
-// the last position 2^nbits - 1 (keep all).
+// else >=): nbits / 4 rounds, each one pass summing (in float64) the weights below 16
+// pivots. Never met: the last position 2^nbits - 1 (keep all). wmode 1 (mass): the target
+// is the float64 knob p and a pivot meets it iff its sum x is not < p·S (S: the row's
+// total, the first round's last pivot), decided on the exact product by one fma.
 template <int BLOCK, typename Red>
-__device__ int64_t search(const float* z, int lo, int hi, int nbits, float target, bool strict, const Row& r,
+__device__ int64_t search(const float* z, int lo, int hi, int nbits, double target, bool strict, const Row& r,
                           int idb, int pmode, int wmode, Red& red) {
   int64_t base = 0;
+  double S = 0.0;
   int sh = nbits - 4;  // step = 2^sh: shifts, not 64-bit divisions (a slow subroutine call)
   for (int round = 0; round < nbits / 4; ++round, sh -= 4) {
-    float acc[kPiv];
+    double acc[kPiv];
 #pragma unroll
-    for (int b = 0; b < kPiv; ++b) acc[b] = 0.f;
+    for (int b = 0; b < kPiv; ++b) acc[b] = 0.0;
     for (int i = lo + threadIdx.x; i < hi; i += BLOCK) {
       const float x = z[i];
       if (!(x > -INFINITY)) continue;
-      const float w = r.weight(x, wmode);
+      const double w = r.weight(x, wmode);
       const int64_t p = r.pos(x, i, idb, pmode);
       // pivot b = base + (b + 1)·step - 1 is >= p from b0 = floor((p - base) / step) on
       const int64_t b0 = p < base ? 0 : (p - base) >> sh;
 #pragma unroll
-      for (int b = 0; b < kPiv; ++b) acc[b] += b >= b0 ? w : 0.f;
+      for (int b = 0; b < kPiv; ++b) acc[b] += b >= b0 ? w : 0.0;
     }
-    const float* sums = red.sum16(acc);
+    const double* sums = red.sum16(acc);
+    if (round == 0) S = sums[kPiv - 1];  // every live token is at or below the last pivot
     int hit = kPiv - 1;
     for (int b = kPiv - 2; b >= 0; --b) {
-      const float v = sums[b];
-      if (strict ? v > target : v >= target) hit = b;
+      const double v = sums[b];
+      const bool met = wmode == 1 ? fma(target, S, -v) <= 0.0 : (strict ? v > target : v >= target);
+      if (met) hit = b;
     }
     __syncthreads();
     base += static_cast<int64_t>(hit) << sh;
@@ -271,9 +284,27 @@ __host__ __device__ inline int id_bits(int V) {  // a multiple of 4 with 2^bits 
 
 enum Knob { kTopH = 0, kTopK, kTopP, kMinP, kTypical, kEpsilon, kEta, kTopNSigma, kPLess };
 
-// One knob on one row (one block), in place, by the tie rule of fuq.reference.
+// Top-h on a row that is one tie group (every live token at the max: equal terms): weights 1
+// and the bound #{i : i <= alpha·n} (alpha·n exact, at least 1), so a uniform row of V keeps
+// #{j : (j + 1) / V <= alpha}, as the reference and the C++ CPU / Triton kernels.
+__device__ __forceinline__ void top_h_one_group(double alpha, Row& r, float& bound) {
+  if (r.n0 != r.n) return;
+  const double nd = r.n;
+  const double hi = alpha * nd;
+  const double lo = fma(alpha, nd, -hi);
+  const double f = floor(hi);
+  double k = f == hi && lo < 0.0 ? f - 1.0 : f;
+  k = fmin(fmax(k, 1.0), nd);
+  r.wtop = 1.f;
+  bound = static_cast<float>(k);
+}
+
+// One knob on one row (one block), in place, by the tie rule of fuq.reference. param64: the
+// knob as the caller's float64 (top-p, typical and top-h compare it exactly).
 template <int BLOCK, typename Red>
-__device__ __forceinline__ void apply_knob(float* z, int lo, int hi, int idb, int knob, float param, int min_keep, Red& red) {
+__device__ __forceinline__ void apply_knob(float* z, int lo, int hi, int idb, int knob, double param64, int min_keep,
+                                           Red& red) {
+  const float param = static_cast<float>(param64);
   Row r = row_stats<BLOCK>(z, lo, hi, red);
   const int nb = 32 + idb;
   int64_t X = 0, Y = 0, KV = vpos(r.m);  // thresholds keep the max
@@ -285,7 +316,7 @@ __device__ __forceinline__ void apply_knob(float* z, int lo, int hi, int idb, in
     case kTopP:
     case kTypical: {
       const int pm = knob == kTopP ? 0 : 1;
-      X = search<BLOCK>(z, lo, hi, nb, param, false, r, idb, pm, 1, red);
+      X = search<BLOCK>(z, lo, hi, nb, param64, false, r, idb, pm, 1, red);
       if (min_keep > 1) Y = search<BLOCK>(z, lo, hi, nb, float(min_keep), false, r, idb, pm, 0, red);
       break;
     }
@@ -294,7 +325,8 @@ __device__ __forceinline__ void apply_knob(float* z, int lo, int hi, int idb, in
       float hv = 0.f;
       for (int i = lo + threadIdx.x; i < hi; i += BLOCK)
         if (z[i] > -INFINITY) hv += r.weight(z[i], 2);
-      const float bound = fmaxf(param * red.sum(hv), r.wtop);  // the first token always kept
+      float bound = fmaxf(param * red.sum(hv), r.wtop);  // the first token always kept
+      top_h_one_group(param64, r, bound);
       X = search<BLOCK>(z, lo, hi, nb, bound, true, r, idb, 0, 2, red);
       break;
     }
@@ -350,18 +382,18 @@ template <int BLOCK, typename Red>
 __device__ void apply_knobs(float* z, int lo, int hi, int V, const TruncateParams& P, Red& red) {
   const int idb = id_bits(V);
   const int mk = P.min_tokens_to_keep < V ? P.min_tokens_to_keep : V;
-  if (P.top_h >= 0.f) apply_knob<BLOCK>(z, lo, hi, idb, kTopH, P.top_h, 1, red);
+  if (P.top_h >= 0.0) apply_knob<BLOCK>(z, lo, hi, idb, kTopH, P.top_h, 1, red);
   if (P.top_k > 0) {
     const int k = P.top_k > mk ? P.top_k : mk;
-    apply_knob<BLOCK>(z, lo, hi, idb, kTopK, float(k < V ? k : V), 1, red);
+    apply_knob<BLOCK>(z, lo, hi, idb, kTopK, double(k < V ? k : V), 1, red);
   }
-  if (P.top_p >= 0.f) apply_knob<BLOCK>(z, lo, hi, idb, kTopP, P.top_p, mk, red);
+  if (P.top_p >= 0.0) apply_knob<BLOCK>(z, lo, hi, idb, kTopP, P.top_p, mk, red);
   if (P.min_p >= 0.f) apply_knob<BLOCK>(z, lo, hi, idb, kMinP, P.min_p, mk, red);
-  if (P.typical_p >= 0.f) apply_knob<BLOCK>(z, lo, hi, idb, kTypical, P.typical_p, mk, red);
+  if (P.typical_p >= 0.0) apply_knob<BLOCK>(z, lo, hi, idb, kTypical, P.typical_p, mk, red);
   if (P.epsilon >= 0.f) apply_knob<BLOCK>(z, lo, hi, idb, kEpsilon, P.epsilon, mk, red);
   if (P.eta >= 0.f) apply_knob<BLOCK>(z, lo, hi, idb, kEta, P.eta, mk, red);
   if (P.top_n_sigma >= 0.f) apply_knob<BLOCK>(z, lo, hi, idb, kTopNSigma, P.top_n_sigma, 1, red);
-  if (P.p_less) apply_knob<BLOCK>(z, lo, hi, idb, kPLess, 0.f, 1, red);
+  if (P.p_less) apply_knob<BLOCK>(z, lo, hi, idb, kPLess, 0.0, 1, red);
 }
 
 // One block per row (B fills the GPU).
@@ -379,7 +411,7 @@ __global__ void __launch_bounds__(BLOCK) truncate_kernel(const T* __restrict__ x
 // segment [split·seg, min(V, (split + 1)·seg)) and every reduction spans the row's S blocks.
 template <typename T, int BLOCK>
 __global__ void __launch_bounds__(BLOCK) truncate_split_kernel(const T* __restrict__ x, int64_t x_stride, float* out,
-                                                               int64_t out_stride, int V, int seg, float* scratch,
+                                                               int64_t out_stride, int V, int seg, double* scratch,
                                                                TruncateParams P) {
   __shared__ BlockRed<BLOCK> blk;
   const int64_t row = blockIdx.x;
@@ -489,7 +521,7 @@ constexpr int kTruncateThreads = 512;
 struct TruncatePlan {
   int splits;
   int seg;
-  int64_t scratch_floats;  // 2 * B * S * 16 when S > 1, else 0
+  int64_t scratch_doubles;  // 2 * B * S * 16 when S > 1, else 0
 };
 
 // num_sms: the device's multiprocessor count; max_coresident: blocks of truncate_split_kernel
@@ -506,7 +538,7 @@ inline TruncatePlan truncate_plan(int64_t B, int V, int num_sms, int64_t max_cor
   const int64_t per = (chunks + S - 1) / S;
   p.seg = static_cast<int>(per * kTruncateThreads);
   p.splits = static_cast<int>((V + p.seg - 1) / p.seg);
-  p.scratch_floats = 2 * B * p.splits * truncate_detail::kPiv;
+  p.scratch_doubles = 2 * B * p.splits * truncate_detail::kPiv;
   return p;
 }
 
@@ -521,10 +553,10 @@ cudaError_t truncate_max_coresident(int num_sms, int64_t* out) {
 }
 
 // logits [B, V] (row stride x_stride, unit column stride) -> out [B, V] float32. scratch:
-// plan.scratch_floats floats of device memory (null when plan.splits == 1).
+// plan.scratch_doubles doubles of device memory (null when plan.splits == 1).
 template <typename T>
 cudaError_t truncate(const T* logits, int64_t x_stride, float* out, int64_t out_stride, int B, int V,
-                     const TruncateParams& params, const TruncatePlan& plan, float* scratch, cudaStream_t stream) {
+                     const TruncateParams& params, const TruncatePlan& plan, double* scratch, cudaStream_t stream) {
   if (B <= 0 || V <= 0) return cudaSuccess;
   if (plan.splits <= 1) {
     truncate_detail::truncate_kernel<T, kTruncateThreads>

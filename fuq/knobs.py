@@ -189,17 +189,23 @@ _SCALAR_TYPES = frozenset((type(None), float, int, bool))
 
 def resolve_values(B: int | None, values: tuple | list) -> tuple | Tensor:
     """:func:`resolve` for the values of every knob in column order (the fast path of the ops)."""
+    return _memoised(_MEMO, values, values, _resolve_values, B, values)
+
+
+def _memoised(memo: dict, keys, values, fn: Callable, *args: Any) -> tuple | Tensor:
+    """``fn(*args)``, memoised in ``memo`` by ``keys`` and the types of ``values`` when every value
+    is a Python scalar (tensors are never keys). Bounded; errors never cached."""
     types = tuple(map(type, values))
-    if _SCALAR_TYPES.issuperset(types):
-        key = (*values, *types)
-        hit = _MEMO.get(key)
-        if hit is None:
-            hit = _resolve_values(B, values)
-            if len(_MEMO) >= _MEMO_MAX:
-                _MEMO.clear()
-            _MEMO[key] = hit
-        return hit
-    return _resolve_values(B, values)
+    if not _SCALAR_TYPES.issuperset(types):
+        return fn(*args)
+    key = (*keys, *types)
+    hit = memo.get(key)
+    if hit is None:
+        hit = fn(*args)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[key] = hit
+    return hit
 
 
 def _resolve_values(B: int | None, values: tuple | list) -> tuple | Tensor:
@@ -240,17 +246,8 @@ def resolve(B: int | None = None, **knobs: Any) -> tuple | Tensor:
     """
     if not knobs:
         return OFF
-    types = tuple(map(type, knobs.values()))
-    if _SCALAR_TYPES.issuperset(types):  # a decode loop's knobs: memoised by name, value and type
-        key = (*knobs.items(), *types)
-        hit = _MEMO_KW.get(key)
-        if hit is None:
-            hit = _resolve_kw(B, knobs)
-            if len(_MEMO_KW) >= _MEMO_MAX:
-                _MEMO_KW.clear()
-            _MEMO_KW[key] = hit
-        return hit
-    return _resolve_kw(B, knobs)
+    # a decode loop's knobs: memoised by name, value and type
+    return _memoised(_MEMO_KW, knobs.items(), knobs.values(), _resolve_kw, B, knobs)
 
 
 _MEMO_KW: dict[tuple, tuple] = {}

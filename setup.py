@@ -44,7 +44,8 @@ def _extensions():
         )
     ]
     if x86 and "FUQ_MARCH" not in os.environ:  # the AVX-512 build of the same sources
-        v4 = [f for f in cxx if not f.startswith("-march=")] + ["-march=x86-64-v4", "-mprefer-vector-width=256"]
+        width = os.environ.get("FUQ_V4_VECTOR_WIDTH", "256")  # A/B of the AVX-512 build's vector width
+        v4 = [f for f in cxx if not f.startswith("-march=")] + ["-march=x86-64-v4", f"-mprefer-vector-width={width}"]
         exts.append(
             CppExtension(
                 "fuq._C_v4", cpu_sources, include_dirs=include, extra_compile_args={"cxx": v4},

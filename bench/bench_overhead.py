@@ -3,7 +3,8 @@
 At B = 1, V = 1024 the kernels' work is tiny, so the time of one call is validation, knob
 packing and dispatch in Python. Compared, in one run, with one ``torch.softmax`` of the row
 (the yardstick of the issue: within 10x). Thread CPU time (``time.thread_time_ns``), one torch
-thread, medians of ``--repeats`` blocks of ``--calls`` calls each: robust on a loaded machine.
+thread, ``--repeats`` rounds of one block of ``--calls`` calls per case, round robin; the ratio
+is the median of the per-round ratios: robust on a loaded machine.
 
 Usage::
 
@@ -26,19 +27,29 @@ import torch
 
 import fuq
 
+CLOCK = "thread CPU time, 1 torch thread, cases round robin; x_softmax = median of per-round ratios"
 QUICK_ARGS = ["--calls", "200", "--repeats", "5", "--out", "bench_overhead_quick"]
 
 
-def per_call_us(fn, calls: int, repeats: int) -> float:
-    for _ in range(max(calls // 10, 10)):  # warm up
-        fn()
-    blocks = []
-    for _ in range(repeats):
-        t0 = time.thread_time_ns()
-        for _ in range(calls):
+def per_call_us(cases: dict, calls: int, repeats: int) -> tuple[dict, dict]:
+    """Median us per call of each case, and the median over rounds of its ratio to the first case.
+
+    The cases run round robin (one block of ``calls`` calls each per round), so a change of the
+    machine's load hits every case of a round alike and the per-round ratios stay comparable."""
+    for fn in cases.values():  # warm up
+        for _ in range(max(calls // 10, 10)):
             fn()
-        blocks.append((time.thread_time_ns() - t0) / calls / 1e3)
-    return statistics.median(blocks)
+    blocks: dict[str, list[float]] = {n: [] for n in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t0 = time.thread_time_ns()
+            for _ in range(calls):
+                fn()
+            blocks[name].append((time.thread_time_ns() - t0) / calls / 1e3)
+    base = blocks[next(iter(cases))]
+    us = {n: statistics.median(b) for n, b in blocks.items()}
+    ratio = {n: statistics.median(v / w for v, w in zip(b, base, strict=True)) for n, b in blocks.items()}
+    return us, ratio
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -68,9 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
         cases["sample(top_p=[B] tensor)"] = lambda: fuq.sample(x, top_p=per_row_p, generator=g)
     except TypeError:
         pass
-    res = {name: per_call_us(fn, args.calls, args.repeats) for name, fn in cases.items()}
-    sm = res["softmax"]
-    rows = [{"case": n, "us_per_call": round(v, 2), "x_softmax": round(v / sm, 2)} for n, v in res.items()]
+    res, ratio = per_call_us(cases, args.calls, args.repeats)
+    rows = [{"case": n, "us_per_call": round(v, 2), "x_softmax": round(ratio[n], 2)} for n, v in res.items()]
     for r in rows:
         print(f"{r['case']:<48} {r['us_per_call']:9.2f} us  {r['x_softmax']:7.2f}x softmax")
     try:
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     except OSError:
         commit = ""
     out = {
-        "label": args.label, "commit": commit, "B": args.B, "V": args.V, "clock": "thread CPU time, 1 torch thread",
+        "label": args.label, "commit": commit, "B": args.B, "V": args.V, "clock": CLOCK,
         "calls": args.calls, "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
         "cpu_build": fuq._library.CPU_BUILD, "loadavg": os.getloadavg(), "rows": rows,
     }

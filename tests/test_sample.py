@@ -142,3 +142,47 @@ def test_base_stats_are_the_temperature_one_stats(backend, dtype):
     assert not torch.allclose(st.entropy, st_t.entropy)  # T = 0.6 stats are another thing
     with pytest.raises(TypeError, match="base_stats"):
         fuq.sample(x, base_stats=1)
+
+
+def test_draws_are_torch_rand_in_and_out_of_inference_mode_and_threads():
+    """The CPU draw buffer (one uniform_ per call into a per-thread buffer) gives the numbers of
+    torch.rand(float64) from the same generator stream: ids equal `uniform=` with those numbers,
+    across B changes, inference mode on / off, and two threads at once."""
+    import threading
+
+    x = make_logits(3, 101, torch.float32, seed=7)
+
+    def expected(g_seed, B_list, mode_list):
+        g = torch.Generator().manual_seed(g_seed)
+        out = []
+        for B in B_list:
+            u = torch.rand((B,), dtype=torch.float64, generator=g)
+            out.append(fuq.sample(x[:B], top_p=0.9, uniform=u)[0])
+        return out
+
+    Bs = [3, 1, 1, 2, 3]
+    modes = [False, True, False, True, True]
+    want = expected(11, Bs, modes)
+    g = torch.Generator().manual_seed(11)
+    for B, inf, w in zip(Bs, modes, want, strict=True):
+        with torch.inference_mode(inf):
+            ids, _ = fuq.sample(x[:B], top_p=0.9, generator=g)
+        assert torch.equal(ids, w)
+
+    got, errors = {}, []
+
+    def worker(seed):
+        try:
+            gg = torch.Generator().manual_seed(seed)
+            got[seed] = [fuq.sample(x, top_p=0.9, generator=gg)[0] for _ in range(200)]
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for seed in (1, 2):
+        assert all(torch.equal(a, b) for a, b in zip(got[seed], expected(seed, [3] * 200, [False] * 200), strict=True))

@@ -146,7 +146,8 @@ def _decoding_rows() -> tuple[list[dict], list[dict]]:
         if "adadec" not in r or "greedy" not in r:
             continue
         g, a = r["greedy"], r["adadec"]
-        ada.append({"task": r["task"], "model": r["model"], "n": g["n"], "tau": r["tau"],
+        n = g["n"] if r.get("complete", True) else f"{g['n']} of {r['n_total']} (partial)"
+        ada.append({"task": r["task"], "model": r["model"], "n": n, "tau": r["tau"],
                     "greedy": sum(it["correct"] for it in g["items"]),
                     "adadec": sum(it["correct"] for it in a["items"]), "paired": r.get("paired"),
                     "wall": (g["wall_s"], a["wall_s"]), "report": a.get("report", {}), "file": f.name,
@@ -265,53 +266,87 @@ def cmd_cascade(a: argparse.Namespace) -> None:
         print(f"  {k:<14}{v:.3f}   " + " ".join(f"{x:.2f}" for x in c["curves"][k]))
 
 
-def _paired(g: dict, s: dict) -> dict:
+def _paired(g: dict, s: dict, leave_out: set | None = None) -> dict:
     gi = {it["id"]: it["correct"] for it in g["items"]}
     si = {it["id"]: it["correct"] for it in s["items"]}
-    ids = [i for i in gi if i in si]
-    return {"n": len(ids), "only_greedy": sum(gi[i] and not si[i] for i in ids),
-            "only_other": sum(si[i] and not gi[i] for i in ids)}
+    ids = [i for i in gi if i in si and i not in (leave_out or ())]
+    return {"n": len(ids), "greedy": sum(gi[i] for i in ids), "other": sum(si[i] for i in ids),
+            "only_greedy": sum(gi[i] and not si[i] for i in ids), "only_other": sum(si[i] and not gi[i] for i in ids)}
 
 
 def cmd_adadec(a: argparse.Namespace) -> None:
+    """Greedy vs AdaDec on the same items. The long mode (``--full``: every item; HumanEval's 164
+    take hours) runs in chunks of ``--chunk`` items, greedy then AdaDec on each, and writes the
+    file after every chunk; ``--resume`` continues that file, ``--stop-after N`` stops once N items
+    are done (the file then says ``complete: false``)."""
     import fuq
 
     env = _env()
+    tag = f"{a.task}_{a.model}" + ("_full" if a.full else "")
+    out = _path("adadec", tag)
+    old = json.loads(out.read_text()) if a.resume and out.exists() else None
     model, tok = _load(a.model)
-    limit = None if a.full else a.limit
-    tau = a.tau
-    calib = None
-    if tau is None and a.task == "humaneval":
+    total = len(fe.load_items(a.task, None if a.full else a.limit))
+    tau = a.tau if old is None else old["tau"]
+    calib, calib_ids = None, []
+    if old is not None:
+        calib, calib_ids = old.get("calibration"), old.get("calibration_items", [])
+    elif tau is None and a.task == "humaneval":
         # AdaDec learns tau from reference code by teacher forcing: the canonical solutions of
-        # HumanEval tasks outside the evaluated ones (the last 40)
+        # the last 40 HumanEval tasks (outside the evaluated ones, except in the long mode: the
+        # result then also counts the tasks not used for calibration, "paired_held_out")
         import gzip
 
         rows = [json.loads(x) for x in gzip.open(fe.TASKS["humaneval"].file(), "rt")]
         refs = [r["prompt"] + r["canonical_solution"] for r in rows[-40:]]
+        calib_ids = [r["task_id"] for r in rows[-40:]]
         th = fuq.adaptive.calibrate_threshold(model, tok, refs, return_details=True)
         tau, calib = th.tau, th._asdict()
     elif tau is None:
         tau = 1.5
-    tag = f"{a.task}_{a.model}" + ("_full" if a.full else "")
-    out = _path("adadec", tag)
-    res = {"task": a.task, "model": a.model, "limit": limit, "tau": tau, "calibration": calib,
-           "beam": a.beam, "lookahead": a.lookahead, "env": env}
-    for name, strat, kw in (("greedy", "greedy", {}),
-                            ("adadec", "adadec", {"tau": tau, "beam": a.beam, "lookahead": a.lookahead})):
-        t0 = time.perf_counter()
-        r = fe.run(a.task, model, tok, limit=limit, strategy=strat, strategy_kwargs=kw, model_name=a.model,
-                   batch_size=a.batch_size, progress=sys.stderr.isatty(), max_new_tokens=a.max_new_tokens)
-        res[name] = {"accuracy": r["accuracy"], "n": r["n"], "wall_s": time.perf_counter() - t0,
-                     "report": r.get("strategy_report", {}),
-                     "items": [{"id": it["id"], "correct": it["correct"], "answer": it["answer"]} for it in r["items"]]}
-        fe.save(res, out)
-        print(f"{a.task} {a.model} {name}: accuracy {r['accuracy']:.3f} (n = {r['n']}) "
-              f"{res[name]['report']} {res[name]['wall_s']:.0f} s", flush=True)
+    res = old or {"task": a.task, "model": a.model, "limit": None if a.full else a.limit, "tau": tau,
+                  "calibration": calib, "calibration_items": calib_ids, "beam": a.beam, "lookahead": a.lookahead,
+                  "env": env, "n_total": total}
+    if old is not None:
+        res.setdefault("resumed", []).append(env)
+    done = 0
+    if old is not None:  # a chunk cut off between greedy and AdaDec: both restart at the items they share
+        done = min(len(res.get(k, {}).get("items", [])) for k in ("greedy", "adadec"))
+        for k in ("greedy", "adadec"):
+            if k in res:
+                res[k]["items"] = res[k]["items"][:done]
+    chunk = a.chunk if a.full else total
+    stop_at = min(total, a.stop_after) if a.stop_after else total
+    for s in range(done, stop_at, chunk):
+        e = min(stop_at, s + chunk)
+        for name, strat, kw in (("greedy", "greedy", {}),
+                                ("adadec", "adadec", {"tau": tau, "beam": a.beam, "lookahead": a.lookahead})):
+            t0 = time.perf_counter()
+            r = fe.run(a.task, model, tok, limit=e, start=s, strategy=strat, strategy_kwargs=kw, model_name=a.model,
+                       batch_size=a.batch_size, progress=sys.stderr.isatty(), max_new_tokens=a.max_new_tokens)
+            d = res.setdefault(name, {"items": [], "wall_s": 0.0, "report": {}})
+            d["items"] += [{"id": it["id"], "correct": it["correct"], "answer": it["answer"]} for it in r["items"]]
+            d["wall_s"] += time.perf_counter() - t0
+            for k, v in r.get("strategy_report", {}).items():
+                d["report"][k] = d["report"].get(k, 0) + v
+            d["n"] = len(d["items"])
+            d["accuracy"] = sum(it["correct"] for it in d["items"]) / d["n"]
+            res["paired"] = _paired(res["greedy"], res["adadec"]) if "adadec" in res else None
+            fe.save(res, out)
+            print(f"{a.task} {a.model} {name} items {s}..{e - 1}: accuracy so far {d['accuracy']:.3f} "
+                  f"(n = {d['n']} of {total}) {d['report']} {d['wall_s']:.0f} s", flush=True)
+    res["complete"] = len(res["greedy"]["items"]) == total
     res["paired"] = _paired(res["greedy"], res["adadec"])
-    res["env"] = _env(env)
-    res["command"] = " ".join(["python bench/bench_uq.py"] + sys.argv[1:])
+    if calib_ids:
+        res["paired_held_out"] = _paired(res["greedy"], res["adadec"], leave_out=set(calib_ids))
+    res["env"] = env if old is None else res["env"]
+    res["env_end"] = _env(env)
+    cmd = " ".join(["python bench/bench_uq.py"] + sys.argv[1:])
+    res["command"] = cmd if old is None else res["command"]
+    if old is not None:
+        res.setdefault("resume_commands", []).append(cmd)
     fe.save(res, out)
-    print("paired:", res["paired"])
+    print("paired:", res["paired"], "" if res["complete"] else f"(partial: {len(res['greedy']['items'])} of {total})")
 
 
 def cmd_gating(a: argparse.Namespace) -> None:
@@ -370,7 +405,11 @@ def main() -> None:
     d.add_argument("--task", default="humaneval")
     d.add_argument("--model", default="smollm2")
     d.add_argument("--limit", type=int, default=20)
-    d.add_argument("--full", action="store_true", help="every item (HumanEval: all 164; long)")
+    d.add_argument("--full", action="store_true",
+                   help="the long mode: every item (HumanEval: all 164, hours), in chunks, the file written after each")
+    d.add_argument("--chunk", type=int, default=4, help="long mode: items per chunk (greedy, then AdaDec) (4)")
+    d.add_argument("--resume", action="store_true", help="long mode: continue the file of an interrupted run")
+    d.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop once N items are done")
     d.add_argument("--tau", type=float, default=None, help="entropy threshold (default: calibrated on HumanEval)")
     d.add_argument("--beam", type=int, default=3)
     d.add_argument("--lookahead", type=int, default=5)

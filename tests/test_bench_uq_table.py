@@ -75,3 +75,43 @@ def test_no_right_answer_has_no_best(bench):
     bench.cmd_table(argparse.Namespace(readme=False))
     text = (bench.RESULTS / "bench_uq_table.md").read_text()
     assert "(no right answer: nothing to detect)" in text and "**" not in text
+
+
+def _adadec_args(**kw):
+    base = {"task": "multi-step-equations", "model": "tiny", "limit": 3, "full": False, "tau": 0.5, "beam": 2,
+            "lookahead": 2, "batch_size": 2, "max_new_tokens": 3, "chunk": 2, "resume": False, "stop_after": None}
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("evals") is None, reason="evals not installed")
+def test_adadec_long_mode_runs_in_chunks_and_resumes(bench, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_eval import CharTok, tiny_llama
+
+    monkeypatch.setattr(bench, "_load", lambda name: (tiny_llama(), CharTok()))
+    monkeypatch.setattr(sys, "argv", ["bench_uq.py", "adadec"])
+    out = bench.RESULTS / "bench_uq_adadec_multi-step-equations_tiny_full.json"
+    # the long mode stopped after 3 items (chunks of 2: items 0-1, then 2): a partial file
+    bench.cmd_adadec(_adadec_args(full=True, stop_after=3))
+    r = json.loads(out.read_text())
+    total = len(bench.fe.load_items("multi-step-equations"))
+    assert r["complete"] is False and r["n_total"] == total > 3
+    ids = [it["id"] for it in r["greedy"]["items"]]
+    assert ids == [f"multi-step-equations-{i}" for i in range(3)] == [it["id"] for it in r["adadec"]["items"]]
+    assert r["greedy"]["n"] == 3 and r["paired"]["n"] == 3 and r["adadec"]["report"].get("rollout_calls", 0) >= 0
+    # a cut-off between greedy and AdaDec: resume restarts at the items both have
+    r["greedy"]["items"].append({"id": "multi-step-equations-3", "correct": False, "answer": "x"})
+    out.write_text(json.dumps(r))
+    bench.cmd_adadec(_adadec_args(full=True, resume=True, stop_after=5, tau=9.0))
+    r2 = json.loads(out.read_text())
+    assert [it["id"] for it in r2["greedy"]["items"]] == [f"multi-step-equations-{i}" for i in range(5)]
+    assert r2["greedy"]["items"][:3] == r["greedy"]["items"][:3] and len(r2["adadec"]["items"]) == 5
+    assert r2["tau"] == 0.5 and len(r2["resume_commands"]) == 1 and r2["complete"] is False
+    # the table shows the partial run as such; a plain run (--limit) is complete
+    bench.cmd_table(argparse.Namespace(readme=False))
+    assert f"| 5 of {total} (partial) |" in (bench.RESULTS / "bench_uq_table.md").read_text()
+    bench.cmd_adadec(_adadec_args(limit=3))
+    r3 = json.loads((bench.RESULTS / "bench_uq_adadec_multi-step-equations_tiny.json").read_text())
+    assert r3["complete"] is True and r3["greedy"]["n"] == 3 and "paired_held_out" not in r3

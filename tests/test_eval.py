@@ -147,6 +147,52 @@ def test_run_code_in_a_subprocess():
 # --------------------------------------------------------------------------------------------- data
 
 
+def test_extract_and_grade_label():
+    yn, ab = ("Y", "N"), ("A", "B")
+    assert fe.extract_label("Y.", yn) == "Y" and fe.extract_label("The answer is Y.", yn) == "Y"
+    assert fe.extract_label("No, he was not", yn) == "N" and fe.extract_label("yes", ("Yes", "No")) == "Yes"
+    assert fe.extract_label("Chester A. Arthur was born in", yn) is None
+    assert fe.extract_label("B: decreases", ab) == "B" and fe.extract_label("The correct answer is B.", ab) == "B"
+    assert fe.extract_label("A\n", ab) == "A" and fe.extract_label("A", ab) == "A"
+    assert fe.extract_label("A very thin medium", ab) is None  # the article is not option A
+    assert fe.extract_label("a: less", ab) is None  # option letters are capitals
+    assert fe.extract_label("1. A", ab) == "A"
+    assert fe.grade_label("Yes, it is", ["Y"], yn) and not fe.grade_label("Yes, it is", ["N"], yn)
+    assert fe.grade_label("No.", ["No"], ("Yes", "No")) and not fe.grade_label("", ["No"], ("Yes", "No"))
+    assert not fe.grade_label("B: up", ["A"], ab)
+    # through the task's grader
+    item = {"answer": ["N"]}
+    assert fe.grade(fe.TASKS["born_first"], item, "N.") == (True, "N.")
+    assert fe.grade(fe.TASKS["born_first"], item, "Y")[0] is False
+
+
+def test_cli_offers_every_task():
+    from fuq import cli
+
+    assert tuple(cli.EVAL_TASKS) == tuple(fe.TASKS)
+
+
+@needs["evals"]
+@pytest.mark.parametrize("name,n,labels", [("born_first", 122, {"Y", "N"}), ("which_is_heavier", 183, {"Yes", "No"}),
+                                           ("quartz", 3860, {"A", "B"})])
+def test_label_tasks_load(name, n, labels):
+    task = fe.TASKS[name]
+    items = fe.load_items(name)
+    assert len(items) == n and set(task.labels) == labels
+    assert all(len(it["answer"]) == 1 and it["answer"][0] in labels for it in items)
+    first = [it["answer"][0] for it in items[:100]]
+    assert min(first.count(lab) for lab in labels) >= 30  # both labels among the 100 evaluated items
+    src = task.source()
+    assert src["package"] == "evals" and src["version"] == "3.0.1.post1" and src["path_in_package"].endswith(".jsonl")
+
+    class Plain(CharTok):
+        chat_template = None
+
+    # a base model gets "Answer:" without the space (with it, Gemma 3 starts a numbered list "1.")
+    assert fe.prompt_text(task, {"prompt": "Q?"}, Plain()) == "Q?\nAnswer:"
+    assert "'\\nAnswer:'" in fe.prompt_format(task, Plain())
+
+
 @needs["evals"]
 def test_evals_task_loads_from_the_installed_package():
     items = fe.load_items("compare-countries-area")

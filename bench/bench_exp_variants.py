@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{march} {width}-bit: max {got['max_ns_per_logit']:.3f} ns/logit")
             for name, v in got["variants"].items():
                 print(f"  {name:<22} {v['ns_per_logit']:.3f} ns/logit = {v['x_max']:.2f}x max   "
-                      f"max ulp {v['max_ulp']:.2f} ([-80, 0]: {v['max_ulp_above_-80']:.2f})   rel err s {v['rel_err_s']:.1e} H {v['rel_err_H']:.1e}")
+                      f"max ulp {v['max_ulp']:.2f} ([-80, 0]: {v['max_ulp_above_-80']:.2f})   "
+                      f"rel err s {v['rel_err_s']:.1e} H {v['rel_err_H']:.1e}")
     out["torch"] = torch_side(args.V)
     out["loadavg_end"] = os.getloadavg()
     out["time_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

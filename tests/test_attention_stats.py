@@ -178,6 +178,16 @@ def test_cpp_prefill_window(case, dtype, budget, monkeypatch):
         assert_attention_close(got, want)
 
 
+def test_cpp_kept_scores_reused_across_calls():
+    """The kept scores live in a per-thread scratch reused by the next call (grown when too small):
+    calls of growing, shrinking and growing sizes, one after another, each equal the reference."""
+    cases = [PREFILL_CASES[0], CASES[1], PREFILL_CASES[1], CASES[0], PREFILL_CASES[0], PREFILL_CASES[2]]
+    for seed, case in enumerate(cases):
+        q, k, kw = make_inputs(case, torch.float32, seed=seed)
+        got = fuq.attention_stats(q, k, backend="cpp", **kw)
+        assert_attention_close(got, fuq.attention_stats(q, k, backend="reference", **kw))
+
+
 @pytest.mark.parametrize("budget", [None, "0"], ids=["kept", "two-pass"])
 def test_cpp_prefill_non_finite(budget, monkeypatch):
     """NaN / inf scores and fully masked rows on the GEMM route (16 rows per KV head)."""

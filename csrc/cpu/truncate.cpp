@@ -78,9 +78,11 @@ void truncate_rows(const at::Tensor& logits, float t, const cpu::Knobs& knobs, a
   float* obase = out.data_ptr<float>();
   at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {
     cpu::Workspace& ws = thread_workspace();
-    // The knobs whose first step needs the row's stats get them from the first scan.
-    const bool stats_first = knobs.top_h == 0.0 && knobs.top_k == 0 && knobs.top_p >= 1.0 && knobs.min_p <= 0.0 &&
-                             (knobs.typical_p < 1.0 || knobs.epsilon > 0.0 || knobs.eta > 0.0 || knobs.p_less);
+    // The first knob gets the row's stats (and its per-chunk sums) from the first scan when it
+    // uses them: top-h, top-p and typical to bound their histograms, the thresholds for their cut.
+    const bool stats_first = knobs.top_h > 0.0 ||
+                             (knobs.top_k == 0 && (knobs.top_p < 1.0 || (knobs.min_p <= 0.0 &&
+                              (knobs.typical_p < 1.0 || knobs.epsilon > 0.0 || knobs.eta > 0.0 || knobs.p_less))));
     for (int64_t r = r0; r < r1; ++r) {
       cpu::RowTruncator<Tag> row(base + r * stride, t, obase + r * V, V, ws);
       if (!row.init(stats_first)) {

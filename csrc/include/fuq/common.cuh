@@ -111,20 +111,16 @@ __device__ __forceinline__ DensityState density_merge(float ma, const DensitySta
                                                       const DensityState& b, float alpha) {
   const float M = fmaxf(ma, mb);
   DensityState r = density_empty();
-  if (ma > -INFINITY) {
-    const float d = ma - M;
-    r.sa += __expf(alpha * d) * a.sa;
-    r.sh += __expf(0.5f * d) * a.sh;
-    r.sd += a.sd + a.n * d;
-    r.n += a.n;
-  }
-  if (mb > -INFINITY) {
-    const float d = mb - M;
-    r.sa += __expf(alpha * d) * b.sa;
-    r.sh += __expf(0.5f * d) * b.sh;
-    r.sd += b.sd + b.n * d;
-    r.n += b.n;
-  }
+  const auto add = [&](float mx, const DensityState& s) {  // s moved from mx to M, added to r
+    if (!(mx > -INFINITY)) return;
+    const float d = mx - M;
+    r.sa += __expf(alpha * d) * s.sa;
+    r.sh += __expf(0.5f * d) * s.sh;
+    r.sd += s.sd + s.n * d;
+    r.n += s.n;
+  };
+  add(ma, a);
+  add(mb, b);
   return r;
 }
 

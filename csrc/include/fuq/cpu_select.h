@@ -18,6 +18,12 @@
 //     target is the only place the cut can be; its few members are collected and sorted
 //     (by z, then index), and the exact cut is resolved inside it.
 //   * typical: the same, binned on the key |z - c| ascending, c = lse - H.
+//   When the first scan took the row's stats (the first knob: top-h, top-p, typical), the
+//   binned range ends where the tokens beyond it provably hold too little of the mass (of the
+//   entropy, for top-h) for the cut to lie there, and a chunk entirely beyond it adds the first
+//   scan's per-chunk sums to the overflow bin, unread: the row is read once with exp (the
+//   first scan), a few chunks are binned, and the output is written once. The bound only
+//   narrows the bins: a cut that fell into the overflow bin anyway is still resolved there.
 // Sums are float64; exp is cpu::fast_exp_nonpos (~2 ulp). The first scan and the draw's
 // per-chunk sums spread a row's chunks over threads (at::parallel_for; serial inside a
 // parallel region, i.e. when rows are already spread): each chunk's float partials are
@@ -94,9 +100,10 @@ struct Workspace {
   // min of the finite values. Every later pass skips a chunk these prove irrelevant; after
   // typical writes the row, cmax is the band's max and cmin a lower bound.
   std::vector<float> cmax, cmin;
-  std::vector<float> part;     // per-chunk float partials of a split pass (4 per chunk)
+  std::vector<float> part;     // per chunk: init's float sums relative to pmax (4 per chunk)
   std::vector<uint8_t> cnan;   // per chunk: holds a NaN
-  std::vector<float> pmax;     // per chunk: the max of the row up to it
+  std::vector<int32_t> ccnt;   // per chunk: its live (> -inf, not NaN) tokens, as init saw them
+  std::vector<float> pmax;     // per chunk: the max of the row up to it (init)
   alignas(64) float zbuf[kChunk];
   alignas(64) float e[kChunk];
   alignas(64) int32_t bin[kChunk];
@@ -128,35 +135,58 @@ class RowTruncator {
     return static_cast<int32_t>(nb);
   }
 
-  // Scan the row: its max (m), the min of its finite values (both per chunk too, kept for
-  // the later passes' skips) and, when `with_stats`, the stats of the whole row by the
-  // online recurrence (rescaled when m grows; a second split scan takes each chunk's sums
-  // relative to the max up to it, merged in chunk order). False if the row holds a NaN or
-  // +inf (then nothing else may be called but finish_nan).
+  // Scan the row: its max (m), the min of its finite values and its live count (all three per
+  // chunk too, kept for the later passes' skips) and, when `with_stats`, the stats of the whole
+  // row by the online recurrence: each chunk's float sums are taken relative to the max of the
+  // row up to that chunk (the prefix max) and merged in chunk order, rescaled when the max grows,
+  // as one serial online scan takes them. On one thread (or inside a parallel region: rows
+  // already spread) that is one read of the row (each chunk's sums while it is in L1); a row
+  // split over threads scans twice (the max first, then the sums). Both give the same bits
+  // (the same non-inlined chunk functions). The per-chunk sums stay (parts_ok_) for the
+  // histograms of the first knob, which add a chunk whose tokens all fall into the overflow bin
+  // from them, unread. False if the row holds a NaN or +inf (then nothing else may be called
+  // but finish_nan).
   bool init(bool with_stats) {
     const int64_t nch = (V_ + kChunk - 1) / kChunk;
     ws_.cmax.resize(nch);
     ws_.cmin.resize(nch);
     ws_.cnan.resize(nch);
+    ws_.ccnt.resize(nch);
+    ws_.pmax.resize(nch);
+    if (with_stats) ws_.part.resize(4 * nch);
     float* cmaxs = ws_.cmax.data();
     float* cmins = ws_.cmin.data();
     uint8_t* cnans = ws_.cnan.data();
-    // 1. per chunk: max (NaN ignored), min of the finite values, NaN present
-    par_chunks([&](const float* zc, int64_t i0, int64_t n) {
-      float cmx = -kInf, cmn = kInf;
-      int32_t cn = 0;
-#pragma omp simd reduction(max : cmx) reduction(min : cmn) reduction(+ : cn)
-      for (int64_t j = 0; j < n; ++j) {
-        const float v = zc[j];
-        cn += v != v ? 1 : 0;
-        cmx = v > cmx ? v : cmx;
-        const float w = v > -kInf ? v : kInf;
-        cmn = w < cmn ? w : cmn;
+    int32_t* ccnts = ws_.ccnt.data();
+    float* pm = ws_.pmax.data();
+    float* pt = ws_.part.data();
+    const bool split = nch > kParGrain && !at::in_parallel_region() && at::get_num_threads() > 1;
+    if (!split) {
+      // one read: per chunk its scan, then its sums relative to the prefix max
+      float run = -kInf;
+      for_chunks([&](const float* zc, int64_t i0, int64_t n) {
+        const int64_t c = i0 / kChunk;
+        scan_chunk(zc, n, cmaxs + c, cmins + c, cnans + c, ccnts + c);
+        run = std::max(run, cmaxs[c]);
+        pm[c] = run;
+        if (with_stats) chunk_sums(zc, n, run, pt + 4 * c);
+      });
+    } else {
+      // 1. per chunk: max (NaN ignored), min of the finite values, NaN present, live count
+      par_chunks([&](const float* zc, int64_t i0, int64_t n) {
+        const int64_t c = i0 / kChunk;
+        scan_chunk(zc, n, cmaxs + c, cmins + c, cnans + c, ccnts + c);
+      });
+      float run = -kInf;
+      for (int64_t c = 0; c < nch; ++c) pm[c] = run = std::max(run, cmaxs[c]);
+      // 2. per chunk: its sums relative to the prefix max
+      if (with_stats && !(run == kInf)) {
+        par_chunks([&](const float* zc, int64_t i0, int64_t n) {
+          const int64_t c = i0 / kChunk;
+          chunk_sums(zc, n, pm[c], pt + 4 * c);
+        });
       }
-      cmaxs[i0 / kChunk] = cmx;
-      cmins[i0 / kChunk] = cmn;
-      cnans[i0 / kChunk] = cn > 0;
-    });
+    }
     float mx = -kInf, mn = kInf;
     bool nan = false;
     for (int64_t c = 0; c < nch; ++c) {
@@ -168,38 +198,10 @@ class RowTruncator {
     zmin_ = mn;
     lo_ = kLowest;
     nan_ = nan;
+    parts_ok_ = false;
     const bool ok = !nan && mx != kInf;
     if (with_stats && ok && mx > -kInf) {
-      // 2. per chunk: float sums relative to the running max after that chunk (the prefix
-      // max), as the online recurrence of one serial scan takes them
-      ws_.part.resize(4 * nch);
-      float* pt = ws_.part.data();
-      std::vector<float>& pmax = ws_.pmax;
-      pmax.resize(nch);
-      float run = -kInf;
-      for (int64_t c = 0; c < nch; ++c) pmax[c] = run = std::max(run, cmaxs[c]);
-      const float* pm = pmax.data();
-      par_chunks([&](const float* zc, int64_t i0, int64_t n) {
-        const int64_t c = i0 / kChunk;
-        const float m = pm[c];
-        float s = 0, dd = 0, uu = 0, e2 = 0;
-        if (m > -kInf) {
-#pragma omp simd reduction(+ : s, dd, uu, e2)
-          for (int64_t j = 0; j < n; ++j) {
-            const float v = zc[j];
-            const bool live = v > -kInf;
-            const float d = live ? m - v : 0.0f;
-            const float e = live ? fast_exp_nonpos(v - m) : 0.0f;
-            const float ed = e * d;
-            s += e;
-            dd += ed;
-            uu += ed * d;
-            e2 += e * e;
-          }
-        }
-        pt[4 * c] = s, pt[4 * c + 1] = dd, pt[4 * c + 2] = uu, pt[4 * c + 3] = e2;
-      });
-      // 3. the recurrence, rescaled when the max grows
+      // the recurrence, rescaled when the max grows
       double S = 0, D = 0, U = 0, E2 = 0;  // Σe, Σe·d, Σe·d², Σe² relative to the running max
       float rm = -kInf;
       for (int64_t c = 0; c < nch; ++c) {
@@ -222,6 +224,7 @@ class RowTruncator {
       st_.S = S, st_.D = D, st_.U = U, st_.E2 = E2;
       stats_ok_ = true;
       moments_ok_ = false;
+      parts_ok_ = true;
     }
     return ok;
   }
@@ -236,7 +239,7 @@ class RowTruncator {
     m_ = m_ / t;
     zmin_ = zmin_ / t;
     lo_ = kLowest;
-    stats_ok_ = moments_ok_ = false;
+    stats_ok_ = moments_ok_ = parts_ok_ = false;
     return !nan_ && m_ != kInf;
   }
 
@@ -364,7 +367,20 @@ class RowTruncator {
     const bool alone = n_top == 1 && m2 > -kInf;
     const float mref = alone ? m2 : m_;
     const double g = alone ? static_cast<double>(m_) - static_cast<double>(m2) : 0.0;
-    histogram_desc<true, true>(mref);  // alone: the top token is left out
+    // With the row's stats at hand (init): the tokens beyond d_T below m hold less than half of
+    // the terms the cut leaves out, (1 - alpha) S H, so the cut lies above d_T: bins up to it,
+    // and the chunks beyond it added from init's sums (for a lone max at most 40 nats ahead:
+    // their float sums relative to it then neither underflow nor cancel).
+    double cap = kRange;
+    if (stats_ok_ && st_.S >= 1 && alpha < 1.0) {
+      const double L = std::log(st_.S), H = L + st_.D / st_.S;
+      const double target = 0.5 * (1.0 - alpha) * st_.S * H;
+      if (H > 0 && target > 0) {
+        const double dT = terms_cap(L, target);
+        if (dT - g >= 1.0) cap = dT - g;  // in d' = mref - z
+      }
+    }
+    histogram_desc<true, true>(mref, cap, !alone || g <= 40.0);  // alone: the top token is left out
     double R = 0;
     for (int b = 0; b <= nb_; ++b) R += ws_.mass[b];
     double logS, top_term = 0;
@@ -437,6 +453,16 @@ class RowTruncator {
     }
   }
 
+  // A d_T >= 1 with V e^-d_T (d_T + L) <= target: the entropy terms e (d + L) of the tokens beyond
+  // d_T (each below e^-d_T (d_T + L): decreasing in d >= 1 - L, L = log S >= 0) sum below target.
+  double terms_cap(double L, double target) const {
+    const double n = static_cast<double>(V_);
+    double d = 20.0;
+    for (int it = 0; it < 8; ++it) d = std::max(1.0, std::log(n * (d + L) / target));  // a contraction
+    while (n * std::exp(-d) * (d + L) > target) d += 0.5;
+    return d;
+  }
+
   // #{i in 1..n : i - alpha n <= r}, with alpha n taken exactly (hi + lo, lo = fma's remainder):
   // exact when r = 0 (a row that is one tie group).
   static int64_t count_within(double alpha, int64_t n, double r) {
@@ -456,7 +482,7 @@ class RowTruncator {
   // Top-p: the shortest prefix of the order of mass >= p (a token is kept iff the mass before
   // it is < p), and at least its first mtk tokens.
   void top_p(double p, int64_t mtk) {
-    histogram_desc<true, false>(m_);
+    histogram_desc<true, false>(m_, mass_cap(1.0 - p), true);
     double S = 0;
     for (int b = 0; b <= nb_; ++b) S += ws_.mass[b];
     // x < p·S decided on the exact product (one rounding, in the fma): a uniform row of V
@@ -493,7 +519,11 @@ class RowTruncator {
   void typical(double mass, int64_t mtk) {
     const Stats& s = stats();
     const float c = static_cast<float>(static_cast<double>(m_) - s.D / s.S);  // lse - H
-    histogram_typical(c);
+    // the tokens of key > k0 hold < (1 - mass) / 2 of the mass, so the cut lies at or below k0:
+    // with k0 >= m - c no token is above c + k0, and c - k0 <= m - mass_cap
+    const double dc = static_cast<double>(m_) - static_cast<double>(c);
+    const double k0 = std::max(dc, mass_cap(1.0 - mass) - dc);
+    histogram_typical(c, k0);
     double S = 0;
     for (int b = 0; b <= nb_; ++b) S += ws_.mass[b];
     auto below = [mass, S](double x) { return std::fma(mass, S, -x) > 0; };  // x < mass·S, exactly
@@ -668,7 +698,7 @@ class RowTruncator {
   void set_lo(float v) {
     if (v > lo_) {
       lo_ = v;
-      stats_ok_ = false;
+      stats_ok_ = parts_ok_ = false;
     }
   }
 
@@ -722,7 +752,7 @@ class RowTruncator {
     mat_ = true;
     m_ = mx;
     lo_ = kLowest;
-    stats_ok_ = false;
+    stats_ok_ = parts_ok_ = false;
   }
 
   // (a.z, a.idx) comes before (b.z, b.idx) in the order (z descending, index ascending).
@@ -758,6 +788,44 @@ class RowTruncator {
     *m2 = sec;
   }
 
+  // One chunk's max (NaN ignored), min of the finite values, NaN present and live count.
+  // Not inlined: the one-read and the split scans of init run this same code.
+  __attribute__((noinline)) static void scan_chunk(const float* zc, int64_t n, float* cmax, float* cmin,
+                                                   uint8_t* cnan, int32_t* ccnt) {
+    float cmx = -kInf, cmn = kInf;
+    int32_t cn = 0, cl = 0;
+#pragma omp simd reduction(max : cmx) reduction(min : cmn) reduction(+ : cn, cl)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = zc[j];
+      cn += v != v ? 1 : 0;
+      cl += v > -kInf ? 1 : 0;
+      cmx = v > cmx ? v : cmx;
+      const float w = v > -kInf ? v : kInf;
+      cmn = w < cmn ? w : cmn;
+    }
+    *cmax = cmx, *cmin = cmn, *cnan = cn > 0, *ccnt = cl;
+  }
+
+  // One chunk's float sums Σe, Σe·d, Σe·d², Σe² (e = exp(z - m), d = m - z, over z > -inf)
+  // relative to m (0 when m = -inf). Not inlined, as scan_chunk: one code, the same bits.
+  __attribute__((noinline)) static void chunk_sums(const float* zc, int64_t n, float m, float* out) {
+    float s = 0, dd = 0, uu = 0, e2 = 0;
+    if (m > -kInf) {
+#pragma omp simd reduction(+ : s, dd, uu, e2)
+      for (int64_t j = 0; j < n; ++j) {
+        const float d0 = m - zc[j];
+        const float d = d0 < -kExpMin ? d0 : -kExpMin;  // finite (e = 0 beyond: -inf, underflow)
+        const float e = fast_exp_nonpos(-d0);
+        const float ed = e * d;
+        s += e;
+        dd += ed;
+        uu += ed * d;
+        e2 += e * e;
+      }
+    }
+    out[0] = s, out[1] = dd, out[2] = uu, out[3] = e2;
+  }
+
   template <bool MOM>
   void stats_pass() {
     const float m = m_, lo = lo_;
@@ -790,6 +858,15 @@ class RowTruncator {
     st_.S = S, st_.D = D, st_.U = U, st_.E2 = E2, st_.n = n, st_.A = A, st_.A2 = A2;
   }
 
+  // A d_T in [1, kRange] beyond which (d = m - z > d_T) the live tokens hold less than q / 2 of
+  // the mass (V e^-d_T <= q S / 2), from the live set's stats: a mass cut at 1 - q lies above it.
+  // kRange when the stats are not at hand.
+  double mass_cap(double q) const {
+    if (!stats_ok_ || !(q > 0) || !(st_.S >= 1)) return kRange;
+    const double d = std::log(2.0 * static_cast<double>(V_) / (q * st_.S));
+    return std::clamp(d, 1.0, kRange);
+  }
+
   // keep p >= exp(log_cut) or the mtk largest
   void keep_p_at_least(double log_cut, int64_t mtk) {
     float cut = ceil_float(log_cut);
@@ -811,11 +888,11 @@ class RowTruncator {
     return {kLowest, kAllIdx, false};
   }
 
-  // Bins over d = mref - z: width w spans [0, min(mref - zmin, kRange)); bin nb_ = overflow,
+  // Bins over d = mref - z: width w spans [0, min(mref - zmin, kRange, cap)); bin nb_ = overflow,
   // nb_ + 1 = not live (or above mref: top-h leaves a lone max out this way).
-  void bin_setup_desc(float mref) {
+  void bin_setup_desc(float mref, double cap) {
     mref_ = mref;
-    const double range = std::min(static_cast<double>(mref) - static_cast<double>(zmin_), kRange);
+    const double range = std::min({static_cast<double>(mref) - static_cast<double>(zmin_), kRange, cap});
     inv_w_ = range > 1e-20 ? static_cast<float>(nb_ / range) : 1e20f;
   }
 
@@ -825,9 +902,14 @@ class RowTruncator {
     return live ? static_cast<int32_t>(t) : nb + 1;
   }
 
-  // KEY: 0 = d = m - z (descending z), 1 = |z - c| (typical).
+  // KEY: 0 = d = mref - z (descending z), 1 = |z - c| (typical). Per chunk, a vector pass
+  // takes each token's bin and exponential and sums the overflow bin's share; only the tokens of
+  // the binned range are scattered into their bins one by one (the costly part: a bin's double
+  // sum is a serial chain). TAIL (init's per-chunk sums at hand, parts_ok_): a chunk whose every
+  // live token falls into the overflow bin (bin_of is monotone in the key; as collect's skip)
+  // adds its live count and its sums, rescaled from its prefix max to m, there unread.
   template <int KEY, bool MASS, bool ENT>
-  void histogram(float c, float iw) {
+  __attribute__((flatten)) void histogram(float c, float iw, bool tail) {
     const int32_t nb = nb_;
     std::fill(ws_.cnt.begin(), ws_.cnt.begin() + nb + 2, 0);
     if (MASS) std::fill(ws_.mass.begin(), ws_.mass.begin() + nb + 2, 0.0);
@@ -836,23 +918,75 @@ class RowTruncator {
     int64_t* cnt = ws_.cnt.data();
     double* mass = ws_.mass.data();
     double* ment = ws_.ment.data();
-    for_chunks_live([&](const float* zc, int64_t, int64_t n) {
+    const float* cmaxs = ws_.cmax.data();
+    const float* cmins = ws_.cmin.data();
+    const float* pm = ws_.pmax.data();
+    const float* pt = ws_.part.data();
+    const int32_t* ccnts = ws_.ccnt.data();
+    tail = tail && parts_ok_;
+    float fpm = kNaN;  // the last prefix max rescaled from: f = exp(fpm - m), fd = fpm - m
+    double f = 0, fd = 0;
+    int64_t ovc = 0;  // the overflow bin's count and sums
+    double ovs = 0, ovd = 0;
+    for (int64_t i0 = 0; i0 < V_; i0 += kChunk) {
+      const int64_t ci = i0 / kChunk;
+      const float cmx = cmaxs[ci];
+      if (!(cmx >= lo)) continue;  // no live token
+      const int64_t n = std::min(kChunk, V_ - i0);
+      if (tail) {
+        bool over;
+        if (KEY == 0) {
+          over = bin_of(std::max(m - cmx, 0.0f), true, iw, nb) == nb;
+        } else {
+          const float cmn = cmins[ci];
+          const float klo = (c >= cmn && c <= cmx) ? 0.0f : std::min(std::fabs(cmx - c), std::fabs(cmn - c));
+          over = bin_of(klo, true, iw, nb) == nb;
+        }
+        if (over) {
+          if (!(pm[ci] == fpm)) {
+            fpm = pm[ci];
+            fd = static_cast<double>(fpm) - static_cast<double>(m);
+            f = std::exp(fd);
+          }
+          ovc += ccnts[ci];
+          // e' = exp(z - m) = f e, m - z = (pm - z) - fd
+          if (MASS) ovs += f * static_cast<double>(pt[4 * ci]);
+          if (ENT) ovd += f * (static_cast<double>(pt[4 * ci + 1]) - fd * static_cast<double>(pt[4 * ci]));
+          continue;
+        }
+      }
+      const float* zc = chunk(i0, n);
       float* e = ws_.e;
       int32_t* bn = ws_.bin;
-#pragma omp simd
+      float os = 0, od = 0;
+      int32_t oc = 0;
+#pragma omp simd reduction(+ : os, od, oc)
       for (int64_t j = 0; j < n; ++j) {
         const float v = zc[j];
         const bool live = v >= lo && (KEY != 0 || v <= m);
-        bn[j] = bin_of(KEY == 0 ? m - v : std::fabs(v - c), live, iw, nb);
-        if (MASS) e[j] = live ? fast_exp_nonpos(v - m) : 0.0f;
+        const int32_t b = bin_of(KEY == 0 ? m - v : std::fabs(v - c), live, iw, nb);
+        bn[j] = b;
+        const bool o = b == nb;
+        oc += o ? 1 : 0;
+        if (MASS) {
+          const float ej = live ? fast_exp_nonpos(v - m) : 0.0f;
+          e[j] = ej;
+          os += o ? ej : 0.0f;
+          if (ENT) od += o ? ej * (m - v) : 0.0f;
+        }
       }
       for (int64_t j = 0; j < n; ++j) {
         const int32_t b = bn[j];
+        if (b >= nb) continue;  // overflow (summed above) or not live
         cnt[b] += 1;
         if (MASS) mass[b] += static_cast<double>(e[j]);
         if (ENT) ment[b] += static_cast<double>(e[j]) * (static_cast<double>(m) - static_cast<double>(zc[j]));
       }
-    }, [&](int64_t, int64_t n) { cnt[nb + 1] += n; });
+      ovc += oc, ovs += os, ovd += od;
+    }
+    cnt[nb] += ovc;
+    if (MASS) mass[nb] += ovs;
+    if (ENT) ment[nb] += ovd;
   }
 
   // The live members of bin b, sorted by their key (then index).
@@ -900,19 +1034,21 @@ class RowTruncator {
     }
   }
 
+  // cap: the binned range's end in d (the cut is known to lie above it; kRange: unknown);
+  // tail: may add init's per-chunk sums (a valid cap with the tokens beyond it of no count).
   template <bool MASS, bool ENT>
-  void histogram_desc(float mref) {
-    bin_setup_desc(mref);
-    histogram<0, MASS, ENT>(0.0f, inv_w_);
+  void histogram_desc(float mref, double cap = kRange, bool tail = false) {
+    bin_setup_desc(mref, cap);
+    histogram<0, MASS, ENT>(0.0f, inv_w_, tail);
   }
 
   void collect_desc(int b) { collect<0>(b, 0.0f, inv_w_); }
 
-  void histogram_typical(float c) {
+  void histogram_typical(float c, double cap) {
     const float kmax = std::max(std::fabs(m_ - c), std::fabs(zmin_ - c));
-    const float range = std::min(kmax, static_cast<float>(kRange));
+    const float range = std::min({kmax, static_cast<float>(kRange), static_cast<float>(cap)});
     inv_wt_ = range > 1e-20f ? static_cast<float>(nb_) / range : 1e20f;
-    histogram<1, true, false>(c, inv_wt_);
+    histogram<1, true, false>(c, inv_wt_, true);
   }
 
   void collect_typical(int b, float c) { collect<1>(b, c, inv_wt_); }
@@ -1000,6 +1136,7 @@ class RowTruncator {
   int32_t nb_ = kBins;  // bins in use (bins_for(V)); bin nb_ = overflow, nb_ + 1 = not live
   Stats st_;
   bool stats_ok_ = false, moments_ok_ = false;
+  bool parts_ok_ = false;  // ws_.part / ccnt hold init's per-chunk sums and counts of the live set
   bool nan_ = false;
 };
 

@@ -74,16 +74,45 @@ def _path(*parts: str) -> Path:
     return RESULTS / ("bench_uq_" + "_".join(parts) + ".json")
 
 
+def _extend(old: dict, new: dict) -> dict:
+    """A result continued: ``old``'s items then ``new``'s (the items after them), the metrics recomputed."""
+    if [it["id"] for it in new["items"]][:1] == [it["id"] for it in old["items"]][:1]:
+        raise ValueError("the continuation repeats the first items")
+    items = old["items"] + new["items"]
+    res = {**old, "items": items, "wall_s": old.get("wall_s", 0.0) + new.get("wall_s", 0.0)}
+    res.update(fe.metrics(items))
+    if "reliability" in old:
+        conf = [it["scores"]["choice_prob"] for it in items]
+        corr = [1.0 if it["correct"] else 0.0 for it in items]
+        res["ece"], res["reliability"] = fe.ece(conf, corr), fe.reliability(conf, corr)
+    return res
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     for model_name in a.models:
         model, tok = _load(model_name)
         for task in a.tasks:
             out = _path(task, model_name)
             env = _env()
-            res = fe.run(task, model, tok, limit=a.limit, batch_size=a.batch_size, partial=out, model_name=model_name,
-                         progress=sys.stderr.isatty())
-            res["env"] = _env(env)
-            res["command"] = " ".join(["python bench/bench_uq.py"] + sys.argv[1:])
+            cmd = " ".join(["python bench/bench_uq.py"] + sys.argv[1:])
+            old = json.loads(out.read_text()) if a.resume and out.exists() else None
+            if old is not None and (old.get("partial") or old.get("strategy", "greedy") != "greedy"):
+                raise SystemExit(f"{out}: a partial or sampled result; --resume continues a finished greedy one")
+            start = len(old["items"]) if old is not None else 0
+            if old is not None and start >= a.limit:
+                print(f"{out}: already {start} items", flush=True)
+                continue
+            # a continuation writes its partial result next to the file, which stays whole until the end
+            part = out.with_suffix(".partial.json") if old is not None else out
+            res = fe.run(task, model, tok, limit=a.limit, start=start, batch_size=a.batch_size, partial=part,
+                         model_name=model_name, progress=sys.stderr.isatty())
+            if old is not None:
+                res = _extend(old, res)
+                res.setdefault("continued", []).append({"from_item": start, "command": cmd, "env": _env(env)})
+                part.unlink(missing_ok=True)
+            else:
+                res["env"] = _env(env)
+                res["command"] = cmd
             fe.save(res, out)
             fe.plot(res, out.with_suffix(".png"))
             print(fe.table(res), flush=True)
@@ -175,7 +204,8 @@ def cmd_table(a: argparse.Namespace) -> None:
                      "auroc": {k: r["scores"][k]["auroc"] for k in KEY_SCORES if k in r["scores"]},
                      "prr": {k: r["scores"][k]["prr"] for k in KEY_SCORES if k in r["scores"]},
                      "source": f"{r['source']['package']} {r['source']['version']}", "file": f.name,
-                     "command": r.get("command"), "env": r.get("env")})
+                     "command": r.get("command"), "env": r.get("env"),
+                     "continued": [c["command"] for c in r.get("continued", [])]})
     lines = [f"Error detection (greedy answers; AUROC: 0.5 = chance; PRR: 0 = random rejection, 1 = oracle). "
              f"Accuracy band for a meaningful test: {BAND[0]:.0%} to {BAND[1]:.0%}.", "",
              "| task (data) | model | n | right | accuracy | in band | best by AUROC (AUROC / PRR) | best by PRR "
@@ -234,7 +264,8 @@ def cmd_table(a: argparse.Namespace) -> None:
             lines.append(f"| {g['task']} | {g['model']} | {g['n']} | {g['greedy']:.3f} | {ms(g['gated'])} "
                          f"(τ {g['tau']}, T {g['temperature']}) | {ms(g['sample'])} | {g['mean_temperature']:.3f} "
                          f"| {g['file']} |")
-    cmds = sorted({r["command"] for r in rows if r["command"]} | {d["command"] for d in ada + gat if d["command"]})
+    cmds = sorted({r["command"] for r in rows if r["command"]} | {c for r in rows for c in r["continued"]}
+                  | {d["command"] for d in ada + gat if d["command"]})
     lines += ["", "Commands that produced the result files:", "", "```bash"] + cmds + [
         "python bench/bench_uq.py table --readme   # this table", "```"]
     text = "\n".join(lines) + "\n"
@@ -392,6 +423,8 @@ def main() -> None:
     e.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
     e.add_argument("--limit", type=int, default=40)
     e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--resume", action="store_true",
+                   help="continue an existing result file up to --limit items (the first items are not re-run)")
     e.set_defaults(func=cmd_eval)
     t = sub.add_parser("table")
     t.add_argument("--readme", action="store_true", help="also write the table into README.md between its markers")

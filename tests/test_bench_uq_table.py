@@ -115,3 +115,33 @@ def test_adadec_long_mode_runs_in_chunks_and_resumes(bench, monkeypatch):
     bench.cmd_adadec(_adadec_args(limit=3))
     r3 = json.loads((bench.RESULTS / "bench_uq_adadec_multi-step-equations_tiny.json").read_text())
     assert r3["complete"] is True and r3["greedy"]["n"] == 3 and "paired_held_out" not in r3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("evals") is None, reason="evals not installed")
+def test_eval_resume_continues_a_result_as_one_run(bench, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_eval import CharTok, tiny_llama
+
+    monkeypatch.setattr(bench, "_load", lambda name: (tiny_llama(3), CharTok()))
+    monkeypatch.setattr(sys, "argv", ["bench_uq.py", "eval"])
+    args = {"tasks": ["multi-step-equations"], "models": ["tiny"], "batch_size": 2}
+    out = bench.RESULTS / "bench_uq_multi-step-equations_tiny.json"
+    bench.cmd_eval(argparse.Namespace(**args, limit=5, resume=False))
+    whole = json.loads(out.read_text())
+    bench.cmd_eval(argparse.Namespace(**args, limit=2, resume=False))
+    bench.cmd_eval(argparse.Namespace(**args, limit=5, resume=True))
+    cont = json.loads(out.read_text())
+    assert [it["id"] for it in cont["items"]] == [it["id"] for it in whole["items"]]
+    assert [it["answer"] for it in cont["items"]] == [it["answer"] for it in whole["items"]]
+    assert cont["n"] == 5 and cont["continued"][0]["from_item"] == 2
+    for k, v in whole["scores"].items():
+        assert cont["scores"][k]["curve"] == v["curve"], k
+    assert not out.with_suffix(".partial.json").exists()
+    # already long enough: nothing is run; a sampled result is not continued
+    bench.cmd_eval(argparse.Namespace(**args, limit=3, resume=True))
+    assert json.loads(out.read_text())["n"] == 5
+    out.write_text(json.dumps({**cont, "strategy": "sample"}))
+    with pytest.raises(SystemExit, match="partial or sampled"):
+        bench.cmd_eval(argparse.Namespace(**args, limit=6, resume=True))

@@ -22,8 +22,25 @@ one top-k gives the ``(z desc, index asc)`` order of a stable descending sort.
 
 from __future__ import annotations
 
+import functools
+
+import torch
 import triton
 import triton.language as tl
+
+
+@functools.cache
+def _cached_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device`` (its index, or the current device), cached.
+
+    The launchers import it as ``_sm_count``: the launch counter of the tests
+    (tests/triton_launches.py) patches that module attribute to plan for a GPU it has not.
+    """
+    return _cached_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 KEY_MIN = tl.constexpr(-(2**63))  # below every real key: padding never wins
 

@@ -26,7 +26,6 @@ Semantics are those of ``fuq.reference.attention_stats`` (the spec).
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -35,6 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import merge_states, online_update_rows
+from ._common import sm_count as _sm_count
 
 __all__ = ["attention_stats"]
 
@@ -229,11 +229,6 @@ def _attention_mass_kernel(
     tl.store(mass_ptr + bh * T + j, acc, mask=jmask)
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _p2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -287,7 +282,7 @@ def attention_stats(
         sm = (m8.stride(0), m8.stride(1) if m8.dim() == 3 else 0, m8.stride(-1))
     else:
         m8, sm = q, (0, 0, 0)  # placeholder pointer, never read
-    target = 4 * _sm_count(dev.index if dev.index is not None else torch.cuda.current_device()) if not interp else 4
+    target = 4 * _sm_count(dev) if not interp else 4
     p = plan(BH, G, T, d, k.element_size(), target)
     splits = p["splits"]
     state = torch.empty(BH, splits, G, 4, device=dev, dtype=torch.float32)

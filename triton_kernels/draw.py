@@ -26,11 +26,12 @@ every launch, so a call allocates no zeroed memory (no fill kernel).
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from ._common import sm_count as _sm_count
 
 BLOCK = 1024  # entries per chunk of a segment
 NP = tl.constexpr(4)  # float64 partials per program: m, s, NaN count, last live index
@@ -127,14 +128,9 @@ def split_plan(B: int, V: int, target_programs: int) -> tuple[int, int]:
     return triton.cdiv(max(V, 1), seg), seg
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _target_programs(device: torch.device) -> int:
     if device.type == "cuda":
-        return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        return 2 * _sm_count(device)
     return 4  # interpreter: a few splits, enough to exercise the merge (tests override SPLIT_TARGET)
 
 

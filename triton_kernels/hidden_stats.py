@@ -22,7 +22,6 @@ top-k from ``[N, chunk]`` logit blocks built by torch).
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -31,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ._common import KEY_MIN, empty_topk, online_update_rows, pack_key
+from ._common import sm_count as _sm_count
 
 __all__ = ["hidden_stats"]
 
@@ -165,11 +165,6 @@ def _hidden_stats_kernel(
 K_MAX = 64
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _p2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -293,7 +288,7 @@ def hidden_stats(
     dev = hidden.device
     n_sm = None
     if dev.type == "cuda":
-        n_sm = _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
+        n_sm = _sm_count(dev)
     p = _plan(N, V, k, n_sm)
     S, kp = p["splits"], p["K_PAD"]
     state = torch.empty(N, S, 8, device=dev, dtype=torch.float32)

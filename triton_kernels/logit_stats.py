@@ -27,7 +27,6 @@ with NaN gives NaN ``lse`` (``+inf`` without NaN gives ``lse = +inf``, as
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -46,6 +45,7 @@ from ._common import (
     topk_insert,
     unpack_key,
 )
+from ._common import sm_count as _sm_count
 
 __all__ = ["logit_stats"]
 
@@ -299,17 +299,12 @@ BLOCK_STATS = 512
 BLOCK_TOPK = 256
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _target_programs(device: torch.device, k: int) -> int:
     if device.type == "cuda":
         # enough programs in flight per SM to cover the memory latency (a program holds one
         # BLOCK of loads at a time); with top-k, fewer, since the candidates to merge grow
         per_sm = 4 if k > 0 else 8
-        return per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        return per_sm * _sm_count(device)
     return 4  # interpreter: a few splits, enough to exercise the merge
 
 

@@ -43,12 +43,13 @@ Every launch runs under ``torch.cuda.device(logits.device)``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import struct
 
 import torch
 import triton
 import triton.language as tl
+
+from ._common import sm_count as _sm_count
 
 # knob ids (constexpr)
 TOP_K, TOP_P, MIN_P, TYPICAL, EPSILON, ETA, TOP_H, TOP_N_SIGMA, P_LESS = range(9)
@@ -655,14 +656,9 @@ def split_plan(B: int, V: int, target_programs: int) -> tuple[int, int]:
     return triton.cdiv(V, seg), seg
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _target_programs(device: torch.device) -> int:
     if device.type == "cuda":
-        return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        return 2 * _sm_count(device)
     return 4  # interpreter: a few splits, enough to exercise the merge (tests override SPLIT_TARGET)
 
 

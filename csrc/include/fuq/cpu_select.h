@@ -109,7 +109,7 @@ struct Workspace {
   std::vector<float> cmax, cmin;
   std::vector<float> part;     // per chunk: init's float sums relative to pmax (4 per chunk)
   std::vector<uint8_t> cnan;   // per chunk: holds a NaN
-  std::vector<int32_t> ccnt;   // per chunk: its live (> -inf, not NaN) tokens, as init saw them
+  std::vector<int32_t> ccnt;   // per chunk: its live (> -inf) tokens, from init's sums (parts_ok_)
   std::vector<float> pmax;     // per chunk: the max of the row up to it (init)
   alignas(64) float zbuf[kChunk];
   alignas(64) float e[kChunk];
@@ -174,16 +174,16 @@ class RowTruncator {
       float run = -kInf;
       for_chunks([&](const float* zc, int64_t i0, int64_t n) {
         const int64_t c = i0 / kChunk;
-        scan_chunk(zc, n, cmaxs + c, cmins + c, cnans + c, ccnts + c);
+        scan_chunk(zc, n, cmaxs + c, cmins + c, cnans + c);
         run = std::max(run, cmaxs[c]);
         pm[c] = run;
-        if (with_stats) chunk_sums(zc, n, run, pt + 4 * c);
+        if (with_stats) chunk_sums(zc, n, run, pt + 4 * c, ccnts + c);
       });
     } else {
       // 1. per chunk: max (NaN ignored), min of the finite values, NaN present, live count
       par_chunks([&](const float* zc, int64_t i0, int64_t n) {
         const int64_t c = i0 / kChunk;
-        scan_chunk(zc, n, cmaxs + c, cmins + c, cnans + c, ccnts + c);
+        scan_chunk(zc, n, cmaxs + c, cmins + c, cnans + c);
       });
       float run = -kInf;
       for (int64_t c = 0; c < nch; ++c) pm[c] = run = std::max(run, cmaxs[c]);
@@ -191,7 +191,7 @@ class RowTruncator {
       if (with_stats && !(run == kInf)) {
         par_chunks([&](const float* zc, int64_t i0, int64_t n) {
           const int64_t c = i0 / kChunk;
-          chunk_sums(zc, n, pm[c], pt + 4 * c);
+          chunk_sums(zc, n, pm[c], pt + 4 * c, ccnts + c);
         });
       }
     }
@@ -796,34 +796,36 @@ class RowTruncator {
     *m2 = sec;
   }
 
-  // One chunk's max (NaN ignored), min of the finite values, NaN present and live count (exact
-  // in any order: inlined into both scans of init).
+  // One chunk's max (NaN ignored), min of the finite values and NaN present (exact in any
+  // order: inlined into both scans of init).
   __attribute__((always_inline)) static inline void scan_chunk(const float* zc, int64_t n, float* cmax, float* cmin,
-                                                   uint8_t* cnan, int32_t* ccnt) {
+                                                               uint8_t* cnan) {
     float cmx = -kInf, cmn = kInf;
-    int32_t cn = 0, cl = 0;
-#pragma omp simd reduction(max : cmx) reduction(min : cmn) reduction(+ : cn, cl)
+    int32_t cn = 0;
+#pragma omp simd reduction(max : cmx) reduction(min : cmn) reduction(+ : cn)
     for (int64_t j = 0; j < n; ++j) {
       const float v = zc[j];
       cn += v != v ? 1 : 0;
-      cl += v > -kInf ? 1 : 0;
       cmx = v > cmx ? v : cmx;
       const float w = v > -kInf ? v : kInf;
       cmn = w < cmn ? w : cmn;
     }
-    *cmax = cmx, *cmin = cmn, *cnan = cn > 0, *ccnt = cl;
+    *cmax = cmx, *cmin = cmn, *cnan = cn > 0;
   }
 
   // One chunk's float sums Σe, Σe·d, Σe·d², Σe² (e = exp(z - m), d = m - z, over z > -inf)
-  // relative to m (0 when m = -inf). Not inlined, as scan_chunk: one code, the same bits.
+  // relative to m (0 when m = -inf), and its live count (z > -inf; 0 when m = -inf). Not inlined, as scan_chunk: one code, the same bits.
   // Bound by exp: 512-bit vectors in the AVX-512 build (as logit_stats.cpp; the build prefers
   // 256 for the selection passes).
-  __attribute__((noinline)) FUQ_WIDE_VECTORS static void chunk_sums(const float* zc, int64_t n, float m, float* out) {
+  __attribute__((noinline)) FUQ_WIDE_VECTORS static void chunk_sums(const float* zc, int64_t n, float m, float* out,
+                                                                    int32_t* ccnt) {
     float s = 0, dd = 0, uu = 0, e2 = 0;
+    int32_t cl = 0;
     if (m > -kInf) {
-#pragma omp simd reduction(+ : s, dd, uu, e2)
+#pragma omp simd reduction(+ : s, dd, uu, e2, cl)
       for (int64_t j = 0; j < n; ++j) {
         const float d0 = m - zc[j];
+        cl += d0 < kInf ? 1 : 0;  // z > -inf (NaN: not counted)
         const float d = d0 < -kExpMin ? d0 : -kExpMin;  // finite (e = 0 beyond: -inf, underflow)
         const float e = fast_exp_nonpos(-d0);
         const float ed = e * d;
@@ -834,6 +836,7 @@ class RowTruncator {
       }
     }
     out[0] = s, out[1] = dd, out[2] = uu, out[3] = e2;
+    *ccnt = cl;
   }
 
   template <bool MOM>

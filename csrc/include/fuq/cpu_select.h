@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <queue>
@@ -47,6 +48,12 @@
 #include <ATen/Parallel.h>
 
 #include "fuq/cpu_online.h"
+
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#define FUQ_WIDE_VECTORS __attribute__((target("prefer-vector-width=512")))
+#else
+#define FUQ_WIDE_VECTORS
+#endif
 
 namespace fuq {
 namespace cpu {
@@ -107,6 +114,7 @@ struct Workspace {
   alignas(64) float zbuf[kChunk];
   alignas(64) float e[kChunk];
   alignas(64) int32_t bin[kChunk];
+  alignas(64) uint8_t inb[kChunk + 8];  // histogram: the token is in a bin of the binned range
 };
 
 struct Stats {
@@ -142,7 +150,7 @@ class RowTruncator {
   // as one serial online scan takes them. On one thread (or inside a parallel region: rows
   // already spread) that is one read of the row (each chunk's sums while it is in L1); a row
   // split over threads scans twice (the max first, then the sums). Both give the same bits
-  // (the same non-inlined chunk functions). The per-chunk sums stay (parts_ok_) for the
+  // (the same non-inlined chunk_sums). The per-chunk sums stay (parts_ok_) for the
   // histograms of the first knob, which add a chunk whose tokens all fall into the overflow bin
   // from them, unread. False if the row holds a NaN or +inf (then nothing else may be called
   // but finish_nan).
@@ -788,9 +796,9 @@ class RowTruncator {
     *m2 = sec;
   }
 
-  // One chunk's max (NaN ignored), min of the finite values, NaN present and live count.
-  // Not inlined: the one-read and the split scans of init run this same code.
-  __attribute__((noinline)) static void scan_chunk(const float* zc, int64_t n, float* cmax, float* cmin,
+  // One chunk's max (NaN ignored), min of the finite values, NaN present and live count (exact
+  // in any order: inlined into both scans of init).
+  __attribute__((always_inline)) static inline void scan_chunk(const float* zc, int64_t n, float* cmax, float* cmin,
                                                    uint8_t* cnan, int32_t* ccnt) {
     float cmx = -kInf, cmn = kInf;
     int32_t cn = 0, cl = 0;
@@ -808,7 +816,9 @@ class RowTruncator {
 
   // One chunk's float sums Σe, Σe·d, Σe·d², Σe² (e = exp(z - m), d = m - z, over z > -inf)
   // relative to m (0 when m = -inf). Not inlined, as scan_chunk: one code, the same bits.
-  __attribute__((noinline)) static void chunk_sums(const float* zc, int64_t n, float m, float* out) {
+  // Bound by exp: 512-bit vectors in the AVX-512 build (as logit_stats.cpp; the build prefers
+  // 256 for the selection passes).
+  __attribute__((noinline)) FUQ_WIDE_VECTORS static void chunk_sums(const float* zc, int64_t n, float m, float* out) {
     float s = 0, dd = 0, uu = 0, e2 = 0;
     if (m > -kInf) {
 #pragma omp simd reduction(+ : s, dd, uu, e2)
@@ -958,6 +968,7 @@ class RowTruncator {
       const float* zc = chunk(i0, n);
       float* e = ws_.e;
       int32_t* bn = ws_.bin;
+      uint8_t* inb = ws_.inb;
       float os = 0, od = 0;
       int32_t oc = 0;
 #pragma omp simd reduction(+ : os, od, oc)
@@ -966,6 +977,7 @@ class RowTruncator {
         const bool live = v >= lo && (KEY != 0 || v <= m);
         const int32_t b = bin_of(KEY == 0 ? m - v : std::fabs(v - c), live, iw, nb);
         bn[j] = b;
+        inb[j] = b < nb ? 1 : 0;
         const bool o = b == nb;
         oc += o ? 1 : 0;
         if (MASS) {
@@ -975,12 +987,18 @@ class RowTruncator {
           if (ENT) od += o ? ej * (m - v) : 0.0f;
         }
       }
-      for (int64_t j = 0; j < n; ++j) {
-        const int32_t b = bn[j];
-        if (b >= nb) continue;  // overflow (summed above) or not live
-        cnt[b] += 1;
-        if (MASS) mass[b] += static_cast<double>(e[j]);
-        if (ENT) ment[b] += static_cast<double>(e[j]) * (static_cast<double>(m) - static_cast<double>(zc[j]));
+      std::fill(inb + n, inb + ((n + 7) & ~int64_t{7}), uint8_t{0});
+      for (int64_t j0 = 0; j0 < n; j0 += 8) {  // 8 flags at a time: most tokens of a chunk are in no bin
+        uint64_t w;
+        std::memcpy(&w, inb + j0, 8);
+        if (w == 0) continue;
+        for (int64_t j = j0; j < j0 + 8; ++j) {
+          if (!inb[j]) continue;  // overflow (summed above) or not live
+          const int32_t b = bn[j];
+          cnt[b] += 1;
+          if (MASS) mass[b] += static_cast<double>(e[j]);
+          if (ENT) ment[b] += static_cast<double>(e[j]) * (static_cast<double>(m) - static_cast<double>(zc[j]));
+        }
       }
       ovc += oc, ovs += os, ovd += od;
     }

@@ -383,7 +383,9 @@ def cmd_adadec(a: argparse.Namespace) -> None:
 def cmd_gating(a: argparse.Namespace) -> None:
     env = _env()
     model, tok = _load(a.model)
-    out = _path("gating", f"{a.task}_{a.model}")
+    # tau / T other than the defaults get their own file (the default run keeps its name)
+    knobs = ("" if a.tau == 1.0 else f"_tau{a.tau:g}") + ("" if a.temperature == 1.0 else f"_T{a.temperature:g}")
+    out = _path("gating", f"{a.task}_{a.model}{knobs}")
     res = {"task": a.task, "model": a.model, "limit": a.limit, "tau": a.tau, "temperature": a.temperature,
            "seeds": a.seeds, "env": env, "runs": []}
 

@@ -14,12 +14,7 @@
 // Semantics are those of fuq.reference.hidden_stats (the tests compare the two, and both
 // with float64 maths): float32 matmul, float32 accumulation of the statistics.
 
-// The AVX-512 build (fuq._C_v4) is compiled with -mprefer-vector-width=256, which suits the
-// selection kernels of truncate.cpp (min-p ran ~1.5x slower with 512-bit vectors); this pass is
-// bound by exp and runs ~20% faster with 512-bit ones (bench/results/v4_width{256,512}_stats_vs_amax_cpuclock.json).
-#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
-#pragma GCC target("prefer-vector-width=512")
-#endif
+#include "fuq/cpu_wide_file.h"  // first: see there
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -298,7 +298,7 @@ def _sample_cuda(logits, uniform, k, *knobs):
         return reference.sample(logits, uniform, k, *knobs)
     base = bool(knobs[N_KNOBS]) if len(knobs) > N_KNOBS else False
     return sample_composed(logits, uniform, k, knobs[:N_KNOBS], kernels[1].truncate, kernels[0].logit_stats, base,
-                           _triton_draw())
+                           _triton_draw(), _triton_truncate_draw())
 
 
 N_KNOBS = _knob_table.NK  # temperature ... min_tokens_to_keep, as in _KNOBS_SCHEMA
@@ -312,15 +312,28 @@ def _triton_draw():
     return draw
 
 
-def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn, base_stats=False, draw_fn=None):
+def _triton_truncate_draw():
+    """The Triton truncation with the draw folded into its last launch (split rows); the same
+    ids as ``draw(truncate(...))``."""
+    from .triton_kernels.truncate import truncate_draw
+
+    return truncate_draw
+
+
+def sample_composed(logits, uniform, k, knobs, truncate_fn, stats_fn, base_stats=False, draw_fn=None,
+                    truncate_draw_fn=None):
     """``fuq::sample`` from a truncation kernel, a draw and a stats kernel (the Triton routes).
 
     The draw (``draw_fn``, default the reference's ``sample_from``) is the reference's inverse
     CDF, so the ids equal every other backend's; it is not one fused kernel (the CPU C++ kernel
     is). ``base_stats``: the stats call runs at T = 1 instead of at the sampling temperature
-    (still one stats call: no second pass is added).
+    (still one stats call: no second pass is added). ``truncate_draw_fn(logits, uniform, *knobs)``,
+    when given, replaces ``draw_fn(truncate_fn(logits, *knobs), uniform)`` (the same ids, fewer launches).
     """
-    ids = (draw_fn or reference.sample_from)(truncate_fn(logits, *knobs), uniform)
+    if truncate_draw_fn is not None:
+        ids = truncate_draw_fn(logits, uniform, *knobs)
+    else:
+        ids = (draw_fn or reference.sample_from)(truncate_fn(logits, *knobs), uniform)
     return (ids, *stats_fn(logits, k, ids, 1.0 if base_stats else knobs[0])[:9])
 
 
@@ -489,10 +502,11 @@ def _triton_sample():
     from .triton_kernels.truncate import truncate
 
     draw = _triton_draw()
+    truncate_draw = _triton_truncate_draw()
 
     def sample(logits, uniform, k, *knobs):
         base = bool(knobs[N_KNOBS]) if len(knobs) > N_KNOBS else False
-        return sample_composed(logits, uniform, k, knobs[:N_KNOBS], truncate, logit_stats, base, draw)
+        return sample_composed(logits, uniform, k, knobs[:N_KNOBS], truncate, logit_stats, base, draw, truncate_draw)
 
     return sample
 

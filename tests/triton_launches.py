@@ -508,6 +508,7 @@ def count(path: str | None, reference_draw: bool = False) -> int:
         from fuq import reference
 
         lib._triton_draw = lambda: reference.sample_from
+        lib._triton_truncate_draw = lambda: None
     rec = Recorder()
     with rec.patched():
         rows = count_launches(rec)

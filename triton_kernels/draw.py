@@ -99,7 +99,8 @@ def _draw_row(zrow, u, out, part, V, seg, S, BLOCK: tl.constexpr, S_PAD: tl.cons
             # scan from segment c on; past its end only when rounding left the target unmet
             while (found == 0) & (start < V):
                 cols = start + tl.arange(0, BLOCK)
-                z = tl.load(zrow + cols, mask=cols < V, other=float("-inf"))
+                # .cg: the rows may have been written by other programs of this launch (truncate.py)
+                z = tl.load(zrow + cols, mask=cols < V, other=float("-inf"), cache_modifier=".cg")
                 live = z > float("-inf")
                 e = tl.where(live, tl.exp(z.to(tl.float64) - M), 0.0)
                 run = acc + tl.cumsum(e, axis=0)

@@ -50,27 +50,32 @@ import triton
 import triton.language as tl
 
 from ._common import sm_count as _sm_count
+from .draw import NP as DNP
+from .draw import _counters, _draw_row
+from .draw import draw as _draw
 
 # knob ids (constexpr)
 TOP_K, TOP_P, MIN_P, TYPICAL, EPSILON, ETA, TOP_H, TOP_N_SIGMA, P_LESS = range(9)
 # orders (PMODE) and weights (WMODE) of a search (constexpr)
 P_Z, P_TYP = 0, 1
 W_CNT, W_P, W_H = 0, 1, 2
-# phases of the split path (constexpr)
-PH_MAX, PH_MOM, PH_VAR, PH_R2, PH_HS, PH_PIV = range(6)
 
 NPIV = tl.constexpr(16)  # pivots per search round: 4 bits of the position per pass
 _OFF = tl.constexpr(2**31)  # prim + _OFF >= 0
 # float state of a row (split path), fst[B, NF]; tl.constexpr: read inside @triton.jit code
-F_M, F_LSE, F_H, F_P2, F_ZMEAN, F_CUT, F_ZCUT, F_N0, F_M2, F_LOGS, F_WTOP, F_MREF, F_TARGET, F_N, F_S = (
-    tl.constexpr(i) for i in range(15)
+F_M, F_LSE, F_H, F_P2, F_ZMEAN, F_CUT, F_ZCUT, F_N0, F_M2, F_LOGS, F_WTOP, F_MREF, F_TARGET, F_N, F_S, F_WTOP1 = (
+    tl.constexpr(i) for i in range(16)
 )
 NF = tl.constexpr(16)
-# int64 state of a row (split path), ist[B, NI]: the search interval and the cuts
+# int64 state of a row (split path), ist[B, NI]: the search interval (base, width), the cuts, Σ
 I_BASE, I_STEP, I_X, I_Y, I_KV, I_S = (tl.constexpr(i) for i in range(6))  # I_S: float64 bits of Σ
-I_CNT = tl.constexpr(7)  # programs of the row done with the current pass (the last one finalises it)
+I_SB = tl.constexpr(6)  # float64 bits of the weight below the search interval
+I_BAD = tl.constexpr(7)  # the row holds NaN / +inf
 NI = tl.constexpr(8)
-VEC = tl.constexpr(16)  # partial sums per program and pass
+NSC = tl.constexpr(16)  # scalar partials per program (split path), then NP8 pivot sums
+NP8 = tl.constexpr(256)  # pivots of a split row's parallel search round: 8 bits of the position per launch
+PW = tl.constexpr(16 + 256)  # float64 partials per program and launch: NSC + NP8
+RCH = tl.constexpr(8)  # partial rows reduced at a time by a finaliser
 
 
 # ------------------------------------------------------------------------------ elementwise
@@ -215,10 +220,10 @@ def _seg_hs(ptr, lo, hi, lse, m, logs, wtop, mref, BLOCK: tl.constexpr):
 
 @triton.jit
 def _seg_pivots(ptr, lo, hi, base, step, lse, H, m, logs, wtop, mref, IDB,
-                PMODE: tl.constexpr, WMODE: tl.constexpr, SB: tl.constexpr):
-    """[NPIV] sums of the weights of the tokens at or below each pivot base + (b + 1)·step - 1."""
-    piv = base + (tl.arange(0, NPIV).to(tl.int64) + 1) * step - 1
-    acc = tl.zeros([SB, NPIV], tl.float64)  # float64: a mass bound 1 float32 ulp away still cuts right
+                PMODE: tl.constexpr, WMODE: tl.constexpr, NP: tl.constexpr, SB: tl.constexpr):
+    """[NP] sums of the weights of the tokens at or below each pivot base + (b + 1)·step - 1."""
+    piv = base + (tl.arange(0, NP).to(tl.int64) + 1) * step - 1
+    acc = tl.zeros([SB, NP], tl.float64)  # float64: a mass bound 1 float32 ulp away still cuts right
     for start in range(lo, hi, SB):
         cols = start + tl.arange(0, SB)
         z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
@@ -313,7 +318,7 @@ def _search(ptr, V, nbits, target, lse, H, m, logs, wtop, mref, IDB,
     step = step0
     S = tl.zeros([], tl.float64)
     for _ in range(0, nbits // 4):
-        sums = _seg_pivots(ptr, 0, V, base, step, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, SB)
+        sums = _seg_pivots(ptr, 0, V, base, step, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, NPIV, SB)
         S = tl.where(step == step0, _total(sums), S)  # the first round's last pivot holds every token
         base, step = _fin_pivots(sums, base, step, target, S, STRICT, WMODE == 1)
     return base
@@ -392,13 +397,59 @@ def _knob_kernel(out_ptr, out_stride, V, param, pbits, min_keep, IDB,
 
 
 @triton.jit
-def _scale_kernel(x_ptr, out_ptr, bad_ptr, x_stride, out_stride, V, seg, T, BLOCK: tl.constexpr):
-    """out = x / T (IEEE division) over one segment; bad[row, split] flags NaN / +inf."""
+def _lane_max2(mv, m2v, z):
+    """Per lane: (max, largest value below the max), updated with z (-inf and NaN change nothing)."""
+    up = z > mv
+    m2v = tl.where(up, mv, tl.where(z < mv, tl.maximum(m2v, z), m2v))
+    return tl.where(up, z, mv), m2v
+
+
+@triton.jit
+def _max2(mv, m2v):
+    """(max, largest value below it) of [N] lane (or partial) pairs."""
+    M = tl.max(mv, axis=0)
+    return M, tl.max(tl.where(mv < M, mv, m2v), axis=0)
+
+
+@triton.jit
+def _arrive(cnt_ptr, row, S):
+    """True in the row's last program to finish its part of this launch; it resets the row's
+    counter for the next launch. The barrier orders every thread's stores before the (acq_rel,
+    GPU-scope) counter; the last program reads the others' results past L1 (.cg)."""
+    tl.debug_barrier()
+    done = tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel")
+    last = done == S - 1
+    if last:
+        tl.store(cnt_ptr + row, 0)
+    return last
+
+
+@triton.jit
+def _fin_max(row, fst_ptr, part_ptr, S, S_PAD: tl.constexpr):
+    """The row's (max, runner-up) from the S partial pairs in part[row, :, 0:2]."""
+    sp = tl.arange(0, S_PAD)
+    t = part_ptr + (row * S + sp) * PW
+    ms = tl.load(t, mask=sp < S, other=float("-inf"), cache_modifier=".cg")
+    m2s = tl.load(t + 1, mask=sp < S, other=float("-inf"), cache_modifier=".cg")
+    m, m2 = _max2(ms, m2s)
+    tl.store(fst_ptr + row * NF + F_M, m.to(tl.float32))
+    tl.store(fst_ptr + row * NF + F_M2, m2.to(tl.float32))
+
+
+@triton.jit
+def _scale_kernel(x_ptr, out_ptr, bad_ptr, x_stride, out_stride, V, seg, T, fst_ptr, ist_ptr, part_ptr, cnt_ptr, S,
+                  BLOCK: tl.constexpr, FIN: tl.constexpr, S_PAD: tl.constexpr):
+    """out = x / T (IEEE division) over one segment; bad[row, split] flags NaN / +inf.
+
+    FIN (split rows): the segment's (max, runner-up) too; the row's last program stores the
+    row's (F_M, F_M2) and I_BAD, and fills a bad row with NaN (it stays NaN: see _apply_kernel)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     lo = split * seg
     hi = tl.minimum(lo + seg, V)
     badv = tl.zeros([BLOCK], dtype=tl.int32)
+    mv = tl.full([BLOCK], float("-inf"), tl.float32)
+    m2v = tl.full([BLOCK], float("-inf"), tl.float32)
     for start in range(lo, hi, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         msk = cols < hi
@@ -406,12 +457,27 @@ def _scale_kernel(x_ptr, out_ptr, bad_ptr, x_stride, out_stride, V, seg, T, BLOC
         z = tl.math.div_rn(x, T)
         badv = badv | ((z != z) | (z == float("inf"))).to(tl.int32)
         tl.store(out_ptr + row * out_stride + cols, z, mask=msk)
+        if FIN:
+            mv, m2v = _lane_max2(mv, m2v, tl.where(msk, z, float("-inf")))
     tl.store(bad_ptr + row * tl.num_programs(1) + split, tl.max(badv, axis=0))
+    if FIN:
+        m, m2 = _max2(mv, m2v)
+        tl.store(part_ptr + (row * S + split) * PW + tl.arange(0, 2), tl.where(tl.arange(0, 2) == 0, m, m2))
+        if _arrive(cnt_ptr, row, S):
+            _fin_max(row, fst_ptr, part_ptr, S, S_PAD)
+            sp = tl.arange(0, S_PAD)
+            bad = tl.max(tl.load(bad_ptr + row * S + sp, mask=sp < S, other=0, cache_modifier=".cg"), axis=0)
+            tl.store(ist_ptr + row * NI + I_BAD, bad.to(tl.int64))
+            if bad != 0:
+                for start in range(0, V, BLOCK):
+                    cols = start + tl.arange(0, BLOCK)
+                    tl.store(out_ptr + row * out_stride + cols, tl.full([BLOCK], float("nan"), tl.float32),
+                             mask=cols < V)
 
 
 @triton.jit
 def _nan_rows_kernel(out_ptr, bad_ptr, out_stride, V, seg, S, S_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    """A row with a bad segment comes back all NaN."""
+    """A row with a bad segment comes back all NaN (one program per row: after the knobs)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     sp = tl.arange(0, S_PAD)
@@ -425,14 +491,28 @@ def _nan_rows_kernel(out_ptr, bad_ptr, out_stride, V, seg, S, S_PAD: tl.constexp
 
 
 @triton.jit
-def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB, S, param, pbits,
-                 PHASE: tl.constexpr, PMODE: tl.constexpr, WMODE: tl.constexpr,
-                 BLOCK: tl.constexpr, SB: tl.constexpr, KNOB: tl.constexpr, SLOT: tl.constexpr,
-                 STRICT: tl.constexpr, S_PAD: tl.constexpr, FIRST: tl.constexpr, SET_TARGET: tl.constexpr,
-                 MASS: tl.constexpr):
-    """One pass of one knob over a segment: VEC partial results into part[row, split, :]; the
-    row's last program to finish reduces them (:func:`_fin_row`). FIRST: the first round of a
-    search (its interval is the whole order: no state to read; SET_TARGET: its target is param)."""
+def _interval(it, IDB, FIRST: tl.constexpr):
+    """(base, width) of the search interval: the whole order of 32 + IDB bits in the first round."""
+    if FIRST:
+        base = tl.full([], 0, tl.int64)
+        width = tl.full([], 1, tl.int64) << (IDB + 32)
+    else:
+        base = tl.load(it + I_BASE)
+        width = tl.load(it + I_STEP)
+    return base, width
+
+
+@triton.jit
+def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, cnt_ptr, IDB, S, param, pbits, tgt,
+                 MOM: tl.constexpr, TOPH: tl.constexpr, VAR: tl.constexpr, HS: tl.constexpr, PIV: tl.constexpr,
+                 FIRST: tl.constexpr, PMODE: tl.constexpr, WMODE: tl.constexpr, STRICT: tl.constexpr,
+                 SET_TARGET: tl.constexpr, KNOB: tl.constexpr, BLOCK: tl.constexpr, SBP: tl.constexpr,
+                 S_PAD: tl.constexpr):
+    """The passes of one knob that share a launch, over one segment, into part[row, split, :]
+    (NSC scalar lanes, then NP8 pivot sums); the row's last program to finish reduces them
+    (:func:`_fin_part`). MOM: the moments (TOPH: and top-h's Σ below the max); VAR: top-nσ's
+    variance; HS: top-h's Σ of entropy terms; PIV: one 256-pivot round of a search (FIRST: its
+    interval is the whole order; SET_TARGET: its target is ``tgt``)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ptr = out_ptr + row * out_stride
@@ -440,139 +520,217 @@ def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, IDB, S
     hi = tl.minimum(lo + seg, V)
     f = fst_ptr + row * NF
     m = tl.load(f + F_M)
-    lse = tl.load(f + F_LSE)
-    H = tl.load(f + F_H)
-    logs = tl.load(f + F_LOGS)
-    wtop = tl.load(f + F_WTOP)
-    mref = tl.load(f + F_MREF)
-    v = tl.arange(0, VEC)
-    res = tl.zeros([VEC], tl.float64)  # float64: the pivot sums (PH_PIV) need it
-    if PHASE == 0:
-        res = tl.where(v == 0, _seg_max(ptr, lo, hi, BLOCK), res)
-    elif PHASE == 1:
+    v = tl.arange(0, NSC)
+    res = tl.zeros([NSC], tl.float64)
+    if MOM:
         s, t, q, n, sd, n0, m2 = _seg_moments(ptr, lo, hi, m, BLOCK)
         res = tl.where(v == 0, s, tl.where(v == 1, t, tl.where(v == 2, q, res)))
-        res = tl.where(v == 3, n, tl.where(v == 4, sd, tl.where(v == 5, n0, tl.where(v == 6, m2, res))))
-    elif PHASE == 2:
-        res = tl.where(v == 0, _seg_var(ptr, lo, hi, tl.load(f + F_ZMEAN), BLOCK), res)
-    elif PHASE == 3:
-        res = tl.where(v == 0, _seg_r2(ptr, lo, hi, m, tl.load(f + F_M2), BLOCK), res)
-    elif PHASE == 4:
-        res = tl.where(v == 0, _seg_hs(ptr, lo, hi, lse, m, logs, wtop, mref, BLOCK), res)
-    else:
-        base, step = _interval(ist_ptr + row * NI, IDB, FIRST)
-        res = _seg_pivots(ptr, lo, hi, base, step, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, SB)
-    tl.store(part_ptr + (row * tl.num_programs(1) + split) * VEC + v, res)
-    # the last program of the row finalises the pass: the barrier orders every thread's stores
-    # before the (acq_rel, GPU-scope) counter; the finaliser reads the partials past L1 (.cg)
-    tl.debug_barrier()
-    done = tl.atomic_add(ist_ptr + row * NI + I_CNT, 1, sem="acq_rel")
-    if done == S - 1:
-        tl.store(ist_ptr + row * NI + I_CNT, 0)  # the next pass (a later launch) counts from 0
-        _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB, PHASE, KNOB, SLOT, STRICT, S_PAD, FIRST,
-                 SET_TARGET, MASS)
+        res = tl.where(v == 3, n, tl.where(v == 4, sd, tl.where(v == 5, n0, res)))
+        if TOPH:
+            res = tl.where(v == 7, _seg_r2(ptr, lo, hi, m, tl.load(f + F_M2), BLOCK), res)
+    if VAR:
+        res = tl.where(v == 8, _seg_var(ptr, lo, hi, tl.load(f + F_ZMEAN), BLOCK), res)
+    if HS:
+        hs = _seg_hs(ptr, lo, hi, tl.load(f + F_LSE), m, tl.load(f + F_LOGS), tl.load(f + F_WTOP),
+                     tl.load(f + F_MREF), BLOCK)
+        res = tl.where(v == 9, hs, res)
+    dst = part_ptr + (row * S + split) * PW
+    tl.store(dst + v, res)
+    if PIV:
+        base, width = _interval(ist_ptr + row * NI, IDB, FIRST)
+        sums = _seg_pivots(ptr, lo, hi, base, width // NP8, tl.load(f + F_LSE), tl.load(f + F_H), m,
+                           tl.load(f + F_LOGS), tl.load(f + F_WTOP1), tl.load(f + F_MREF), IDB, PMODE, WMODE, NP8, SBP)
+        tl.store(dst + NSC + tl.arange(0, NP8), sums)
+    if _arrive(cnt_ptr, row, S):
+        _fin_part(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, tgt, IDB, MOM, TOPH, VAR, HS, PIV, FIRST,
+                  STRICT, SET_TARGET, WMODE == 1, KNOB, S_PAD)
 
 
 @triton.jit
-def _interval(it, IDB, FIRST: tl.constexpr):
-    """(base, step) of the search interval: the whole order of 32 + IDB bits in the first round."""
-    if FIRST:
-        base = tl.full([], 0, tl.int64)
-        step = tl.full([], 1, tl.int64) << (IDB + 28)
-    else:
-        base = tl.load(it + I_BASE)
-        step = tl.load(it + I_STEP)
-    return base, step
+def _fin_part(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, tgt, IDB,
+              MOM: tl.constexpr, TOPH: tl.constexpr, VAR: tl.constexpr, HS: tl.constexpr, PIV: tl.constexpr,
+              FIRST: tl.constexpr, STRICT: tl.constexpr, SET_TARGET: tl.constexpr, MASS: tl.constexpr,
+              KNOB: tl.constexpr, S_PAD: tl.constexpr):
+    """Reduce the S partials of a row and advance its state (fst / ist).
 
-
-@triton.jit
-def _fin_row(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, IDB,
-             PHASE: tl.constexpr, KNOB: tl.constexpr, SLOT: tl.constexpr, STRICT: tl.constexpr,
-             S_PAD: tl.constexpr, FIRST: tl.constexpr, SET_TARGET: tl.constexpr, MASS: tl.constexpr):
-    """Reduce the S partials of a row (sums; maxima for the max slots) and advance its state.
-
-    PH_PIV: SLOT is the int state slot that receives the search result once the step
-    reaches 0 (the caller launches exactly nbits / 4 rounds, the first with FIRST).
-    PH_MOM also sets the p cut of min-p / epsilon / eta / p-less (KNOB).
-    """
+    MOM also sets the p cut of min-p / epsilon / eta / p-less (KNOB) and the max's value key;
+    PIV narrows the search interval to the first of its 256 sub-intervals whose upper pivot
+    meets the target (the rule of :func:`_fin_pivots`) and keeps the weight below it (I_SB)."""
     param64 = _f64(pbits)
-    sp = tl.arange(0, S_PAD)
-    v = tl.arange(0, VEC)
-    tile = part_ptr + (row * S + sp[:, None]) * VEC + v[None, :]
-    msk = (sp[:, None] < S) & (v[None, :] < VEC)
     f = fst_ptr + row * NF
-    if PHASE == 5:
-        sums = tl.sum(tl.load(tile, mask=msk, other=0.0, cache_modifier=".cg"), axis=0)
-        base, step = _interval(ist_ptr + row * NI, IDB, FIRST)
-        if MASS:
-            # the target is the float64 knob; Σ (the first round's last pivot) is kept in I_S
-            if FIRST:
-                tot = _total(sums)
-                tl.store(ist_ptr + row * NI + I_S, tot.to(tl.int64, bitcast=True))
-            else:
-                tot = tl.load(ist_ptr + row * NI + I_S).to(tl.float64, bitcast=True)
-            target = param64
-        else:
-            tot = tl.zeros([], tl.float64)
-            if FIRST and SET_TARGET:
-                tl.store(f + F_TARGET, param)
-                target = param + tl.zeros([], tl.float64)  # (param is a Python float when interpreted)
-            else:
-                target = tl.load(f + F_TARGET).to(tl.float64)
-        base, step = _fin_pivots(sums, base, step, target, tot, STRICT, MASS)
-        tl.store(ist_ptr + row * NI + I_BASE, base)
-        tl.store(ist_ptr + row * NI + I_STEP, step)
-        if step == 0:
-            tl.store(ist_ptr + row * NI + SLOT, base)
-    elif PHASE == 0:
-        first = tl.load(tile, mask=msk & (v[None, :] == 0), other=float("-inf"), cache_modifier=".cg")
-        m = tl.max(tl.max(first, axis=1), axis=0)
-        tl.store(f + F_M, m)
-    else:
+    it = ist_ptr + row * NI
+    m = tl.load(f + F_M)
+    bound = tl.zeros([], tl.float32)
+    if MOM | VAR | HS:
+        sp = tl.arange(0, S_PAD)
+        v = tl.arange(0, NSC)
+        tile = part_ptr + (row * S + sp[:, None]) * PW + v[None, :]
+        msk = (sp[:, None] < S) & (v[None, :] < NSC)
         sums = tl.sum(tl.load(tile, mask=msk, other=0.0, cache_modifier=".cg"), axis=0).to(tl.float32)
-        m = tl.load(f + F_M)
-        if PHASE == 1:
+        if MOM:
             s = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
             t = tl.sum(tl.where(v == 1, sums, 0.0), axis=0)
             q = tl.sum(tl.where(v == 2, sums, 0.0), axis=0)
             n = tl.sum(tl.where(v == 3, sums, 0.0), axis=0)
             sd = tl.sum(tl.where(v == 4, sums, 0.0), axis=0)
             n0 = tl.sum(tl.where(v == 5, sums, 0.0), axis=0)
-            m2 = tl.max(tl.max(tl.load(tile, mask=msk & (v[None, :] == 6), other=float("-inf"),
-                                        cache_modifier=".cg"), axis=1), axis=0)
             lse, H, p2, zmean = _fin_moments(m, s, t, q, n, sd)
             tl.store(f + F_LSE, lse)
             tl.store(f + F_H, H)
-            tl.store(f + F_P2, p2)
             tl.store(f + F_ZMEAN, zmean)
             tl.store(f + F_N, n)
             tl.store(f + F_N0, n0)
-            tl.store(f + F_M2, m2)
-            tl.store(f + F_LOGS, tl.log(s))
-            tl.store(f + F_WTOP, tl.log(s))
-            tl.store(f + F_MREF, m)
-            tl.store(f + F_S, s)
+            if TOPH:
+                r2 = tl.sum(tl.where(v == 7, sums, 0.0), axis=0)
+                logs, wtop, mref = _toph_scale(s, n0, m, tl.load(f + F_M2), r2)
+                tl.store(f + F_LOGS, logs)
+                tl.store(f + F_WTOP, wtop)
+                tl.store(f + F_WTOP1, tl.where(n0 == n, 1.0, wtop))  # one tie group: weights 1 (_toph_one_group)
+                tl.store(f + F_MREF, mref)
             # the max's value key: thresholds keep the max unless min_keep lowers it
-            tl.store(ist_ptr + row * NI + I_KV, _vpos(m))
+            tl.store(it + I_KV, _vpos(m))
             if (KNOB == 2) | (KNOB == 4) | (KNOB == 5) | (KNOB == 8):
                 tl.store(f + F_CUT, _p_cut(m, lse, H, p2, param, KNOB))
-        elif PHASE == 2:
-            n = tl.load(f + F_N)
-            zvar = tl.math.div_rn(tl.sum(tl.where(v == 0, sums, 0.0), axis=0), tl.maximum(n - 1.0, 1.0))
+        if VAR:
+            zvar = tl.math.div_rn(tl.sum(tl.where(v == 8, sums, 0.0), axis=0), tl.maximum(tl.load(f + F_N) - 1.0, 1.0))
             tl.store(f + F_ZCUT, m - param * tl.math.sqrt_rn(zvar))
-        elif PHASE == 3:
-            r2 = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
-            logs, wtop, mref = _toph_scale(tl.load(f + F_S), tl.load(f + F_N0), m, tl.load(f + F_M2), r2)
-            tl.store(f + F_LOGS, logs)
-            tl.store(f + F_WTOP, wtop)
-            tl.store(f + F_MREF, mref)
-        else:  # PH_HS: top-h's bound, the first token always kept
-            hs = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
+        if HS:  # top-h's bound, the first token always kept; a one-group row counts (_toph_one_group)
+            hs = tl.sum(tl.where(v == 9, sums, 0.0), axis=0)
             wtop = tl.load(f + F_WTOP)
             wtop, bound = _toph_one_group(param64, tl.load(f + F_N0), tl.load(f + F_N), wtop,
                                           tl.maximum(param * hs, wtop))
-            tl.store(f + F_WTOP, wtop)
             tl.store(f + F_TARGET, bound)
+    if PIV:
+        k = tl.arange(0, NP8)
+        sums = tl.zeros([NP8], tl.float64)
+        for s0 in range(0, S, RCH):  # the S partials, RCH rows at a time (in a fixed order)
+            r = s0 + tl.arange(0, RCH)
+            t = tl.load(part_ptr + (row * S + r[:, None]) * PW + NSC + k[None, :],
+                        mask=(r[:, None] < S) & (k[None, :] < NP8), other=0.0, cache_modifier=".cg")
+            sums += tl.sum(t, axis=0)
+        base, width = _interval(it, IDB, FIRST)
+        if MASS:
+            # the target is the float64 knob; Σ (the first round's last pivot) is kept in I_S
+            if FIRST:
+                tot = tl.sum(tl.where(k == NP8 - 1, sums, 0.0), axis=0)
+                tl.store(it + I_S, tot.to(tl.int64, bitcast=True))
+            else:
+                tot = tl.load(it + I_S).to(tl.float64, bitcast=True)
+            target = param64
+        else:
+            tot = tl.zeros([], tl.float64)
+            if HS:
+                target = bound.to(tl.float64)
+            elif FIRST and SET_TARGET:
+                tl.store(f + F_TARGET, tgt)
+                target = tgt + tl.zeros([], tl.float64)  # (tgt is a Python float when interpreted)
+            else:
+                target = tl.load(f + F_TARGET).to(tl.float64)
+        step = width // NP8
+        b = _first_hit(sums, target, tot, STRICT, MASS, NP8)
+        if FIRST:
+            below = tl.zeros([], tl.float64)
+        else:
+            below = tl.load(it + I_SB).to(tl.float64, bitcast=True)
+        below = tl.where(b > 0, tl.sum(tl.where(k == b - 1, sums, 0.0), axis=0), below)
+        tl.store(it + I_BASE, base + b.to(tl.int64) * step)
+        tl.store(it + I_STEP, step)
+        tl.store(it + I_SB, below.to(tl.int64, bitcast=True))
+
+
+@triton.jit
+def _first_hit(sums, target, tot, STRICT: tl.constexpr, MASS: tl.constexpr, NP: tl.constexpr):
+    """The first of NP pivots whose cumulative weight meets the target (NP - 1 if none): the rule
+    of :func:`_fin_pivots` (MASS: not < p·Σ, decided on the exact product)."""
+    if MASS:
+        hit = tl.fma(target, tot, -sums) <= 0.0
+    elif STRICT:
+        hit = sums > target
+    else:
+        hit = sums >= target
+    return tl.min(tl.where(hit, tl.arange(0, NP), NP - 1), axis=0)
+
+
+@triton.jit
+def _cand_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, cand_ptr, ccnt_ptr, cnt_ptr, IDB, S, pbits,
+                 PMODE: tl.constexpr, WMODE: tl.constexpr, STRICT: tl.constexpr, SLOT: tl.constexpr,
+                 BLOCK: tl.constexpr, SB: tl.constexpr):
+    """The end of a search: every program writes the ids of its segment's live tokens inside the
+    search interval (the candidates) to cand[row, lo:], in id order, and their number to
+    ccnt[row, split]; the row's last program runs the remaining 16-way rounds over them alone
+    (:func:`_finish`). The buffer holds a whole row: it cannot overflow (on a row where every
+    token is a candidate, a uniform row, the last program merely has the whole row to walk)."""
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    ptr = out_ptr + row * out_stride
+    lo = split * seg
+    hi = tl.minimum(lo + seg, V)
+    f = fst_ptr + row * NF
+    it = ist_ptr + row * NI
+    lse = tl.load(f + F_LSE)
+    H = tl.load(f + F_H)
+    base = tl.load(it + I_BASE)
+    width = tl.load(it + I_STEP)
+    crow = cand_ptr + row * V + lo
+    cnt = tl.zeros([], tl.int32)
+    for start in range(lo, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
+        d = _pos(z, cols, lse, H, IDB, PMODE) - base
+        c = (z > float("-inf")) & (d >= 0) & (d < width)
+        ci = c.to(tl.int32)
+        slot = cnt + tl.cumsum(ci, axis=0) - 1
+        tl.store(crow + slot, cols, mask=c)
+        cnt += tl.sum(ci, axis=0)
+    tl.store(ccnt_ptr + row * S + split, cnt)
+    if _arrive(cnt_ptr, row, S):
+        _finish(row, ptr, fst_ptr, ist_ptr, cand_ptr + row * V, ccnt_ptr + row * S, seg, S, IDB, pbits,
+                PMODE, WMODE, STRICT, SLOT, SB)
+
+
+@triton.jit
+def _finish(row, ptr, fst_ptr, ist_ptr, cand, ccnt, seg, S, IDB, pbits,
+            PMODE: tl.constexpr, WMODE: tl.constexpr, STRICT: tl.constexpr, SLOT: tl.constexpr, SB: tl.constexpr):
+    """The remaining (32 + IDB - 16) / 4 rounds of a search over the row's candidates, one program.
+
+    A pivot's cumulative weight is the weight below the candidates' interval (I_SB) plus the
+    candidates' at or below it: the same sums as a pass over the whole row (up to the order of float additions)."""
+    f = fst_ptr + row * NF
+    it = ist_ptr + row * NI
+    m = tl.load(f + F_M)
+    lse = tl.load(f + F_LSE)
+    H = tl.load(f + F_H)
+    logs = tl.load(f + F_LOGS)
+    wtop = tl.load(f + F_WTOP1)
+    mref = tl.load(f + F_MREF)
+    if WMODE == 1:
+        target = _f64(pbits)
+        tot = tl.load(it + I_S).to(tl.float64, bitcast=True)
+    else:
+        target = tl.load(f + F_TARGET).to(tl.float64)
+        tot = tl.zeros([], tl.float64)
+    base = tl.load(it + I_BASE)
+    width = tl.load(it + I_STEP)
+    below = tl.load(it + I_SB).to(tl.float64, bitcast=True)
+    k = tl.arange(0, NPIV)
+    for _ in range(0, (IDB + 16) // 4):
+        step = width // NPIV
+        piv = base + (k.to(tl.int64) + 1) * step - 1
+        acc = tl.zeros([SB, NPIV], tl.float64)
+        for j in range(0, S):
+            n = tl.load(ccnt + j, cache_modifier=".cg")
+            for start in range(0, n, SB):
+                c = start + tl.arange(0, SB)
+                ids = tl.load(cand + j * seg + c, mask=c < n, other=0, cache_modifier=".cg")
+                z = tl.load(ptr + ids, mask=c < n, other=float("-inf"))
+                w = _weight(z, z > float("-inf"), lse, m, logs, wtop, mref, WMODE).to(tl.float64)
+                p = _pos(z, ids, lse, H, IDB, PMODE)
+                acc += tl.where(p[:, None] <= piv[None, :], w[:, None], 0.0)
+        sums = below + tl.sum(acc, axis=0)
+        b = _first_hit(sums, target, tot, STRICT, WMODE == 1, NPIV)
+        base = base + b.to(tl.int64) * step
+        width = step
+    tl.store(it + SLOT, base)
 
 
 @triton.jit
@@ -590,8 +748,14 @@ def _p_cut(m, lse, H, p2, param, KNOB: tl.constexpr):
 
 
 @triton.jit
-def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, IDB, KNOB: tl.constexpr, BLOCK: tl.constexpr,
-                  HAS_Y: tl.constexpr):
+def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, cnt_ptr, u_ptr, ids_ptr, dpart_ptr, IDB,
+                  S, KNOB: tl.constexpr, BLOCK: tl.constexpr, HAS_Y: tl.constexpr, NEXT: tl.constexpr,
+                  DRAW: tl.constexpr, S_PAD: tl.constexpr):
+    """-inf over the tokens a knob removes, in place (a bad row, already NaN, is left alone).
+
+    NEXT: the (max, runner-up) of the kept tokens for the next knob (the last program stores
+    them). DRAW (``fuq.sample``'s last knob): the draw partials of triton_kernels/draw.py over
+    the kept tokens, and the row's last program draws the id (:func:`draw._draw_row`)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ptr = out_ptr + row * out_stride
@@ -599,6 +763,7 @@ def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, IDB, KNOB: tl.c
     hi = tl.minimum(lo + seg, V)
     f = fst_ptr + row * NF
     it = ist_ptr + row * NI
+    bad = tl.load(it + I_BAD) != 0
     lse = tl.load(f + F_LSE)
     H = tl.load(f + F_H)
     m = tl.load(f + F_M)
@@ -610,18 +775,52 @@ def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, IDB, KNOB: tl.c
     else:
         Y = tl.zeros([], tl.int64)
     KV = tl.load(it + I_KV)
+    mv = tl.full([BLOCK], float("-inf"), tl.float32)
+    m2v = tl.full([BLOCK], float("-inf"), tl.float32)
+    dm = tl.full([], float("-inf"), tl.float64)  # the draw's online (max, Σ exp(z - max)), float64
+    ds = tl.zeros([], tl.float64)
+    nan = tl.zeros([], tl.int32)
+    last = tl.full([], -1, tl.int32)
     for start in range(lo, hi, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         msk = cols < hi
         z = tl.load(ptr + cols, mask=msk, other=float("-inf"))
         keep = _keep(z, cols, lse, H, m, cut, zcut, X, Y, KV, IDB, KNOB)
-        tl.store(ptr + cols, tl.where(keep, z, float("-inf")), mask=msk)
+        z = tl.where(bad, z, tl.where(keep, z, float("-inf")))  # padding lanes: -inf, never stored
+        tl.store(ptr + cols, z, mask=msk)
+        if NEXT:
+            mv, m2v = _lane_max2(mv, m2v, z)
+        if DRAW:  # as draw._draw_kernel
+            nan += tl.sum((z != z).to(tl.int32), axis=0)
+            live = z > float("-inf")
+            zd = z.to(tl.float64)
+            m_new = tl.maximum(dm, tl.max(tl.where(live, zd, float("-inf")), axis=0))
+            if m_new > float("-inf"):
+                r = tl.where(dm > float("-inf"), tl.exp(dm - m_new), 0.0)
+                ds = r * ds + tl.sum(tl.where(live, tl.exp(zd - m_new), 0.0), axis=0)
+                dm = m_new
+            last = tl.maximum(last, tl.max(tl.where(live, cols, -1), axis=0))
+    if NEXT:
+        mx, mx2 = _max2(mv, m2v)
+        tl.store(part_ptr + (row * S + split) * PW + tl.arange(0, 2), tl.where(tl.arange(0, 2) == 0, mx, mx2))
+    if DRAW:
+        p = tl.arange(0, DNP)
+        res = tl.where(p == 0, dm, tl.where(p == 1, ds, tl.where(p == 2, nan.to(tl.float64), last.to(tl.float64))))
+        tl.store(dpart_ptr + (row * S + split) * DNP + p, res)
+    if NEXT | DRAW:
+        if _arrive(cnt_ptr, row, S):
+            if NEXT:
+                _fin_max(row, fst_ptr, part_ptr, S, S_PAD)
+            if DRAW:
+                _draw_row(ptr, tl.load(u_ptr + row), ids_ptr + row, dpart_ptr + row * S * DNP, V, seg, S, BLOCK,
+                          S_PAD)
 
 
 # ---------------------------------------------------------------------------------- launcher
 
 BLOCK = 1024  # entries per chunk of the streaming passes
-SB = 256  # entries per chunk of a search pass ([SB, 16] sums)
+SB = 256  # entries per chunk of a 16-way search round ([SB, 16] sums)
+SBP = 32  # entries per chunk of a split row's 256-pivot round ([SBP, 256] sums)
 MAX_V = 2**24  # counts are float32 sums (exact below 2^24); positions need 32 + IDB <= 56 bits
 MIN_CHUNKS = 1  # a split segment holds at least this many BLOCKs
 
@@ -681,43 +880,120 @@ def _plan_knobs(V, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_si
     return [(knob, float(param), min(keep, V)) for knob, param, keep in plan if param is not None]
 
 
-def _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, min_keep):
-    """One knob on split rows: the passes of _knob_kernel, one (B, S) launch each (finalised by its last program)."""
-    idb = _idb(V)
-    S_PAD = max(2, _p2(S))
+class _Split:
+    """The buffers of one split-rows call; none needs zeroing (the row counters are cached at 0)."""
 
-    def phase(ph, pmode=0, wmode=0, slot=I_X.value, strict=False, p=0.0, bits=idb, first=False, set_target=False):
-        _part_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, part, bits, S, p, _bits(p),
-                             PHASE=ph, PMODE=pmode, WMODE=wmode, BLOCK=BLOCK, SB=SB, KNOB=knob, SLOT=slot,
-                             STRICT=strict, S_PAD=S_PAD, FIRST=first, SET_TARGET=set_target,
-                             MASS=ph == PH_PIV and wmode == W_P, num_warps=8)
+    def __init__(self, out, B, V, S, seg, dev):
+        self.out, self.B, self.V, self.S, self.seg = out, B, V, S, seg
+        self.S_PAD = max(2, _p2(S))
+        self.idb = _idb(V)
+        self.fst = torch.empty((B, NF.value), dtype=torch.float32, device=dev)
+        self.ist = torch.empty((B, NI.value), dtype=torch.int64, device=dev)
+        self.part = torch.empty((B, S, PW.value), dtype=torch.float64, device=dev)
+        self.cnt = _counters(B, dev)
+        self._cand = None
 
-    def search(nbits, target, pmode, wmode, slot, strict=False, set_target=True):
-        for r in range(nbits // 4):
-            phase(PH_PIV, pmode, wmode, slot.value, strict, p=target, bits=nbits - 32, first=r == 0,
-                  set_target=set_target)
+    def cand(self):
+        if self._cand is None:  # a row's worth of ids, and the count of each segment
+            self._cand = (torch.empty((self.B, self.V), dtype=torch.int32, device=self.out.device),
+                          torch.empty((self.B, self.S), dtype=torch.int32, device=self.out.device))
+        return self._cand
 
-    phase(PH_MAX)
-    phase(PH_MOM, p=param)
+
+def _split_knob(st, knob, param, min_keep, nxt, draw):
+    """One knob on split rows: a few (B, S) launches, each finalised by the row's last program.
+
+    The max (and runner-up) of the row is known on entry (from _scale_kernel or the previous
+    knob's apply). A search is two 256-pivot rounds (the first one in the launch of the pass
+    that sets its target, when there is one) and a candidate launch that finishes it; the
+    apply computes the next knob's max, or (``draw``: ``(u, ids, dpart)``) draws the id."""
+    out, B, S = st.out, st.B, st.S
+    grid = (B, S)
+    idb = st.idb
     nb = 32 + idb
+
+    def part(mom=False, toph=False, var=False, hs=False, piv=False, first=False, pmode=P_Z, wmode=W_CNT,
+             strict=False, bits=0, tgt=0.0, set_target=False):
+        _part_kernel[grid](out, out.stride(0), st.V, st.seg, st.fst, st.ist, st.part, st.cnt, bits, S, param,
+                           _bits(param), float(tgt), MOM=mom, TOPH=toph, VAR=var, HS=hs, PIV=piv, FIRST=first,
+                           PMODE=pmode, WMODE=wmode, STRICT=strict, SET_TARGET=set_target, KNOB=knob, BLOCK=BLOCK,
+                           SBP=SBP, S_PAD=st.S_PAD, num_warps=8)
+
+    def search(nbits, pmode, wmode, slot, tgt=0.0, strict=False, **fused):
+        part(piv=True, first=True, pmode=pmode, wmode=wmode, strict=strict, bits=nbits - 32, tgt=tgt,
+             set_target=wmode == W_CNT, **fused)
+        part(piv=True, pmode=pmode, wmode=wmode, strict=strict, bits=nbits - 32)
+        cand, ccnt = st.cand()
+        _cand_kernel[grid](out, out.stride(0), st.V, st.seg, st.fst, st.ist, cand, ccnt, st.cnt, nbits - 32, S,
+                           _bits(param), PMODE=pmode, WMODE=wmode, STRICT=strict, SLOT=slot.value, BLOCK=BLOCK,
+                           SB=SB, num_warps=8)
+
     if knob == TOP_K:
-        search(32, param, P_Z, W_CNT, I_X)
+        search(32, P_Z, W_CNT, I_X, tgt=param)
     elif knob in (TOP_P, TYPICAL):
         pm = P_Z if knob == TOP_P else P_TYP
-        search(nb, param, pm, W_P, I_X)
+        if knob == TYPICAL:
+            part(mom=True)  # the order needs lse and H
+        search(nb, pm, W_P, I_X)
         if min_keep > 1:
-            search(nb, float(min_keep), pm, W_CNT, I_Y)
+            search(nb, pm, W_CNT, I_Y, tgt=float(min_keep))
     elif knob == TOP_H:
-        phase(PH_R2)
-        phase(PH_HS, p=param)
-        search(nb, 0.0, P_Z, W_H, I_X, strict=True, set_target=False)
+        part(mom=True, toph=True)
+        search(nb, P_Z, W_H, I_X, strict=True, hs=True)
     elif knob == TOP_N_SIGMA:
-        phase(PH_VAR, p=param)
+        part(mom=True)
+        part(var=True)
     elif min_keep > 1:  # min-p, epsilon, eta, p-less: the p cut is set with the moments
-        search(32, float(min_keep), P_Z, W_CNT, I_KV)
-    has_y = knob in (TOP_P, TYPICAL) and min_keep > 1
-    _apply_kernel[(B, S)](out, out.stride(0), V, seg, fst, ist, idb, KNOB=knob, BLOCK=BLOCK, HAS_Y=has_y,
-                          num_warps=8)
+        search(32, P_Z, W_CNT, I_KV, tgt=float(min_keep), mom=True)
+    else:
+        part(mom=True)
+    u, ids, dpart = draw if draw is not None else (st.ist, st.ist, st.part)
+    _apply_kernel[grid](out, out.stride(0), st.V, st.seg, st.fst, st.ist, st.part, st.cnt, u, ids, dpart, idb, S,
+                        KNOB=knob, BLOCK=BLOCK, HAS_Y=knob in (TOP_P, TYPICAL) and min_keep > 1, NEXT=nxt,
+                        DRAW=draw is not None, S_PAD=st.S_PAD, num_warps=8)
+
+
+def _run(logits, temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
+         min_tokens_to_keep, uniform=None):
+    """The truncated rows and, with ``uniform``, the drawn ids (None without)."""
+    B, V = logits.shape
+    if V >= MAX_V:
+        raise ValueError(f"the Triton truncation kernel needs V < 2^24, got V = {V}")
+    dev = logits.device
+    out = torch.empty((B, V), dtype=torch.float32, device=dev)
+    ids = None if uniform is None else torch.empty((B,), dtype=torch.int64, device=dev)
+    if B == 0:
+        return out, ids
+    guard = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    with guard:
+        target = SPLIT_TARGET if SPLIT_TARGET is not None else _target_programs(dev)
+        S, seg = split_plan(B, V, target)
+        knobs = _plan_knobs(V, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
+                            int(min_tokens_to_keep))
+        bad = torch.empty((B, S), dtype=torch.int32, device=dev)
+        if S == 1:
+            _scale_kernel[(B, S)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, float(temperature),
+                                  out, bad, out, bad, S, BLOCK=BLOCK, FIN=False, S_PAD=2, num_warps=8)
+            for knob, param, keep in knobs:
+                _knob_kernel[(B,)](out, out.stride(0), V, param, _bits(param), keep, _idb(V),
+                                   KNOB=knob, BLOCK=BLOCK, SB=SB, num_warps=8)
+            _nan_rows_kernel[(B, S)](out, bad, out.stride(0), V, seg, S, S_PAD=2, BLOCK=BLOCK)
+            if uniform is not None:
+                ids = _draw(out, uniform)
+            return out, ids
+        st = _Split(out, B, V, S, seg, dev)
+        _scale_kernel[(B, S)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, float(temperature),
+                              st.fst, st.ist, st.part, st.cnt, S, BLOCK=BLOCK, FIN=True, S_PAD=st.S_PAD, num_warps=8)
+        draw = None
+        if uniform is not None and knobs:
+            u = uniform if uniform.dtype == torch.float64 and uniform.is_contiguous() else uniform.double().contiguous()
+            draw = (u, ids, torch.empty((B, S, DNP.value), dtype=torch.float64, device=dev))
+        for i, (knob, param, keep) in enumerate(knobs):
+            last = i == len(knobs) - 1
+            _split_knob(st, knob, param, keep, not last, draw if last else None)
+        if uniform is not None and not knobs:
+            ids = _draw(out, uniform)
+    return out, ids
 
 
 def truncate(
@@ -746,31 +1022,34 @@ def truncate(
         >>> truncate(torch.tensor([[1.0, 1.0, 1.0, 1.0]]), top_p=0.5).tolist()
         [[1.0, 1.0, -inf, -inf]]
     """
-    B, V = logits.shape
-    if V >= MAX_V:
-        raise ValueError(f"the Triton truncation kernel needs V < 2^24, got V = {V}")
-    dev = logits.device
-    out = torch.empty((B, V), dtype=torch.float32, device=dev)
-    if B == 0:
-        return out
-    guard = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
-    with guard:
-        target = SPLIT_TARGET if SPLIT_TARGET is not None else _target_programs(dev)
-        S, seg = split_plan(B, V, target)
-        bad = torch.empty((B, S), dtype=torch.int32, device=dev)
-        _scale_kernel[(B, S)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, float(temperature),
-                              BLOCK=BLOCK, num_warps=8)
-        knobs = _plan_knobs(V, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
-                            int(min_tokens_to_keep))
-        if S == 1:
-            for knob, param, keep in knobs:
-                _knob_kernel[(B,)](out, out.stride(0), V, param, _bits(param), keep, _idb(V),
-                                   KNOB=knob, BLOCK=BLOCK, SB=SB, num_warps=8)
-        elif knobs:
-            fst = torch.zeros((B, NF.value), dtype=torch.float32, device=dev)
-            ist = torch.zeros((B, NI.value), dtype=torch.int64, device=dev)
-            part = torch.empty((B, S, VEC.value), dtype=torch.float64, device=dev)
-            for knob, param, keep in knobs:
-                _split_knob(out, fst, ist, part, B, V, S, seg, knob, param, keep)
-        _nan_rows_kernel[(B, S)](out, bad, out.stride(0), V, seg, S, S_PAD=max(2, _p2(S)), BLOCK=BLOCK)
-    return out
+    return _run(logits, temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
+                min_tokens_to_keep)[0]
+
+
+def truncate_draw(
+    logits: torch.Tensor,
+    uniform: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    typical_p: float = 1.0,
+    epsilon: float = 0.0,
+    eta: float = 0.0,
+    top_h: float = 0.0,
+    top_n_sigma: float = -1.0,
+    p_less: bool = False,
+    min_tokens_to_keep: int = 1,
+) -> torch.Tensor:
+    """int64 ``[B]``: the ids ``draw(truncate(logits, ...), uniform)`` draws (triton_kernels/draw.py's
+    rule), with the draw folded into the last knob's launch on split rows.
+
+    ``uniform``: ``[B]`` in [0, 1) (float64; other dtypes are converted). Same arguments as
+    :func:`truncate`.
+
+    Example (on a CUDA tensor, or a CPU one under ``TRITON_INTERPRET=1``):
+        >>> truncate_draw(torch.tensor([[0.0, 0.0, -9.0]]), torch.tensor([0.6], dtype=torch.float64), top_k=2).tolist()
+        [1]
+    """
+    return _run(logits, temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
+                min_tokens_to_keep, uniform)[1]

@@ -71,6 +71,9 @@ with rec.patched():
         with L.LaunchCount(rec) as c:
             fuq.truncate(x, top_p=0.9, backend="triton")
         out["split"] = (c.triton, c.torch)
+        with L.LaunchCount(rec) as c:
+            fuq.sample(x, top_p=0.9, backend="triton")
+        out["sample"] = (c.triton, c.torch, c.torch_ops)
 print(json.dumps(out))
 """
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -82,6 +85,9 @@ print(json.dumps(out))
     assert "_local_scalar_dense" in names and "empty" not in names
     # one program per row: scale, the knob, the NaN rows; no torch kernel beyond allocations
     assert got["rows"][0] == 3, got
-    # split rows (B = 1): scale, max, moments, (32 + 20) / 4 search rounds, apply, NaN rows, each
-    # pass one launch (its finaliser folded into it); 34 when every pass had its own finaliser
-    assert got["split"][0] == 18, got
+    # split rows (B = 1): scale (with the max and the first search round), the second round, the
+    # candidates (the search finished by the row's last program), apply; 18 with a 16-way round per
+    # launch, 34 when every pass had its own finaliser
+    assert got["split"][0] == 4, got
+    # sample: the same 4 (the draw folded into the apply) + logit_stats' 2; torch: the uniforms only
+    assert got["sample"][:2] == [6, 1] and got["sample"][2] == {"rand": 1}, got

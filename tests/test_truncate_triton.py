@@ -273,3 +273,47 @@ def test_split_plan():
     assert split_plan(264, 262144, 264) == (1, 262144)  # B fills the GPU: one program per row
     assert split_plan(1000, 32000, 264)[0] == 1
     assert split_plan(1, 1024, 264)[0] == 1  # one block: nothing to split
+
+
+SPLIT_SEARCH_CASES = [  # (knobs, min_tokens_to_keep): the first round in _scale_kernel (top-k, top-p) or not
+    (dict(top_p=0.83), 1), (dict(top_p=0.2), 9), (dict(top_k=3), 20), (dict(typical_p=0.3), 12),
+    (dict(top_h=0.5), 1), (dict(min_p=0.9), 40), (dict(top_k=50, top_p=0.9, min_p=0.02), 1),
+]
+
+
+@pytest.mark.parametrize("kw, mtk", SPLIT_SEARCH_CASES, ids=[f"{k},mtk={m}" for k, m in SPLIT_SEARCH_CASES])
+@pytest.mark.parametrize("eps", [None, 0.05, 1.0], ids=["eps=2^-12", "eps=0.05", "eps=1"])
+def test_split_search_and_fused_draw(kw, mtk, eps, monkeypatch):
+    """Split rows (V = 301, not a multiple of the block; tie rows, a uniform row, -inf entries, a
+    random row): the candidate launch and its one-program finish keep the tie rule's set; with
+    a wide margin the approximate first round of _scale_kernel widens its interval to 16 or 256
+    sub-intervals and the cut is the same; truncate_draw (the draw folded into the last apply)
+    draws the ids of draw(truncate(...))."""
+    import fuq.triton_kernels.truncate as tt
+    import triton.language as tl
+    from fuq.triton_kernels.draw import draw
+
+    monkeypatch.setattr(tt, "BLOCK", 64)
+    monkeypatch.setattr(tt, "SB", 64)
+    monkeypatch.setattr(tt, "SBP", 16)
+    monkeypatch.setattr(tt, "MIN_CHUNKS", 2)
+    monkeypatch.setattr(tt, "SPLIT_TARGET", 64)
+    if eps is not None:
+        if "top_p" not in kw and "top_k" not in kw:
+            pytest.skip("the margin only matters to the first round of _scale_kernel (top-k, top-p first)")
+        monkeypatch.setattr(tt, "EPS1", tl.constexpr(eps))
+    x = _tie_rows(301, seed=3)
+    x = torch.cat([x, torch.randn(1, 301, generator=torch.Generator().manual_seed(0)) * 3])
+    assert tt.split_plan(x.shape[0], 301, 64)[0] > 1
+    got = tt.truncate(x.to(DEV), **kw, min_tokens_to_keep=mtk).cpu()
+    want = torch.ones_like(x, dtype=torch.bool)
+    z = x.clone()
+    for knob in ("top_h", "top_k", "top_p", "min_p", "typical_p"):  # Hugging Face's order
+        if knob in kw:
+            want = _expected_keep(z, knob, kw[knob], mtk)
+            z = torch.where(want, z, torch.full_like(z, _NEG))
+    assert torch.equal(~torch.isinf(got), want), ((~torch.isinf(got)).sum(-1), want.sum(-1))
+    u = torch.tensor([0.0, 0.37, 0.5, 0.91, 1.0 - 2.0**-53], dtype=torch.float64)
+    ids = tt.truncate_draw(x.to(DEV), u.to(DEV), **kw, min_tokens_to_keep=mtk).cpu()
+    assert torch.equal(ids, draw(got.to(DEV), u.to(DEV)).cpu())
+    assert torch.equal(ids, fuq.reference.sample_from(got, u))

@@ -23,16 +23,42 @@ maximum 90 or 1000 nats ahead does not collapse the sums (see :func:`_toph_scale
 Two launch shapes, chosen by :func:`split_plan`:
 
 * **one program per row** (B fills the GPU): one launch per knob, ``_knob_kernel``, walks
-  the row's passes itself (the row stays in L2);
-* **split rows** (small B): every pass is one ``(B, S)`` launch of ``_part_kernel`` (S
-  programs per row, each over a segment, writing 16 partial sums); the last program of a
-  row to finish its segment (a per-row atomic counter) reduces the S partials and advances
-  the row's state (in ``fst`` / ``ist``: :func:`_fin_row`), so a pass is one launch, not a
-  pass and a finaliser. A search starts in its first round's launch, the p cut of the
-  thresholds is set by the moments' finaliser: top-p at B = 1 is 1 + 2 + (32 + IDB) / 4 + 2
-  launches (18 at V = 262144, 34 before the finalisers were folded).
-  B = 1 at V = 262144 spreads over every SM. Both shapes run the same ``@triton.jit``
-  helpers, so they compute the same sums (up to the order of float additions).
+  the row's passes itself (the row stays in L2) with the 16-way search above;
+* **split rows** (small B): every launch is ``(B, S)`` (S programs per row, each over a
+  segment, writing partial sums); the last program of a row to finish its segment (a
+  per-row atomic counter, cached at zero: no fill kernel) reduces the S partials and
+  advances the row's state (``fst`` / ``ist``), so no launch waits for another program and
+  no finaliser is a launch of its own. The launches of a knob:
+
+  - ``_scale_kernel`` (the first knob only) writes ``x / T`` and reduces the row's max and
+    runner-up; the first round of a first top-k / top-p search runs there too, weighted
+    relative to each segment's max and rescaled to the row's by the last program: an
+    approximate narrowing, so the interval it keeps is the one aligned block of 1, 16 or
+    256 sub-intervals that covers every sub-interval within ``EPS1·Σ`` of the target
+    (:func:`_fin_first`; the exp errors are below 2^-16·Σ);
+  - ``_part_kernel``: the moments (with top-h's Σ below the max), top-nσ's variance,
+    top-h's Σ of terms, and 256-pivot search rounds (8 bits of the position each), fused
+    where one does not need the other's result (a search round and the pass that sets its
+    target share a launch); the first exact round after the approximate one also sums the
+    weight below its interval and Σ;
+  - ``_cand_kernel`` after two 8-bit rounds: every program writes the ids of its segment's
+    tokens still in the interval (a buffer of V ids per row: it cannot overflow) and the
+    row's last program runs the remaining ``(IDB + 16) / 4`` 16-way rounds alone over them
+    (:func:`_finish`): few tokens on real rows, the whole row on a uniform one (slower,
+    still exact);
+  - ``_apply_kernel`` writes -inf over the removed tokens and reduces the max of the kept
+    ones for the next knob, or (``fuq.sample``: :func:`truncate_draw`) draws the id in its
+    last program (triton_kernels/draw.py's ``_draw_row``).
+
+  At B = 1, V = 262144: top-p and top-k 4 launches (18 and 13 before), min-p / epsilon /
+  eta / p-less 3 (5), top-nσ 4 (6), typical and top-h 6 (18, 20), top-p with
+  min_tokens_to_keep 7 (31); ``fuq.sample`` adds no launch of its own for the draw (plus
+  ``logit_stats``' 2 and ``torch.rand``). The cut decisions are the ones of the
+  one-program path: float64 pivot sums, the fma rule of :func:`_fin_pivots`,
+  :func:`_toph_one_group` (counts and a uniform row's weights are exact integers); only
+  the order of the float64 additions differs (a pivot's sum is the weight below the
+  candidates plus theirs), as between the two launch shapes before.
+  B = 1 at V = 262144 spreads over every SM.
 
 Knobs run in Hugging Face's order, each on the output of the previous one. Division and
 square roots that decide a kept set are round-to-nearest (``div_rn``, ``sqrt_rn``), as on
@@ -76,6 +102,7 @@ NSC = tl.constexpr(16)  # scalar partials per program (split path), then NP8 piv
 NP8 = tl.constexpr(256)  # pivots of a split row's parallel search round: 8 bits of the position per launch
 PW = tl.constexpr(16 + 256)  # float64 partials per program and launch: NSC + NP8
 RCH = tl.constexpr(8)  # partial rows reduced at a time by a finaliser
+EPS1 = tl.constexpr(2.0**-12)  # margin of the approximate first round, relative to Σ (exp errors: < 2^-16)
 
 
 # ------------------------------------------------------------------------------ elementwise
@@ -434,15 +461,64 @@ def _fin_max(row, fst_ptr, part_ptr, S, S_PAD: tl.constexpr):
     m, m2 = _max2(ms, m2s)
     tl.store(fst_ptr + row * NF + F_M, m.to(tl.float32))
     tl.store(fst_ptr + row * NF + F_M2, m2.to(tl.float32))
+    return m
+
+
+@triton.jit
+def _fin_first(row, fst_ptr, ist_ptr, part_ptr, S, M, pbits, tgt, IDB, WMODE: tl.constexpr):
+    """The search interval after the first round of _scale_kernel: the segments' sums rescaled to
+    the row max M (float64), so only close to the exact sums (counts: exact). The sub-intervals
+    that could hold the cut, [b_lo, b_hi] (a margin of EPS1·Σ either side of the target, far
+    above the rounding of exp), are covered by one aligned interval of 1, 16 or 256 of them;
+    the next round (EX0) sums exactly and finds the cut in it."""
+    k = tl.arange(0, NP8)
+    sums = tl.zeros([NP8], tl.float64)
+    for s0 in range(0, S, RCH):
+        r = s0 + tl.arange(0, RCH)
+        ok = r < S
+        mj = tl.load(part_ptr + (row * S + r) * PW, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        if WMODE == 1:
+            sc = tl.where(mj > float("-inf"), tl.exp(mj - M), 0.0)
+        else:
+            sc = tl.where(ok, 1.0, 0.0).to(tl.float64)
+        t = tl.load(part_ptr + (row * S + r[:, None]) * PW + NSC + k[None, :], mask=ok[:, None] & (k[None, :] < NP8),
+                    other=0.0, cache_modifier=".cg")
+        sums += tl.sum(t * sc[:, None], axis=0)
+    if WMODE == 1:
+        tot = tl.sum(tl.where(k == NP8 - 1, sums, 0.0), axis=0)
+        target = _f64(pbits) * tot
+        margin = tot * EPS1
+    else:
+        tl.store(fst_ptr + row * NF + F_TARGET, tgt)
+        target = tgt + tl.zeros([], tl.float64)
+        margin = tl.zeros([], tl.float64)
+    b_lo = tl.min(tl.where(sums >= target - margin, k, NP8 - 1), axis=0)
+    b_hi = tl.min(tl.where(sums >= target + margin, k, NP8 - 1), axis=0)
+    step = (tl.full([], 1, tl.int64) << (IDB + 32)) // NP8
+    if b_lo == b_hi:
+        width = step
+        base = b_lo.to(tl.int64) * step
+    elif (b_lo // 16) == (b_hi // 16):
+        width = step * 16
+        base = (b_lo // 16).to(tl.int64) * width
+    else:
+        width = step * NP8
+        base = tl.full([], 0, tl.int64)
+    tl.store(ist_ptr + row * NI + I_BASE, base)
+    tl.store(ist_ptr + row * NI + I_STEP, width)
 
 
 @triton.jit
 def _scale_kernel(x_ptr, out_ptr, bad_ptr, x_stride, out_stride, V, seg, T, fst_ptr, ist_ptr, part_ptr, cnt_ptr, S,
-                  BLOCK: tl.constexpr, FIN: tl.constexpr, S_PAD: tl.constexpr):
+                  IDB, pbits, tgt, BLOCK: tl.constexpr, FIN: tl.constexpr, PIV: tl.constexpr, WMODE: tl.constexpr,
+                  SBP: tl.constexpr, S_PAD: tl.constexpr):
     """out = x / T (IEEE division) over one segment; bad[row, split] flags NaN / +inf.
 
     FIN (split rows): the segment's (max, runner-up) too; the row's last program stores the
-    row's (F_M, F_M2) and I_BAD, and fills a bad row with NaN (it stays NaN: see _apply_kernel)."""
+    row's (F_M, F_M2) and I_BAD, and fills a bad row with NaN (it stays NaN: see _apply_kernel).
+    PIV: the first 256-pivot round of the first knob's search (top-k, top-p: the order "z
+    descending" needs no statistic), weighted relative to the segment's own max, which the
+    last program rescales to the row's: a conservative first narrowing (:func:`_fin_first`)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     lo = split * seg
@@ -462,9 +538,18 @@ def _scale_kernel(x_ptr, out_ptr, bad_ptr, x_stride, out_stride, V, seg, T, fst_
     tl.store(bad_ptr + row * tl.num_programs(1) + split, tl.max(badv, axis=0))
     if FIN:
         m, m2 = _max2(mv, m2v)
-        tl.store(part_ptr + (row * S + split) * PW + tl.arange(0, 2), tl.where(tl.arange(0, 2) == 0, m, m2))
+        dst = part_ptr + (row * S + split) * PW
+        tl.store(dst + tl.arange(0, 2), tl.where(tl.arange(0, 2) == 0, m, m2))
+        if PIV:
+            tl.debug_barrier()  # this program's stores of the segment, before its threads read them back
+            step = (tl.full([], 1, tl.int64) << (IDB + 32)) // NP8
+            sums = _seg_pivots(out_ptr + row * out_stride, lo, hi, tl.full([], 0, tl.int64), step, 0.0, 0.0, m, 0.0,
+                               0.0, 0.0, IDB, 0, WMODE, NP8, SBP)
+            tl.store(dst + NSC + tl.arange(0, NP8), sums)
         if _arrive(cnt_ptr, row, S):
-            _fin_max(row, fst_ptr, part_ptr, S, S_PAD)
+            M = _fin_max(row, fst_ptr, part_ptr, S, S_PAD)
+            if PIV:
+                _fin_first(row, fst_ptr, ist_ptr, part_ptr, S, M, pbits, tgt, IDB, WMODE)
             sp = tl.arange(0, S_PAD)
             bad = tl.max(tl.load(bad_ptr + row * S + sp, mask=sp < S, other=0, cache_modifier=".cg"), axis=0)
             tl.store(ist_ptr + row * NI + I_BAD, bad.to(tl.int64))
@@ -505,14 +590,16 @@ def _interval(it, IDB, FIRST: tl.constexpr):
 @triton.jit
 def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, cnt_ptr, IDB, S, param, pbits, tgt,
                  MOM: tl.constexpr, TOPH: tl.constexpr, VAR: tl.constexpr, HS: tl.constexpr, PIV: tl.constexpr,
-                 FIRST: tl.constexpr, PMODE: tl.constexpr, WMODE: tl.constexpr, STRICT: tl.constexpr,
-                 SET_TARGET: tl.constexpr, KNOB: tl.constexpr, BLOCK: tl.constexpr, SBP: tl.constexpr,
-                 S_PAD: tl.constexpr):
+                 FIRST: tl.constexpr, EX0: tl.constexpr, PMODE: tl.constexpr, WMODE: tl.constexpr,
+                 STRICT: tl.constexpr, SET_TARGET: tl.constexpr, KNOB: tl.constexpr, BLOCK: tl.constexpr,
+                 SBP: tl.constexpr, S_PAD: tl.constexpr):
     """The passes of one knob that share a launch, over one segment, into part[row, split, :]
     (NSC scalar lanes, then NP8 pivot sums); the row's last program to finish reduces them
     (:func:`_fin_part`). MOM: the moments (TOPH: and top-h's Σ below the max); VAR: top-nσ's
     variance; HS: top-h's Σ of entropy terms; PIV: one 256-pivot round of a search (FIRST: its
-    interval is the whole order; SET_TARGET: its target is ``tgt``)."""
+    interval is the whole order; SET_TARGET: its target is ``tgt``; EX0: the first exact round
+    after _scale_kernel's approximate one, which also sums the weight below its interval and
+    the row's total)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     ptr = out_ptr + row * out_stride
@@ -535,22 +622,44 @@ def _part_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, cnt_pt
                      tl.load(f + F_MREF), BLOCK)
         res = tl.where(v == 9, hs, res)
     dst = part_ptr + (row * S + split) * PW
-    tl.store(dst + v, res)
     if PIV:
         base, width = _interval(ist_ptr + row * NI, IDB, FIRST)
-        sums = _seg_pivots(ptr, lo, hi, base, width // NP8, tl.load(f + F_LSE), tl.load(f + F_H), m,
-                           tl.load(f + F_LOGS), tl.load(f + F_WTOP1), tl.load(f + F_MREF), IDB, PMODE, WMODE, NP8, SBP)
+        lse = tl.load(f + F_LSE)
+        H = tl.load(f + F_H)
+        logs = tl.load(f + F_LOGS)
+        wtop = tl.load(f + F_WTOP1)
+        mref = tl.load(f + F_MREF)
+        sums = _seg_pivots(ptr, lo, hi, base, width // NP8, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, NP8, SBP)
         tl.store(dst + NSC + tl.arange(0, NP8), sums)
+        if EX0:
+            below, tot = _seg_below(ptr, lo, hi, base, lse, H, m, logs, wtop, mref, IDB, PMODE, WMODE, SBP)
+            res = tl.where(v == 10, below, tl.where(v == 11, tot, res))
+    tl.store(dst + v, res)
     if _arrive(cnt_ptr, row, S):
-        _fin_part(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, tgt, IDB, MOM, TOPH, VAR, HS, PIV, FIRST,
+        _fin_part(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, tgt, IDB, MOM, TOPH, VAR, HS, PIV, FIRST, EX0,
                   STRICT, SET_TARGET, WMODE == 1, KNOB, S_PAD)
+
+
+@triton.jit
+def _seg_below(ptr, lo, hi, base, lse, H, m, logs, wtop, mref, IDB,
+               PMODE: tl.constexpr, WMODE: tl.constexpr, SB: tl.constexpr):
+    """float64 (Σ of the weights of the tokens before position base, Σ of all the weights)."""
+    below = tl.zeros([SB], tl.float64)
+    tot = tl.zeros([SB], tl.float64)
+    for start in range(lo, hi, SB):
+        cols = start + tl.arange(0, SB)
+        z = tl.load(ptr + cols, mask=cols < hi, other=float("-inf"))
+        w = _weight(z, z > float("-inf"), lse, m, logs, wtop, mref, WMODE).to(tl.float64)
+        below += tl.where(_pos(z, cols, lse, H, IDB, PMODE) < base, w, 0.0)
+        tot += w
+    return tl.sum(below, axis=0), tl.sum(tot, axis=0)
 
 
 @triton.jit
 def _fin_part(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, tgt, IDB,
               MOM: tl.constexpr, TOPH: tl.constexpr, VAR: tl.constexpr, HS: tl.constexpr, PIV: tl.constexpr,
-              FIRST: tl.constexpr, STRICT: tl.constexpr, SET_TARGET: tl.constexpr, MASS: tl.constexpr,
-              KNOB: tl.constexpr, S_PAD: tl.constexpr):
+              FIRST: tl.constexpr, EX0: tl.constexpr, STRICT: tl.constexpr, SET_TARGET: tl.constexpr,
+              MASS: tl.constexpr, KNOB: tl.constexpr, S_PAD: tl.constexpr):
     """Reduce the S partials of a row and advance its state (fst / ist).
 
     MOM also sets the p cut of min-p / epsilon / eta / p-less (KNOB) and the max's value key;
@@ -561,12 +670,17 @@ def _fin_part(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, tgt, IDB,
     it = ist_ptr + row * NI
     m = tl.load(f + F_M)
     bound = tl.zeros([], tl.float32)
-    if MOM | VAR | HS:
+    below0 = tl.zeros([], tl.float64)
+    tot0 = tl.zeros([], tl.float64)
+    if MOM | VAR | HS | EX0:
         sp = tl.arange(0, S_PAD)
         v = tl.arange(0, NSC)
         tile = part_ptr + (row * S + sp[:, None]) * PW + v[None, :]
         msk = (sp[:, None] < S) & (v[None, :] < NSC)
-        sums = tl.sum(tl.load(tile, mask=msk, other=0.0, cache_modifier=".cg"), axis=0).to(tl.float32)
+        sums64 = tl.sum(tl.load(tile, mask=msk, other=0.0, cache_modifier=".cg"), axis=0)
+        below0 = tl.sum(tl.where(v == 10, sums64, 0.0), axis=0)
+        tot0 = tl.sum(tl.where(v == 11, sums64, 0.0), axis=0)
+        sums = sums64.to(tl.float32)
         if MOM:
             s = tl.sum(tl.where(v == 0, sums, 0.0), axis=0)
             t = tl.sum(tl.where(v == 1, sums, 0.0), axis=0)
@@ -614,6 +728,9 @@ def _fin_part(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, tgt, IDB,
             if FIRST:
                 tot = tl.sum(tl.where(k == NP8 - 1, sums, 0.0), axis=0)
                 tl.store(it + I_S, tot.to(tl.int64, bitcast=True))
+            elif EX0:
+                tot = tot0
+                tl.store(it + I_S, tot.to(tl.int64, bitcast=True))
             else:
                 tot = tl.load(it + I_S).to(tl.float64, bitcast=True)
             target = param64
@@ -630,6 +747,8 @@ def _fin_part(row, fst_ptr, ist_ptr, part_ptr, S, param, pbits, tgt, IDB,
         b = _first_hit(sums, target, tot, STRICT, MASS, NP8)
         if FIRST:
             below = tl.zeros([], tl.float64)
+        elif EX0:
+            below = below0
         else:
             below = tl.load(it + I_SB).to(tl.float64, bitcast=True)
         below = tl.where(b > 0, tl.sum(tl.where(k == b - 1, sums, 0.0), axis=0), below)
@@ -691,7 +810,7 @@ def _cand_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, cand_ptr, ccnt_p
 @triton.jit
 def _finish(row, ptr, fst_ptr, ist_ptr, cand, ccnt, seg, S, IDB, pbits,
             PMODE: tl.constexpr, WMODE: tl.constexpr, STRICT: tl.constexpr, SLOT: tl.constexpr, SB: tl.constexpr):
-    """The remaining (32 + IDB - 16) / 4 rounds of a search over the row's candidates, one program.
+    """The remaining 16-way rounds of a search over the row's candidates, one program.
 
     A pivot's cumulative weight is the weight below the candidates' interval (I_SB) plus the
     candidates' at or below it: the same sums as a pass over the whole row (up to the order of float additions)."""
@@ -713,7 +832,7 @@ def _finish(row, ptr, fst_ptr, ist_ptr, cand, ccnt, seg, S, IDB, pbits,
     width = tl.load(it + I_STEP)
     below = tl.load(it + I_SB).to(tl.float64, bitcast=True)
     k = tl.arange(0, NPIV)
-    for _ in range(0, (IDB + 16) // 4):
+    while width > 1:  # (IDB + 16) / 4 rounds, 1 or 2 more after a wide first narrowing
         step = width // NPIV
         piv = base + (k.to(tl.int64) + 1) * step - 1
         acc = tl.zeros([SB, NPIV], tl.float64)
@@ -900,41 +1019,52 @@ class _Split:
         return self._cand
 
 
-def _split_knob(st, knob, param, min_keep, nxt, draw):
+def _first_round(knob, param, V):
+    """(IDB, WMODE, tgt) of a first knob whose search's first round runs in _scale_kernel, or None."""
+    if knob == TOP_K:
+        return 0, W_CNT, param
+    if knob == TOP_P:
+        return _idb(V), W_P, 0.0
+    return None
+
+
+def _split_knob(st, knob, param, min_keep, nxt, draw, r1=False):
     """One knob on split rows: a few (B, S) launches, each finalised by the row's last program.
 
     The max (and runner-up) of the row is known on entry (from _scale_kernel or the previous
     knob's apply). A search is two 256-pivot rounds (the first one in the launch of the pass
-    that sets its target, when there is one) and a candidate launch that finishes it; the
-    apply computes the next knob's max, or (``draw``: ``(u, ids, dpart)``) draws the id."""
+    that sets its target, when there is one; ``r1``: done by _scale_kernel, approximately) and a
+    candidate launch that finishes it; the apply computes the next knob's max, or (``draw``:
+    ``(u, ids, dpart)``) draws the id."""
     out, B, S = st.out, st.B, st.S
     grid = (B, S)
     idb = st.idb
     nb = 32 + idb
 
-    def part(mom=False, toph=False, var=False, hs=False, piv=False, first=False, pmode=P_Z, wmode=W_CNT,
-             strict=False, bits=0, tgt=0.0, set_target=False):
+    def part(mom=False, toph=False, var=False, hs=False, piv=False, first=False, ex0=False, pmode=P_Z,
+             wmode=W_CNT, strict=False, bits=0, tgt=0.0, set_target=False):
         _part_kernel[grid](out, out.stride(0), st.V, st.seg, st.fst, st.ist, st.part, st.cnt, bits, S, param,
                            _bits(param), float(tgt), MOM=mom, TOPH=toph, VAR=var, HS=hs, PIV=piv, FIRST=first,
-                           PMODE=pmode, WMODE=wmode, STRICT=strict, SET_TARGET=set_target, KNOB=knob, BLOCK=BLOCK,
-                           SBP=SBP, S_PAD=st.S_PAD, num_warps=8)
+                           EX0=ex0, PMODE=pmode, WMODE=wmode, STRICT=strict, SET_TARGET=set_target, KNOB=knob,
+                           BLOCK=BLOCK, SBP=SBP, S_PAD=st.S_PAD, num_warps=8)
 
-    def search(nbits, pmode, wmode, slot, tgt=0.0, strict=False, **fused):
-        part(piv=True, first=True, pmode=pmode, wmode=wmode, strict=strict, bits=nbits - 32, tgt=tgt,
-             set_target=wmode == W_CNT, **fused)
-        part(piv=True, pmode=pmode, wmode=wmode, strict=strict, bits=nbits - 32)
+    def search(nbits, pmode, wmode, slot, tgt=0.0, strict=False, r1=False, **fused):
+        if not r1:
+            part(piv=True, first=True, pmode=pmode, wmode=wmode, strict=strict, bits=nbits - 32, tgt=tgt,
+                 set_target=wmode == W_CNT, **fused)
+        part(piv=True, ex0=r1, pmode=pmode, wmode=wmode, strict=strict, bits=nbits - 32)
         cand, ccnt = st.cand()
         _cand_kernel[grid](out, out.stride(0), st.V, st.seg, st.fst, st.ist, cand, ccnt, st.cnt, nbits - 32, S,
                            _bits(param), PMODE=pmode, WMODE=wmode, STRICT=strict, SLOT=slot.value, BLOCK=BLOCK,
                            SB=SB, num_warps=8)
 
     if knob == TOP_K:
-        search(32, P_Z, W_CNT, I_X, tgt=param)
+        search(32, P_Z, W_CNT, I_X, tgt=param, r1=r1)
     elif knob in (TOP_P, TYPICAL):
         pm = P_Z if knob == TOP_P else P_TYP
         if knob == TYPICAL:
             part(mom=True)  # the order needs lse and H
-        search(nb, pm, W_P, I_X)
+        search(nb, pm, W_P, I_X, r1=r1)
         if min_keep > 1:
             search(nb, pm, W_CNT, I_Y, tgt=float(min_keep))
     elif knob == TOP_H:
@@ -973,7 +1103,8 @@ def _run(logits, temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_
         bad = torch.empty((B, S), dtype=torch.int32, device=dev)
         if S == 1:
             _scale_kernel[(B, S)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, float(temperature),
-                                  out, bad, out, bad, S, BLOCK=BLOCK, FIN=False, S_PAD=2, num_warps=8)
+                                  out, bad, out, bad, S, 0, 0, 0.0, BLOCK=BLOCK, FIN=False, PIV=False, WMODE=0,
+                                  SBP=SBP, S_PAD=2, num_warps=8)
             for knob, param, keep in knobs:
                 _knob_kernel[(B,)](out, out.stride(0), V, param, _bits(param), keep, _idb(V),
                                    KNOB=knob, BLOCK=BLOCK, SB=SB, num_warps=8)
@@ -982,15 +1113,19 @@ def _run(logits, temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_
                 ids = _draw(out, uniform)
             return out, ids
         st = _Split(out, B, V, S, seg, dev)
+        r1 = _first_round(*knobs[0][:2], V) if knobs else None
+        idb1, wmode1, tgt1 = r1 if r1 is not None else (0, W_CNT, 0.0)
         _scale_kernel[(B, S)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, float(temperature),
-                              st.fst, st.ist, st.part, st.cnt, S, BLOCK=BLOCK, FIN=True, S_PAD=st.S_PAD, num_warps=8)
+                              st.fst, st.ist, st.part, st.cnt, S, idb1, _bits(knobs[0][1]) if knobs else 0, tgt1,
+                              BLOCK=BLOCK, FIN=True, PIV=r1 is not None, WMODE=wmode1, SBP=SBP, S_PAD=st.S_PAD,
+                              num_warps=8)
         draw = None
         if uniform is not None and knobs:
             u = uniform if uniform.dtype == torch.float64 and uniform.is_contiguous() else uniform.double().contiguous()
             draw = (u, ids, torch.empty((B, S, DNP.value), dtype=torch.float64, device=dev))
         for i, (knob, param, keep) in enumerate(knobs):
             last = i == len(knobs) - 1
-            _split_knob(st, knob, param, keep, not last, draw if last else None)
+            _split_knob(st, knob, param, keep, not last, draw if last else None, r1=i == 0 and r1 is not None)
         if uniform is not None and not knobs:
             ids = _draw(out, uniform)
     return out, ids

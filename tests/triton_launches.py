@@ -418,11 +418,15 @@ def hand_listed() -> list[dict]:
     # logit_stats: the bitonic top-k (what a CUDA device runs), the finalize modes, the row keys
     # (extra: the density-free sums of logit_stats(..., extra=True), state rows of NS = 10 floats)
     P = dict(x_ptr="*bf16", stride_row="i64", V="i32", seg="i32", temperature="fp32", alpha="fp32",
-             state_ptr="*fp32", cand_ptr="*i64")
-    for kp, bit, ex in ((0, False, False), (4, False, True), (64, True, False), (64, True, True)):
+             state_ptr="*fp32", cand_ptr="*i64", tokens_ptr="*i64", cnt_ptr="*i32", n_cand="i32", k="i32",
+             lse_ptr="*fp32", ent_ptr="*fp32", var_ptr="*fp32", maxlp_ptr="*fp32", argmax_ptr="*i64",
+             tkl_ptr="*fp32", tki_ptr="*i64", mass_ptr="*fp32", toklp_ptr="*fp32", extra_ptr="*fp32")
+    for kp, bit, ex, fused in ((0, False, False, True), (4, False, True, True), (64, True, False, True),
+                               (64, True, True, False)):
         out.append(_entry(L, "_logit_stats_partial_kernel", P,
                           dict(HAS_T=True, EXTRA=ex, NS=10 if ex else 6, BLOCK=1024, K_PAD=kp, BITONIC=bit,
-                               E=8, R=128), 4))
+                               E=8, R=128, FUSED=fused, HAS_TOKENS=True, MODE=(1 if kp else 0) if fused else 2,
+                               SPLITS_PAD=256 if fused else 16, CAND_PAD=4096 if fused else 2), 4))
     F = dict(x_ptr="*fp32", stride_row="i64", V="i32", temperature="fp32", alpha="fp32", tokens_ptr="*i64",
              state_ptr="*fp32", cand_ptr="*i64", sel_ptr="*i64", n_splits="i32", n_cand="i32", k="i32",
              lse_ptr="*fp32", ent_ptr="*fp32", var_ptr="*fp32", maxlp_ptr="*fp32", argmax_ptr="*i64",

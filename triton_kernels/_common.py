@@ -42,6 +42,23 @@ def sm_count(device: torch.device) -> int:
     """
     return _cached_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def row_counters(B: int, device: torch.device) -> torch.Tensor:
+    """int32 [>= B] row counters, zero between launches (each launch that counts on them leaves
+    them at 0: the row's last program resets its own), cached per (device, stream) so that two
+    streams never share one. The "last program of a row finalises it" launches use them
+    (truncate.py, draw.py, logit_stats.py): no zero-fill kernel per call."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < B:
+        buf = torch.zeros(max(B, 64), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
 KEY_MIN = tl.constexpr(-(2**63))  # below every real key: padding never wins
 
 

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import row_counters as _counters
 from ._common import sm_count as _sm_count
 
 BLOCK = 1024  # entries per chunk of a segment
@@ -136,21 +137,6 @@ def _target_programs(device: torch.device) -> int:
 
 
 SPLIT_TARGET: int | None = None  # tests force a target number of programs
-
-_COUNTERS: dict[tuple, torch.Tensor] = {}
-
-
-def _counters(B: int, device: torch.device) -> torch.Tensor:
-    """int32 [>= B] row counters, zero between launches (each launch leaves them at 0), cached
-    per (device, stream) so that two streams never share one."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
-    buf = _COUNTERS.get(key)
-    if buf is None or buf.numel() < B:
-        buf = torch.zeros(max(B, 64), dtype=torch.int32, device=device)
-        _COUNTERS[key] = buf
-    return buf
-
 
 def draw(truncated: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw from ``softmax(truncated)`` in token-index order -> int64 ``[B]``.

@@ -12,11 +12,14 @@ e^{alpha (z-m)}, Σ e^{(z-m)/2}, Σ (z-m) and the live count, rescaled with the 
 writes them after the state; pass 2 merges them into ``extra [B, 4]``: Σ log p, the live
 count, log Σ p^alpha, log Σ √p (``fuq.reference.density_free``).
 
-Pass 2, ``_logit_stats_finalize_kernel``, grid ``(B,)``: merges the partial states
-of a row into lse / entropy / varentropy, picks the final top-k among the
-``SPLITS * K_PAD`` candidates (in the kernel when there are few, otherwise from a
-``torch.topk`` on the candidate keys done by the launcher), gathers the token's
-log-probability, and writes every output.
+Pass 2, :func:`_finalize_row`: merges the partial states of a row into lse / entropy /
+varentropy, picks the final top-k among the ``SPLITS * K_PAD`` candidates (in the kernel
+when there are few, otherwise from a ``torch.topk`` on the candidate keys done by the
+launcher), gathers the token's log-probability, and writes every output. When the
+candidates are picked in the kernel (k = 0, or few candidates: MODE 0 / 1), pass 2 runs in
+the last program of each row of pass 1 (``FUSED``: a per-row atomic counter, cached at
+zero, as in truncate.py): one launch per call. Otherwise (the ``torch.topk`` route) it is
+``_logit_stats_finalize_kernel``, grid ``(B,)``, after the sort.
 
 Semantics are those of ``fuq.reference.logit_stats`` (the spec): ``z = x / T`` with
 an IEEE division in float32, ``-inf`` entries contribute 0, top-k ordered by
@@ -42,6 +45,7 @@ from ._common import (
     merge_states,
     online_update_rows,
     pack_key,
+    row_counters,
     topk_insert,
     unpack_key,
 )
@@ -60,6 +64,20 @@ def _logit_stats_partial_kernel(
     alpha,
     state_ptr,  # [B, SPLITS, NS] float32: m, s, t, u, #NaN, #(+inf) (EXTRA: then sa, sh, sd, n)
     cand_ptr,  # [B, SPLITS, max(K_PAD, 1)] int64: the segment's best keys (or its max key)
+    tokens_ptr,  # FUSED: the arguments of _finalize_row
+    cnt_ptr,  # FUSED: [>= B] int32 row counters, zero between launches
+    n_cand,
+    k,
+    lse_ptr,
+    ent_ptr,
+    var_ptr,
+    maxlp_ptr,
+    argmax_ptr,
+    tkl_ptr,
+    tki_ptr,
+    mass_ptr,
+    toklp_ptr,
+    extra_ptr,
     HAS_T: tl.constexpr,
     EXTRA: tl.constexpr,
     NS: tl.constexpr,
@@ -68,6 +86,11 @@ def _logit_stats_partial_kernel(
     BITONIC: tl.constexpr,
     E: tl.constexpr,  # entries per row of a chunk
     R: tl.constexpr,  # rows of a chunk: BLOCK = R * E
+    FUSED: tl.constexpr,  # the row's last program finalises it (MODE 0 / 1): no second launch
+    HAS_TOKENS: tl.constexpr,
+    MODE: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
+    CAND_PAD: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -135,6 +158,16 @@ def _logit_stats_partial_kernel(
         tl.store(cand_ptr + (row.to(tl.int64) * n_splits + split) * K_PAD + kp, best)
     else:
         tl.store(cand_ptr + row.to(tl.int64) * n_splits + split, tl.max(kmax, axis=0))
+    if FUSED:
+        # the row's last program finalises it: the barrier orders every thread's stores before
+        # the (acq_rel, GPU-scope) counter; _finalize_row reads the partials past L1 (.cg)
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr + row, 1, sem="acq_rel")
+        if done == n_splits - 1:
+            tl.store(cnt_ptr + row, 0)  # the next launch on this buffer counts from 0
+            _finalize_row(row, x_ptr, stride_row, V, temperature, alpha, tokens_ptr, state_ptr, cand_ptr, cand_ptr,
+                          n_splits, n_cand, k, lse_ptr, ent_ptr, var_ptr, maxlp_ptr, argmax_ptr, tkl_ptr, tki_ptr,
+                          mass_ptr, toklp_ptr, extra_ptr, HAS_T, HAS_TOKENS, EXTRA, NS, MODE, SPLITS_PAD, CAND_PAD, 2)
 
 
 @triton.jit
@@ -170,19 +203,30 @@ def _logit_stats_finalize_kernel(
     CAND_PAD: tl.constexpr,  # MODE 0 / 1
     KB: tl.constexpr,  # MODE 2: keys decoded per step
 ):
-    row = tl.program_id(0)
+    _finalize_row(tl.program_id(0), x_ptr, stride_row, V, temperature, alpha, tokens_ptr, state_ptr, cand_ptr, sel_ptr,
+                  n_splits, n_cand, k, lse_ptr, ent_ptr, var_ptr, maxlp_ptr, argmax_ptr, tkl_ptr, tki_ptr, mass_ptr,
+                  toklp_ptr, extra_ptr, HAS_T, HAS_TOKENS, EXTRA, NS, MODE, SPLITS_PAD, CAND_PAD, KB)
+
+
+@triton.jit
+def _finalize_row(row, x_ptr, stride_row, V, temperature, alpha, tokens_ptr, state_ptr, cand_ptr, sel_ptr, n_splits,
+                  n_cand, k, lse_ptr, ent_ptr, var_ptr, maxlp_ptr, argmax_ptr, tkl_ptr, tki_ptr, mass_ptr, toklp_ptr,
+                  extra_ptr, HAS_T: tl.constexpr, HAS_TOKENS: tl.constexpr, EXTRA: tl.constexpr, NS: tl.constexpr,
+                  MODE: tl.constexpr, SPLITS_PAD: tl.constexpr, CAND_PAD: tl.constexpr, KB: tl.constexpr):
+    """Pass 2 of one row (the finalize kernel's program, or the last program of a FUSED pass 1:
+    the partials of the other programs are read past L1, .cg)."""
     row64 = row.to(tl.int64)
     nan = float("nan")
 
     sp = tl.arange(0, SPLITS_PAD)
     smask = sp < n_splits
     st = state_ptr + (row64 * n_splits + sp) * NS
-    m = tl.load(st + 0, mask=smask, other=float("-inf"))
-    s = tl.load(st + 1, mask=smask, other=0.0)
-    t = tl.load(st + 2, mask=smask, other=0.0)
-    u = tl.load(st + 3, mask=smask, other=0.0)
-    has_nan = tl.sum(tl.load(st + 4, mask=smask, other=0.0), axis=0) > 0
-    has_inf = tl.sum(tl.load(st + 5, mask=smask, other=0.0), axis=0) > 0
+    m = tl.load(st + 0, mask=smask, other=float("-inf"), cache_modifier=".cg")
+    s = tl.load(st + 1, mask=smask, other=0.0, cache_modifier=".cg")
+    t = tl.load(st + 2, mask=smask, other=0.0, cache_modifier=".cg")
+    u = tl.load(st + 3, mask=smask, other=0.0, cache_modifier=".cg")
+    has_nan = tl.sum(tl.load(st + 4, mask=smask, other=0.0, cache_modifier=".cg"), axis=0) > 0
+    has_inf = tl.sum(tl.load(st + 5, mask=smask, other=0.0, cache_modifier=".cg"), axis=0) > 0
     bad = has_nan | has_inf
     M, S, T, U = merge_states(m, s, t, u)
 
@@ -202,10 +246,10 @@ def _logit_stats_finalize_kernel(
     if EXTRA:
         SA, SH, SD, N = merge_density(
             m,
-            tl.load(st + 6, mask=smask, other=0.0),
-            tl.load(st + 7, mask=smask, other=0.0),
-            tl.load(st + 8, mask=smask, other=0.0),
-            tl.load(st + 9, mask=smask, other=0.0),
+            tl.load(st + 6, mask=smask, other=0.0, cache_modifier=".cg"),
+            tl.load(st + 7, mask=smask, other=0.0, cache_modifier=".cg"),
+            tl.load(st + 8, mask=smask, other=0.0, cache_modifier=".cg"),
+            tl.load(st + 9, mask=smask, other=0.0, cache_modifier=".cg"),
             alpha,
         )
         none = bad | (N == 0.0)  # entropy is NaN: all four NaN
@@ -219,7 +263,7 @@ def _logit_stats_finalize_kernel(
         kmax = tl.load(sel_ptr + row64 * k)  # the first key of the sorted top-k
     else:
         c = tl.arange(0, CAND_PAD)
-        keys = tl.load(cand_ptr + row64 * n_cand + c, mask=c < n_cand, other=KEY_MIN)
+        keys = tl.load(cand_ptr + row64 * n_cand + c, mask=c < n_cand, other=KEY_MIN, cache_modifier=".cg")
         kmax = tl.max(keys, axis=0)
     _, amax = unpack_key(kmax)
     tl.store(argmax_ptr + row, amax.to(tl.int64))
@@ -375,20 +419,29 @@ def logit_stats(
     cand = torch.empty(B, splits, kc, device=dev, dtype=torch.int64)
     num_warps = 4 if block <= 1024 else 8
     bitonic = (dev.type == "cuda") if BITONIC is None else BITONIC
-    _logit_stats_partial_kernel[(B, splits)](
-        logits, stride, V, seg, T, a, state, cand,
-        HAS_T=has_t, EXTRA=has_extra, NS=ns, BLOCK=block, K_PAD=k_pad, BITONIC=bitonic and k_pad >= 16,
-        E=8, R=block // 8, num_warps=num_warps,
-    )  # fmt: skip
-
     n_cand = splits * kc
-    sel = cand  # placeholder pointer when unused
     if k == 0:
         mode = 0
     elif k_pad > 0 and k <= MERGE_IN_KERNEL_MAX_K and n_cand <= MERGE_IN_KERNEL_MAX_CAND:
         mode = 1
     else:
         mode = 2
+    tok = tokens.to(device=dev, dtype=torch.int64).contiguous() if tokens is not None else amax
+    outs = (lse, ent, var, maxlp, amax, tkl, tki, mass, toklp, extra)
+    # pads rounded up to a few sizes: fewer distinct compilations on the GPU
+    pads = dict(SPLITS_PAD=max(16, _p2(splits)), CAND_PAD=max(128, _p2(n_cand)) if mode != 2 else 2)
+    fused = mode != 2  # MODE 0 / 1: the finaliser runs in the row's last program of pass 1
+    _logit_stats_partial_kernel[(B, splits)](
+        logits, stride, V, seg, T, a, state, cand, tok, row_counters(B, dev), n_cand, k, *outs,
+        HAS_T=has_t, EXTRA=has_extra, NS=ns, BLOCK=block, K_PAD=k_pad, BITONIC=bitonic and k_pad >= 16,
+        E=8, R=block // 8, FUSED=fused, HAS_TOKENS=tokens is not None, MODE=mode,
+        **(pads if fused else dict(SPLITS_PAD=16, CAND_PAD=2)), num_warps=num_warps,
+    )  # fmt: skip
+    if fused:
+        return outs
+
+    sel = cand  # placeholder pointer when unused
+    if mode == 2:
         if k_pad > 0:
             sel = torch.topk(cand.view(B, n_cand), k, dim=1, sorted=True).values.contiguous()
         else:  # k > K_MAX: exact top-k from the keys of the whole row
@@ -396,7 +449,6 @@ def logit_stats(
             kblock = 1024
             _row_keys_kernel[(B, triton.cdiv(V, kblock))](logits, stride, V, T, keys, HAS_T=has_t, BLOCK=kblock)
             sel = torch.topk(keys, k, dim=1, sorted=True).values.contiguous()
-    tok = tokens.to(device=dev, dtype=torch.int64).contiguous() if tokens is not None else amax
     _logit_stats_finalize_kernel[(B,)](
         logits,
         stride,
@@ -425,9 +477,7 @@ def logit_stats(
         EXTRA=has_extra,
         NS=ns,
         MODE=mode,
-        # pads rounded up to a few sizes: fewer distinct compilations on the GPU
-        SPLITS_PAD=max(16, _p2(splits)),
-        CAND_PAD=max(128, _p2(n_cand)) if mode != 2 else 2,
+        **pads,
         KB=max(16, min(1024, _p2(k))),
         num_warps=4,
     )

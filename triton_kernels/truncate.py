@@ -75,9 +75,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import row_counters as _counters
 from ._common import sm_count as _sm_count
 from .draw import NP as DNP
-from .draw import _counters, _draw_row
+from .draw import _draw_row
 from .draw import draw as _draw
 
 # knob ids (constexpr)

@@ -35,7 +35,7 @@ Two launch shapes, chosen by :func:`split_plan`:
     relative to each segment's max and rescaled to the row's by the last program: an
     approximate narrowing, so the interval it keeps is the one aligned block of 1, 16 or
     256 sub-intervals that covers every sub-interval within ``EPS1·Σ`` of the target
-    (:func:`_fin_first`; the exp errors are below 2^-16·Σ);
+    (:func:`_fin_first`; the exp errors stay below 2^-14·Σ);
   - ``_part_kernel``: the moments (with top-h's Σ below the max), top-nσ's variance,
     top-h's Σ of terms, and 256-pivot search rounds (8 bits of the position each), fused
     where one does not need the other's result (a search round and the pass that sets its
@@ -53,7 +53,7 @@ Two launch shapes, chosen by :func:`split_plan`:
   At B = 1, V = 262144: top-p and top-k 4 launches (18 and 13 before), min-p / epsilon /
   eta / p-less 3 (5), top-nσ 4 (6), typical and top-h 6 (18, 20), top-p with
   min_tokens_to_keep 7 (31); ``fuq.sample`` adds no launch of its own for the draw (plus
-  ``logit_stats``' 2 and ``torch.rand``). The cut decisions are the ones of the
+  ``logit_stats``' 1 and ``torch.rand``: top-p sampling is 6 kernels, 24 before). The cut decisions are the ones of the
   one-program path: float64 pivot sums, the fma rule of :func:`_fin_pivots`,
   :func:`_toph_one_group` (counts and a uniform row's weights are exact integers); only
   the order of the float64 additions differs (a pivot's sum is the weight below the
@@ -103,7 +103,7 @@ NSC = tl.constexpr(16)  # scalar partials per program (split path), then NP8 piv
 NP8 = tl.constexpr(256)  # pivots of a split row's parallel search round: 8 bits of the position per launch
 PW = tl.constexpr(16 + 256)  # float64 partials per program and launch: NSC + NP8
 RCH = tl.constexpr(8)  # partial rows reduced at a time by a finaliser
-EPS1 = tl.constexpr(2.0**-12)  # margin of the approximate first round, relative to Σ (exp errors: < 2^-16)
+EPS1 = tl.constexpr(2.0**-12)  # margin of the approximate first round, relative to Σ (exp errors: < 2^-14)
 
 
 # ------------------------------------------------------------------------------ elementwise

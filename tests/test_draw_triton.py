@@ -77,12 +77,18 @@ def test_draw_weights_far_apart(split):
         assert torch.equal(_draw(z, u), reference.sample_from(z, u)), e
 
 
-def test_draw_counters_left_at_zero(split):
-    from fuq.triton_kernels.draw import _COUNTERS
+def test_draw_counters_left_at_zero(split, monkeypatch):
+    """The cached row counters (draw, truncate's split rows, logit_stats' fused pass 2) are back at 0
+    after every launch: no call needs a zero fill."""
+    import fuq.triton_kernels.truncate as tt
+    from fuq.triton_kernels._common import _COUNTERS
 
+    monkeypatch.setattr(tt, "SPLIT_TARGET", split)
     z, g = _rows(3, 1500, seed=4)
     _draw(z, torch.rand(3, dtype=torch.float64, generator=g))
     assert _COUNTERS and all(int(c.abs().sum()) == 0 for c in _COUNTERS.values())
+    fuq.sample(z.to(DEV), top_p=0.9, k=3, generator=torch.Generator(device=DEV).manual_seed(0), backend="triton")
+    assert all(int(c.abs().sum()) == 0 for c in _COUNTERS.values())
 
 
 def test_draw_bad_input():

@@ -175,6 +175,23 @@ def test_entropy_budget_measures(measure):
         kv.EntropyBudget(power=float("nan"))
 
 
+def test_entropy_budget_layer_power():
+    """Heads of a layer in proportion to their entropy; layers by their mean entropy ** layer_power."""
+    sc = kv.EntropyBudget(layer_power=-0.5)
+    sc.entropy = {0: torch.tensor([[1.0, 3.0]]), 4: torch.tensor([[4.0, 4.0]])}
+    w = sc.weights([0, 4])
+    torch.testing.assert_close(w, torch.tensor([[[0.5 * 2**-0.5, 1.5 * 2**-0.5], [0.5, 0.5]]]))
+    uncomp = kv.EntropyBudget(layer_power=1.0)
+    uncomp.entropy = sc.entropy
+    torch.testing.assert_close(uncomp.weights([0, 4]), torch.tensor([[[1.0, 3.0], [4.0, 4.0]]]))
+    flat = kv.EntropyBudget(layer_power=0.0)
+    flat.entropy = sc.entropy
+    torch.testing.assert_close(flat.weights([0, 4]).sum(-1), torch.tensor([[2.0, 2.0]]))  # equal layers
+    assert sc.config()["layer_power"] == -0.5
+    with pytest.raises(ValueError, match="layer_power"):
+        kv.EntropyBudget(layer_power=float("inf"))
+
+
 def test_knorm_streaming_uncertain():
     ctx = _ctx()
     torch.testing.assert_close(kv.KeyNorm().score(ctx), -ctx.keys.float().norm(dim=-1))

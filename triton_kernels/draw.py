@@ -39,6 +39,22 @@ NP = tl.constexpr(4)  # float64 partials per program: m, s, NaN count, last live
 
 
 @triton.jit
+def _draw_chunk(z, cols, m, s, nan, last):
+    """One chunk of a segment's partials: the online (max, Σ exp(z - max)) in float64, the NaN
+    count and the last live index (also folded into truncate.py's last apply launch)."""
+    nan += tl.sum((z != z).to(tl.int32), axis=0)
+    live = z > float("-inf")
+    zd = z.to(tl.float64)
+    m_new = tl.maximum(m, tl.max(tl.where(live, zd, float("-inf")), axis=0))
+    if m_new > float("-inf"):
+        r = tl.where(m > float("-inf"), tl.exp(m - m_new), 0.0)
+        s = r * s + tl.sum(tl.where(live, tl.exp(zd - m_new), 0.0), axis=0)
+        m = m_new
+    last = tl.maximum(last, tl.max(tl.where(live, cols, -1), axis=0))
+    return m, s, nan, last
+
+
+@triton.jit
 def _draw_kernel(z_ptr, z_stride, u_ptr, out_ptr, part_ptr, cnt_ptr, V, seg, S,
                  BLOCK: tl.constexpr, S_PAD: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -54,15 +70,7 @@ def _draw_kernel(z_ptr, z_stride, u_ptr, out_ptr, part_ptr, cnt_ptr, V, seg, S,
     for start in range(lo, hi, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         z = tl.load(zrow + cols, mask=cols < hi, other=float("-inf"))
-        nan += tl.sum((z != z).to(tl.int32), axis=0)
-        live = z > float("-inf")
-        zd = z.to(tl.float64)
-        m_new = tl.maximum(m, tl.max(tl.where(live, zd, float("-inf")), axis=0))
-        if m_new > float("-inf"):
-            r = tl.where(m > float("-inf"), tl.exp(m - m_new), 0.0)
-            s = r * s + tl.sum(tl.where(live, tl.exp(zd - m_new), 0.0), axis=0)
-            m = m_new
-        last = tl.maximum(last, tl.max(tl.where(live, cols, -1), axis=0))
+        m, s, nan, last = _draw_chunk(z, cols, m, s, nan, last)
     p = tl.arange(0, NP)
     res = tl.where(p == 0, m, tl.where(p == 1, s, tl.where(p == 2, nan.to(tl.float64), last.to(tl.float64))))
     tl.store(part_ptr + (row * S + split) * NP + p, res)

@@ -78,7 +78,7 @@ import triton.language as tl
 from ._common import row_counters as _counters
 from ._common import sm_count as _sm_count
 from .draw import NP as DNP
-from .draw import _draw_row
+from .draw import _draw_chunk, _draw_row
 from .draw import draw as _draw
 
 # knob ids (constexpr)
@@ -911,15 +911,7 @@ def _apply_kernel(out_ptr, out_stride, V, seg, fst_ptr, ist_ptr, part_ptr, cnt_p
         if NEXT:
             mv, m2v = _lane_max2(mv, m2v, z)
         if DRAW:  # as draw._draw_kernel
-            nan += tl.sum((z != z).to(tl.int32), axis=0)
-            live = z > float("-inf")
-            zd = z.to(tl.float64)
-            m_new = tl.maximum(dm, tl.max(tl.where(live, zd, float("-inf")), axis=0))
-            if m_new > float("-inf"):
-                r = tl.where(dm > float("-inf"), tl.exp(dm - m_new), 0.0)
-                ds = r * ds + tl.sum(tl.where(live, tl.exp(zd - m_new), 0.0), axis=0)
-                dm = m_new
-            last = tl.maximum(last, tl.max(tl.where(live, cols, -1), axis=0))
+            dm, ds, nan, last = _draw_chunk(z, cols, dm, ds, nan, last)
     if NEXT:
         mx, mx2 = _max2(mv, m2v)
         tl.store(part_ptr + (row * S + split) * PW + tl.arange(0, 2), tl.where(tl.arange(0, 2) == 0, mx, mx2))

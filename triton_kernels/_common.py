@@ -63,34 +63,6 @@ KEY_MIN = tl.constexpr(-(2**63))  # below every real key: padding never wins
 
 
 @triton.jit
-def online_update(m, s, t, u, z):
-    """Fold one value per lane ``z`` into the lane states ``(m, s, t, u)``; returns the new state.
-
-    One exp per value: ``r = e^{-|z - m|}`` is either the weight of ``z`` (no new max)
-    or the rescale factor of the old state (``z`` is the new max).
-    """
-    up = z > m  # z is the lane's new max (False for NaN and -inf z)
-    live = (z > float("-inf")) & (m > float("-inf"))
-    d = tl.where(live, -tl.abs(z - m), 0.0)  # finite surrogate; unused where not live
-    r = tl.where(live, tl.exp(d), 0.0)
-    # new max: old state rescaled by r = e^{m - z} (d = m - z), z itself at offset 0
-    s_up = r * s + 1.0
-    t_up = r * (t + d * s)
-    u_up = r * (u + 2.0 * d * t + d * d * s)
-    # same max: z enters with weight r = e^{z - m} at offset d = z - m (r = 0 for -inf / NaN)
-    rd = r * d
-    s_dn = s + r
-    t_dn = t + rd
-    u_dn = u + rd * d
-    return (
-        tl.where(up, z, m),
-        tl.where(up, s_up, s_dn),
-        tl.where(up, t_up, t_dn),
-        tl.where(up, u_up, u_dn),
-    )
-
-
-@triton.jit
 def online_update_rows(m, s, t, u, z):
     """Fold a 2-D block ``z`` [R, E] into per-row states ``(m, s, t, u)`` [R]; returns the new state.
 

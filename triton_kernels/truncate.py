@@ -1094,34 +1094,46 @@ def _run(logits, temperature, top_k, top_p, min_p, typical_p, epsilon, eta, top_
         knobs = _plan_knobs(V, top_k, top_p, min_p, typical_p, epsilon, eta, top_h, top_n_sigma, p_less,
                             int(min_tokens_to_keep))
         bad = torch.empty((B, S), dtype=torch.int32, device=dev)
-        if S == 1:
-            _scale_kernel[(B, S)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, float(temperature),
-                                  out, bad, out, bad, S, 0, 0, 0.0, BLOCK=BLOCK, FIN=False, PIV=False, WMODE=0,
-                                  SBP=SBP, S_PAD=2, num_warps=8)
-            for knob, param, keep in knobs:
-                _knob_kernel[(B,)](out, out.stride(0), V, param, _bits(param), keep, _idb(V),
-                                   KNOB=knob, BLOCK=BLOCK, SB=SB, num_warps=8)
-            _nan_rows_kernel[(B, S)](out, bad, out.stride(0), V, seg, S, S_PAD=2, BLOCK=BLOCK)
-            if uniform is not None:
-                ids = _draw(out, uniform)
-            return out, ids
-        st = _Split(out, B, V, S, seg, dev)
-        r1 = _first_round(*knobs[0][:2], V) if knobs else None
-        idb1, wmode1, tgt1 = r1 if r1 is not None else (0, W_CNT, 0.0)
-        _scale_kernel[(B, S)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, float(temperature),
-                              st.fst, st.ist, st.part, st.cnt, S, idb1, _bits(knobs[0][1]) if knobs else 0, tgt1,
-                              BLOCK=BLOCK, FIN=True, PIV=r1 is not None, WMODE=wmode1, SBP=SBP, S_PAD=st.S_PAD,
-                              num_warps=8)
-        draw = None
-        if uniform is not None and knobs:
-            u = uniform if uniform.dtype == torch.float64 and uniform.is_contiguous() else uniform.double().contiguous()
-            draw = (u, ids, torch.empty((B, S, DNP.value), dtype=torch.float64, device=dev))
-        for i, (knob, param, keep) in enumerate(knobs):
-            last = i == len(knobs) - 1
-            _split_knob(st, knob, param, keep, not last, draw if last else None, r1=i == 0 and r1 is not None)
-        if uniform is not None and not knobs:
-            ids = _draw(out, uniform)
+        run = _run_rows if S == 1 else _run_split
+        ids = run(logits, out, bad, float(temperature), knobs, seg, uniform, ids)
     return out, ids
+
+
+def _run_rows(logits, out, bad, temperature, knobs, seg, uniform, ids):
+    """One program per row: the scale launch, one launch per knob, the NaN rows, the draw."""
+    B, V = out.shape
+    _scale_kernel[(B, 1)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, temperature,
+                          out, bad, out, bad, 1, 0, 0, 0.0, BLOCK=BLOCK, FIN=False, PIV=False, WMODE=0,
+                          SBP=SBP, S_PAD=2, num_warps=8)
+    for knob, param, keep in knobs:
+        _knob_kernel[(B,)](out, out.stride(0), V, param, _bits(param), keep, _idb(V),
+                           KNOB=knob, BLOCK=BLOCK, SB=SB, num_warps=8)
+    _nan_rows_kernel[(B, 1)](out, bad, out.stride(0), V, seg, 1, S_PAD=2, BLOCK=BLOCK)
+    return _draw(out, uniform) if uniform is not None else ids
+
+
+def _run_split(logits, out, bad, temperature, knobs, seg, uniform, ids):
+    """Split rows: the scale launch (max, NaN rows, a first search round), then each knob's launches
+    (:func:`_split_knob`); the draw runs in the last knob's apply."""
+    B, V = out.shape
+    S = bad.shape[1]
+    st = _Split(out, B, V, S, seg, out.device)
+    r1 = _first_round(*knobs[0][:2], V) if knobs else None
+    idb1, wmode1, tgt1 = r1 if r1 is not None else (0, W_CNT, 0.0)
+    _scale_kernel[(B, S)](logits, out, bad, logits.stride(0), out.stride(0), V, seg, temperature,
+                          st.fst, st.ist, st.part, st.cnt, S, idb1, _bits(knobs[0][1]) if knobs else 0, tgt1,
+                          BLOCK=BLOCK, FIN=True, PIV=r1 is not None, WMODE=wmode1, SBP=SBP, S_PAD=st.S_PAD,
+                          num_warps=8)
+    if uniform is not None and not knobs:
+        return _draw(out, uniform)
+    draw = None
+    if uniform is not None:
+        u = uniform if uniform.dtype == torch.float64 and uniform.is_contiguous() else uniform.double().contiguous()
+        draw = (u, ids, torch.empty((B, S, DNP.value), dtype=torch.float64, device=out.device))
+    for i, (knob, param, keep) in enumerate(knobs):
+        last = i == len(knobs) - 1
+        _split_knob(st, knob, param, keep, not last, draw if last else None, r1=i == 0 and r1 is not None)
+    return ids
 
 
 def truncate(
